@@ -1,0 +1,173 @@
+"""`tune-search`: run a search, re-run a saved config, or list the augmentations."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from search.config import ConfigError, SearchConfig, load_config
+from search.export import (
+    baseline_summary,
+    config_from_row,
+    markdown_table,
+    records_from_results,
+    write_exports,
+    write_text,
+)
+from search.space import Space
+from trainable.augment import describe
+from trainable.data import DataError, DataSpec, Dataset, load_dataset
+from trainable.models import ModelSpec, WeightsError, max_freeze_depth, weights_file
+from trainable.trial import RunSpec
+
+# flag -> dotted key in the space file
+OVERRIDES = {
+    "data": "data.source",
+    "image_size": "data.image_size",
+    "model": "model.name",
+    "weights": "model.weights",
+    "num_samples": "budget.num_samples",
+    "max_epochs": "budget.max_epochs",
+    "name": "run.name",
+    "storage": "run.storage",
+    "seed": "run.seed",
+    "cpus_per_trial": "resources.cpus_per_trial",
+    "gpus_per_trial": "resources.gpus_per_trial",
+    "max_concurrent": "resources.max_concurrent",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tune-search",
+        description="Search augmentations, freeze depth and learning rate for fine-tuning an image classifier.",
+    )
+    p.add_argument("--space", metavar="FILE", help="YAML space file (see configs/default.yaml); defaults if omitted")
+    p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table and exit")
+    p.add_argument("--config-from", metavar="PARQUET", help="re-run one saved config for the full budget")
+    p.add_argument("--row", type=int, default=0, help="row of --config-from to re-run (default 0, the best)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--data", help="fashion-mnist, mnist, or an ImageFolder path")
+    p.add_argument("--model", help="efficientnet_lite0 (bundled weights) or a torchvision model name")
+    p.add_argument("--weights", help="auto (bundled / torch hub cache), none (random init), or a state_dict file")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--num-samples", type=int, help="trials, the three baselines included")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--name", help="experiment name: results go to STORAGE/NAME/")
+    p.add_argument("--storage", help="results folder or a URI Ray understands")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--max-concurrent", type=int)
+    return p
+
+
+def _prepare(cfg: SearchConfig) -> tuple[Space, RunSpec, Dataset]:
+    """Everything that can fail on bad input, done before Ray starts."""
+    model = ModelSpec(cfg.model.name, cfg.model.weights)
+    try:
+        space = Space.resolve(cfg.space, max_freeze_depth(model.name))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    weights_file(model)
+    spec = RunSpec(
+        model=model,
+        max_epochs=cfg.budget.max_epochs,
+        seed=cfg.run.seed,
+        balance=cfg.data.balance,
+        oversample_to=cfg.data.oversample_to,
+        precision=cfg.model.precision,
+        cpus_per_trial=cfg.resources.cpus_per_trial,
+        gpus_per_trial=cfg.resources.gpus_per_trial,
+    )
+    d = cfg.data
+    data = load_dataset(DataSpec(d.source, d.image_size, d.train_size, d.val_size, d.val_fraction, cfg.run.seed))
+    return space, spec, data
+
+
+def _summary(cfg: SearchConfig, space: Space, data: Dataset) -> str:
+    counts = data.train.class_counts(data.num_classes).tolist()
+    return (
+        cfg.dump()
+        + "# resolved\n"
+        + f"# data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, "
+        + f"{data.num_classes} classes, {data.train.images.shape[-1]} px; train images per class {counts}\n"
+        + f"# model: {cfg.model.name}, freeze depths 0..{space.max_depth} ({space.max_depth} = classifier only)\n"
+    )
+
+
+def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float) -> None:
+    trials, best = tables["trials"], tables["best_configs"]
+    print(f"\n{len(trials)} trials in {seconds:.0f} s: " + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items()))
+    if len(best):
+        row = best.iloc[0]
+        print("\nbest config:")
+        config = config_from_row(row)
+        for key in ("lr", "freeze_depth", "weight_decay", "batch_size", "label_smoothing"):
+            print(f"  {key}: {config[key]:.4g}")
+        augs = [f"{k[4:-9]} {v:.2f}" for k, v in config.items() if k.endswith("_strength")]
+        print(f"  augmentations: {', '.join(augs) or 'none'}")
+        print(f"  -> top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f} after {row['epochs']} epochs")
+    print("\n" + markdown_table(baseline_summary(trials, best)))
+    print(f"\nexports: {folder}/{{trials,history,best_configs}}.parquet, config.yaml")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items()}
+    cfg = load_config(args.space, overrides)
+    rerun = None
+    if args.config_from:
+        try:
+            saved = pd.read_parquet(args.config_from)
+        except Exception as exc:
+            raise ConfigError(f"cannot read --config-from {args.config_from}: {exc}") from None
+        if not 0 <= args.row < len(saved):
+            raise ConfigError(f"--row {args.row} is out of range: {args.config_from} has rows 0..{len(saved) - 1}")
+        rerun = config_from_row(saved.iloc[args.row])
+    space, spec, data = _prepare(cfg)
+    if rerun is not None and not 0 <= rerun["freeze_depth"] <= space.max_depth:
+        raise ConfigError(f"saved freeze_depth {rerun['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
+    name = cfg.run.name if (rerun is None or args.name) else f"{cfg.run.name}-row{args.row}"
+
+    import ray
+
+    from search.tuner import run_fixed, run_search, storage_uri
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
+    try:
+        started = time.time()
+        if rerun is None:
+            results = run_search(cfg, data, spec, space)
+        else:
+            results = run_fixed(cfg, data, spec, {**rerun, "baseline": ""}, name)
+        elapsed = time.time() - started
+    finally:
+        ray.shutdown()
+
+    folder = Path(storage_uri(cfg.run.storage)) / name
+    tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
+    write_text(_summary(cfg, space, data), folder / "config.yaml")
+    _print_outcome(tables, folder, elapsed)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_augmentations:
+        print(describe())
+        return 0
+    try:
+        return run(args)
+    except (ConfigError, DataError, WeightsError) as exc:
+        print(f"tune-search: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

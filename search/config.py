@@ -1,0 +1,194 @@
+"""The space file: typed, frozen, validated once. Precedence: defaults, then the file, then
+CLI flags. Unknown keys and bad values are refused with the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainable.augment import NAMES, unknown_names
+from trainable.models import BUNDLED, available_models
+
+
+class ConfigError(ValueError):
+    """A space file or flag is wrong; the message names the key and the allowed values."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Range = tuple[float, float]
+
+
+def _ordered(value, key: str):
+    if isinstance(value, tuple) and value[0] > value[1]:
+        raise ValueError(f"{key} range [{value[0]}, {value[1]}] is reversed: write [low, high]")
+    return value
+
+
+class DataConfig(_Section):
+    source: str = "fashion-mnist"
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    train_size: PositiveInt | None = None
+    val_size: PositiveInt | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    balance: Literal["none", "oversample", "weighted"] = "none"
+    oversample_to: PositiveInt | None = None
+
+
+class ModelConfig(_Section):
+    name: str = BUNDLED
+    weights: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in available_models():
+            raise ValueError(f"unknown model {name!r}; valid models: {', '.join(available_models())}")
+        return name
+
+
+class SpaceConfig(_Section):
+    """Each hyperparameter is a range (searched) or one value (fixed)."""
+
+    augmentations: Literal["all"] | tuple[str, ...] = "all"
+    strength: Range = (0.0, 1.0)
+    lr: Annotated[float, Field(gt=0)] | Range = (1e-4, 1e-2)
+    freeze_depth: int | Literal["max"] | tuple[int | Literal["max"], int | Literal["max"]] = (0, "max")
+    weight_decay: Annotated[float, Field(ge=0)] | Range = 0.0
+    batch_size: PositiveInt | tuple[PositiveInt, ...] = 64
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Range = 0.0
+    baseline_strength: Annotated[float, Field(ge=0, le=1)] = 0.5
+    baseline_lr: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("augmentations")
+    @classmethod
+    def _known_augs(cls, value):
+        if value != "all":
+            bad = unknown_names(value)
+            if bad:
+                raise ValueError(f"unknown augmentation(s) {', '.join(bad)}; valid: all, or a list of {', '.join(NAMES)}")
+            if len(set(value)) != len(value):
+                raise ValueError("augmentations are listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        _ordered(self.strength, "strength")
+        if not 0 <= self.strength[0] <= self.strength[1] <= 1:
+            raise ValueError(f"strength range {list(self.strength)} must lie within [0, 1]")
+        for key in ("lr", "weight_decay", "label_smoothing"):
+            _ordered(getattr(self, key), key)
+        if isinstance(self.lr, tuple) and self.lr[0] <= 0:
+            raise ValueError("lr range must be positive (it is searched on a log scale)")
+        if isinstance(self.weight_decay, tuple) and self.weight_decay[0] <= 0:
+            raise ValueError("weight_decay range must be positive (it is searched on a log scale); use 0 to fix it at 0")
+        return self
+
+    @property
+    def augmentation_names(self) -> tuple[str, ...]:
+        return NAMES if self.augmentations == "all" else tuple(n for n in NAMES if n in self.augmentations)
+
+
+class BudgetConfig(_Section):
+    num_samples: PositiveInt = 20
+    max_epochs: PositiveInt = 4
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(ge=2)] = 2
+    top_k: PositiveInt = 5
+
+    @model_validator(mode="after")
+    def _grace(self):
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period {self.grace_period} exceeds max_epochs {self.max_epochs}")
+        return self
+
+
+class ResourcesConfig(_Section):
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0
+    max_concurrent: PositiveInt | None = None
+
+
+class RunConfig(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"
+    storage: str = "results"
+    seed: int = 0
+
+
+class SearchConfig(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    space: SpaceConfig = SpaceConfig()
+    budget: BudgetConfig = BudgetConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    run: RunConfig = RunConfig()
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _explain(error: ValidationError, origin: str) -> ConfigError:
+    lines = []
+    seen = set()
+    for e in error.errors():
+        # pydantic reports each member of a union separately: keep the first per key
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in ("tuple", "literal"))))
+        key = ".".join(str(p) for p in loc if not isinstance(p, int)) or "(top level)"
+        if key in seen:
+            continue
+        seen.add(key)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}; valid keys here: {', '.join(_valid_keys(SearchConfig, loc))}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg} (got {e.get('input')!r})")
+    return ConfigError(f"{origin}: " + "; ".join(lines))
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Defaults, then the YAML space file at `path`, then `overrides` (dotted keys)."""
+    tree: dict = {}
+    origin = "defaults"
+    if path is not None:
+        origin = f"space file {path}"
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read space file {path}: {exc.strerror}") from exc
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{origin} is not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{origin} must be a mapping of sections ({', '.join(SearchConfig.model_fields)})")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(tree, key, value)
+            origin = f"{origin} with command-line flags" if "flags" not in origin else origin
+    try:
+        return SearchConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc, origin) from None

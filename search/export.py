@@ -1,0 +1,182 @@
+"""Trial records to Parquet tables: pure functions over DataFrames, plus atomic writes."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from search.space import BASELINES
+from trainable.augment import NAMES
+
+EXTRAS = ("weight_decay", "batch_size", "label_smoothing")
+HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
+TRIAL_COLUMNS = (
+    "trial_id", "status", "baseline", "epochs", "top1", "top5", "best_top1", "val_loss", "train_loss", "time_s",
+    "lr", "freeze_depth", *EXTRAS,
+    *(c for n in NAMES for c in (f"aug_{n}", f"aug_{n}_strength")),
+    "error",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_id: str
+    config: Mapping[str, Any]
+    history: pd.DataFrame  # one row per reported epoch: epoch, top1, top5, val_loss, train_loss, time_this_iter_s
+    error: str | None = None
+
+
+def records_from_results(results: Iterable) -> list[TrialRecord]:
+    """TrialRecords from a Ray Tune ResultGrid (or any iterable of Results)."""
+    records = []
+    for result in results:
+        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}".strip()
+        records.append(TrialRecord(str(trial_id), dict(result.config), history, error))
+    return records
+
+
+def _status(record: TrialRecord, epochs: int, max_epochs: int) -> str:
+    if record.error is not None:
+        return "diverged" if "Diverged" in record.error else "errored"
+    return "completed" if epochs >= max_epochs else "early_stopped"
+
+
+def _last(history: pd.DataFrame, column: str) -> float:
+    if column not in history or history.empty:
+        return math.nan
+    return float(history[column].iloc[-1])
+
+
+def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "lr": float(config.get("lr", math.nan)),
+        "freeze_depth": int(config.get("freeze_depth", -1)),
+        "weight_decay": float(config.get("weight_decay", 0.0)),
+        "batch_size": int(config.get("batch_size", 64)),
+        "label_smoothing": float(config.get("label_smoothing", 0.0)),
+    }
+    for name in NAMES:
+        on = bool(config.get(f"aug_{name}", False))
+        row[f"aug_{name}"] = on
+        row[f"aug_{name}_strength"] = float(config[f"aug_{name}_strength"]) if on else math.nan
+    return row
+
+
+def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        h = r.history
+        epochs = int(h["epoch"].max()) if "epoch" in h and not h.empty else 0
+        rows.append(
+            {
+                "trial_id": r.trial_id,
+                "status": _status(r, epochs, max_epochs),
+                "baseline": str(r.config.get("baseline", "")),
+                "epochs": epochs,
+                **{m: _last(h, m) for m in HISTORY_METRICS},
+                "best_top1": float(h["top1"].max()) if "top1" in h and not h.empty else math.nan,
+                "time_s": float(h["time_this_iter_s"].sum()) if "time_this_iter_s" in h else 0.0,
+                **config_columns(r.config),
+                "error": r.error,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+    return frame.astype({"epochs": "int64", "freeze_depth": "int64", "batch_size": "int64"})
+
+
+def history_table(records: Iterable[TrialRecord]) -> pd.DataFrame:
+    columns = ["trial_id", "epoch", *HISTORY_METRICS, "time_s"]
+    frames = []
+    for r in records:
+        if r.history.empty or "epoch" not in r.history:
+            continue
+        h = r.history.rename(columns={"time_this_iter_s": "time_s"})
+        frames.append(h.reindex(columns=columns[1:]).assign(trial_id=r.trial_id)[columns])
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype({"trial_id": "string"})
+    return pd.concat(frames, ignore_index=True).astype({"epoch": "int64"})
+
+
+def best_configs(trials: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k best trials that did not fail, by best validation top-1, in trials' columns.
+
+    Ties go to the trial that trained longer (its number is the less noisy)."""
+    ok = trials[trials["status"].isin(["completed", "early_stopped"])]
+    return ok.sort_values(["best_top1", "epochs"], ascending=False, kind="stable").head(k).reset_index(drop=True)
+
+
+def config_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat trial config that re-runs one row of trials.parquet or best_configs.parquet."""
+    config: dict[str, Any] = {
+        "lr": float(row["lr"]),
+        "freeze_depth": int(row["freeze_depth"]),
+        **{k: (int(row[k]) if k == "batch_size" else float(row[k])) for k in EXTRAS},
+    }
+    for name in NAMES:
+        on = bool(row.get(f"aug_{name}", False))
+        config[f"aug_{name}"] = on
+        if on:
+            config[f"aug_{name}_strength"] = float(row[f"aug_{name}_strength"])
+    return config
+
+
+def baseline_summary(trials: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """top-1 and top-5 of the three baselines and of the best found config, at their last epoch."""
+    rows = []
+    for name in BASELINES:
+        match = trials[trials["baseline"] == name]
+        if len(match):
+            rows.append({"": name, "top-1": match["top1"].iloc[0], "top-5": match["top5"].iloc[0]})
+    if len(best):
+        rows.append({"": "best found", "top-1": best["top1"].iloc[0], "top-5": best["top5"].iloc[0]})
+    return pd.DataFrame(rows, columns=["", "top-1", "top-5"])
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    cells = [[str(c) for c in frame.columns]]
+    for row in frame.itertuples(index=False):
+        cells.append([f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_exports(folder: Path, records: list[TrialRecord], *, max_epochs: int, top_k: int) -> dict[str, pd.DataFrame]:
+    folder.mkdir(parents=True, exist_ok=True)
+    trials = trials_table(records, max_epochs)
+    tables = {"trials": trials, "history": history_table(records), "best_configs": best_configs(trials, top_k)}
+    for name, frame in tables.items():
+        write_parquet(frame, folder / f"{name}.parquet")
+    return tables

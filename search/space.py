@@ -1,0 +1,123 @@
+"""The Optuna define-by-run search space and the fixed baseline points.
+
+Parameter names are the flat keys that reach the trainable and the exports: `lr`,
+`freeze_depth`, `aug_<name>` (bool), `aug_<name>_strength` (declared only when the switch
+is on), and `weight_decay`, `batch_size`, `label_smoothing` when searched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from search.config import SpaceConfig
+
+# The motivating experiment's third configuration: all layers with these switched on.
+BASELINE_AUGMENTATIONS = ("hflip", "crop", "blur", "sharpen", "contrast", "affine")
+BASELINES = ("head only", "all layers", "all + aug")
+
+
+@dataclass(frozen=True)
+class Space:
+    """`SpaceConfig` with freeze depths resolved against the chosen model."""
+
+    lr: float | tuple[float, float]
+    freeze_depth: int | tuple[int, int]
+    augmentations: tuple[str, ...]
+    strength: tuple[float, float]
+    weight_decay: float | tuple[float, float]
+    batch_size: int | tuple[int, ...]
+    label_smoothing: float | tuple[float, float]
+    baseline_strength: float
+    baseline_lr: float
+    max_depth: int
+
+    @classmethod
+    def resolve(cls, cfg: SpaceConfig, max_depth: int) -> Space:
+        def depth(v):
+            d = max_depth if v == "max" else int(v)
+            if not 0 <= d <= max_depth:
+                raise ValueError(f"space.freeze_depth {v} is out of range: this model has depths 0..{max_depth} (or 'max')")
+            return d
+
+        fd = tuple(depth(v) for v in cfg.freeze_depth) if isinstance(cfg.freeze_depth, tuple) else depth(cfg.freeze_depth)
+        if isinstance(fd, tuple) and fd[0] > fd[1]:
+            raise ValueError(f"space.freeze_depth range {list(cfg.freeze_depth)} is reversed: write [low, high]")
+        lr = cfg.lr
+        baseline_lr = cfg.baseline_lr or (math.sqrt(lr[0] * lr[1]) if isinstance(lr, tuple) else lr)
+        return cls(
+            lr=lr,
+            freeze_depth=fd,
+            augmentations=cfg.augmentation_names,
+            strength=tuple(cfg.strength),
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
+            label_smoothing=cfg.label_smoothing,
+            baseline_strength=cfg.baseline_strength,
+            baseline_lr=baseline_lr,
+            max_depth=max_depth,
+        )
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Declare one trial's parameters; return the fixed values. No work happens here."""
+        fixed: dict[str, Any] = {}
+
+        def number(name: str, value, *, log: bool = False, integer: bool = False):
+            if not isinstance(value, tuple):
+                fixed[name] = value
+            elif integer:
+                trial.suggest_int(name, *value)
+            else:
+                trial.suggest_float(name, *value, log=log)
+
+        number("lr", self.lr, log=True)
+        number("freeze_depth", self.freeze_depth, integer=True)
+        number("weight_decay", self.weight_decay, log=True)
+        number("label_smoothing", self.label_smoothing)
+        if isinstance(self.batch_size, tuple):
+            trial.suggest_categorical("batch_size", list(self.batch_size))
+        else:
+            fixed["batch_size"] = self.batch_size
+        for name in self.augmentations:
+            if trial.suggest_categorical(f"aug_{name}", [False, True]):
+                if self.strength[0] == self.strength[1]:
+                    fixed[f"aug_{name}_strength"] = self.strength[0]
+                else:
+                    trial.suggest_float(f"aug_{name}_strength", *self.strength)
+        fixed["baseline"] = trial.user_attrs.get("baseline", "")
+        return fixed
+
+    def baseline_points(self) -> list[tuple[str, dict[str, Any]]]:
+        """The three reference configurations, as Optuna parameters to enqueue.
+
+        Searched extras take their value nearest the middle of their range, so that the
+        three differ only in freeze depth and augmentation."""
+        common: dict[str, Any] = {}
+        if isinstance(self.lr, tuple):
+            common["lr"] = min(max(self.baseline_lr, self.lr[0]), self.lr[1])
+        for key in ("weight_decay", "label_smoothing"):
+            value = getattr(self, key)
+            if isinstance(value, tuple):
+                common[key] = math.sqrt(value[0] * value[1]) if key == "weight_decay" else sum(value) / 2
+        if isinstance(self.batch_size, tuple):
+            common["batch_size"] = sorted(self.batch_size)[len(self.batch_size) // 2]
+        strength = min(max(self.baseline_strength, self.strength[0]), self.strength[1])
+
+        def point(depth: int, augs: tuple[str, ...]) -> dict[str, Any]:
+            p = dict(common)
+            if isinstance(self.freeze_depth, tuple):
+                p["freeze_depth"] = min(max(depth, self.freeze_depth[0]), self.freeze_depth[1])
+            for name in self.augmentations:
+                p[f"aug_{name}"] = name in augs
+                if name in augs and self.strength[0] != self.strength[1]:
+                    p[f"aug_{name}_strength"] = strength
+            return p
+
+        return [
+            (BASELINES[0], point(self.max_depth, ())),
+            (BASELINES[1], point(0, ())),
+            (BASELINES[2], point(0, BASELINE_AUGMENTATIONS)),
+        ]

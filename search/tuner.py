@@ -1,0 +1,138 @@
+"""The Ray Tune wiring: searcher, scheduler, resources and run config, in one place."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from search.config import SearchConfig
+from search.space import Space
+from trainable.data import Dataset
+from trainable.trial import RunSpec, train_trial
+
+METRIC, MODE = "top1", "max"
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about how each trial ended.
+
+    Ray's OptunaSearch records a trial that the scheduler stopped early as COMPLETE with
+    its last, low-fidelity score, which TPE then treats as a final result. Here such a
+    trial is PRUNED (Optuna keeps its intermediate values), an errored one FAILED, and only
+    a trial that trained the full budget is COMPLETE. The baseline points are enqueued
+    with their names as user attributes so the define-by-run space can tag them.
+    """
+
+    def __init__(self, space: Space, *, max_t: int, seed: int, baselines: list[tuple[str, dict[str, Any]]]):
+        super().__init__(space, metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=seed))
+        self._max_t = max_t
+        for name, params in baselines:
+            self._ot_study.enqueue_trial(params, user_attrs={"baseline": name})
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        result = result or {}
+        value = result.get(self.metric)
+        finished = result.get(TRAINING_ITERATION, 0) >= self._max_t
+        if error:
+            state = TrialState.FAIL
+        elif finished and value is not None and math.isfinite(value):
+            state = TrialState.COMPLETE
+        else:
+            state = TrialState.PRUNED
+        self._ot_study.tell(self._ot_trials[trial_id], value if state == TrialState.COMPLETE else None, state=state)
+        self._completed_trials.add(trial_id)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+class BaselineFullBudgetASHA(AsyncHyperBandScheduler):
+    """ASHA that lets the baseline trials run the full budget, so the baseline table
+    compares them with the best config at equal epochs. Their results still set the rungs."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if trial.config.get("baseline") and result.get(TRAINING_ITERATION, 0) < self._max_t:
+            return TrialScheduler.CONTINUE
+        return decision
+
+
+def storage_uri(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _trainable(cfg: SearchConfig, data: Dataset, spec: RunSpec):
+    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(train_trial, data=data, spec=spec), resources)
+
+
+def _run_config(cfg: SearchConfig, name: str) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_uri(cfg.run.storage),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=0),
+        verbose=1,
+    )
+
+
+def make_searcher(cfg: SearchConfig, space: Space) -> PruneAwareOptunaSearch:
+    return PruneAwareOptunaSearch(
+        space, max_t=cfg.budget.max_epochs, seed=cfg.run.seed, baselines=space.baseline_points()
+    )
+
+
+def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space) -> tune.ResultGrid:
+    searcher = make_searcher(cfg, space)
+    search_alg = (
+        ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent)
+        if cfg.resources.max_concurrent
+        else searcher
+    )
+    scheduler = BaselineFullBudgetASHA(
+        time_attr=TRAINING_ITERATION,
+        metric=METRIC,
+        mode=MODE,
+        max_t=cfg.budget.max_epochs,
+        grace_period=cfg.budget.grace_period,
+        reduction_factor=cfg.budget.reduction_factor,
+    )
+    tuner = tune.Tuner(
+        _trainable(cfg, data, spec),
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=cfg.budget.num_samples,
+            reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=_run_config(cfg, cfg.run.name),
+    )
+    return tuner.fit()
+
+
+def run_fixed(cfg: SearchConfig, data: Dataset, spec: RunSpec, config: dict[str, Any], name: str) -> tune.ResultGrid:
+    """Train one fixed configuration for the full budget (no search, no early stopping)."""
+    tuner = tune.Tuner(
+        _trainable(cfg, data, spec),
+        param_space=config,
+        tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname),
+        run_config=_run_config(cfg, name),
+    )
+    return tuner.fit()

