@@ -132,13 +132,16 @@ def run(args: argparse.Namespace) -> int:
     space, spec, data = _prepare(cfg)
     if rerun is not None and not 0 <= rerun["freeze_depth"] <= space.max_depth:
         raise ConfigError(f"saved freeze_depth {rerun['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
-    name = cfg.run.name if (rerun is None or args.name) else f"{cfg.run.name}-row{args.row}"
+    name = cfg.run.name
+    if rerun is not None and not args.name:  # beside the search it came from: NAME-rowN
+        name = f"{Path(args.config_from).resolve().parent.name or name}-row{args.row}"
 
     import ray
 
     from search.tuner import run_fixed, run_search, storage_uri
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # with one kept checkpoint per trial Ray snapshots often; at this scale that is cheap
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
     try:
         started = time.time()

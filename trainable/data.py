@@ -224,7 +224,7 @@ def balanced_order(labels: torch.Tensor, per_class: int | None, generator: torch
         return torch.randperm(len(labels), generator=generator)
     parts = []
     for c in torch.unique(labels):
-        members = torch.flatnonzero(labels == c)
+        members = (labels == c).nonzero().squeeze(1)
         extra = per_class - len(members)
         if extra > 0:
             members = torch.cat([members, members[torch.randint(len(members), (extra,), generator=generator)]])

@@ -97,9 +97,12 @@ def fine_tune(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1])
 
+    frozen = tuple(f"stages.{i}." for i in range(settings.freeze_depth))
     start = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        missing, unexpected = model.load_state_dict(resume["model"], strict=False)
+        if unexpected or any(not k.startswith(frozen) for k in missing):
+            raise ValueError(f"checkpoint does not fit this trial's model: missing {missing}, unexpected {unexpected}")
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
@@ -107,9 +110,10 @@ def fine_tune(
         start = int(resume["epoch"])
 
     def state(epoch: int) -> dict:
+        # frozen stages equal the pretrained weights the trial starts from: not saved again
         return {
             "epoch": epoch,
-            "model": model.state_dict(),
+            "model": {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(),

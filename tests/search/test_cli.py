@@ -1,0 +1,76 @@
+"""The command line, end to end: a small real search on MNIST digits with the bundled
+pretrained EfficientNet-Lite0, then a re-run of its best config."""
+
+import pandas as pd
+import pytest
+
+from search.cli import main
+from search.space import BASELINES
+from trainable.augment import NAMES
+
+SMALL = """
+data: {source: mnist, image_size: 32, train_size: 240, val_size: 120}
+space: {augmentations: [hflip, vflip, crop, blur, sharpen, contrast, affine]}
+budget: {num_samples: 6, max_epochs: 2, grace_period: 1, reduction_factor: 2, top_k: 3}
+resources: {cpus_per_trial: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    space = root / "space.yaml"
+    space.write_text(SMALL)
+    assert main(["--space", str(space), "--storage", str(root / "results"), "--name", "small", "--seed", "1"]) == 0
+    return space, root / "results"
+
+
+def test_search_writes_complete_exports(search_run, capsys):
+    _, results = search_run
+    folder = results / "small"
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "early_stopped"}
+    assert trials["top1"].between(0, 1).all() and (trials["top5"] >= trials["top1"]).all()
+    assert {f"aug_{n}" for n in NAMES} <= set(trials.columns)
+    baselines = trials.set_index("baseline").loc[list(BASELINES)]
+    assert (baselines["epochs"] == 2).all() and (baselines["status"] == "completed").all()
+    assert baselines.loc["head only", "freeze_depth"] == 9 and baselines.loc["all + aug", "aug_crop"]
+    # the pretrained backbone beats chance (0.1) on digits after two short epochs
+    assert trials["best_top1"].max() > 0.3
+    history = pd.read_parquet(folder / "history.parquet")
+    assert len(history) == trials["epochs"].sum()
+    best = pd.read_parquet(folder / "best_configs.parquet")
+    assert len(best) == 3 and best["best_top1"].is_monotonic_decreasing
+    assert "budget:" in (folder / "config.yaml").read_text()
+
+
+def test_best_config_reruns_for_the_full_budget(search_run, capsys):
+    space, results = search_run
+    best = results / "small" / "best_configs.parquet"
+    args = ["--space", str(space), "--storage", str(results), "--config-from", str(best), "--row", "0", "--max-epochs", "3"]
+    assert main(args) == 0
+    rerun = pd.read_parquet(results / "small-row0" / "trials.parquet")
+    assert len(rerun) == 1 and rerun.loc[0, "status"] == "completed" and rerun.loc[0, "epochs"] == 3
+    source = pd.read_parquet(best).iloc[0]
+    assert rerun.loc[0, "lr"] == source["lr"] and rerun.loc[0, "freeze_depth"] == source["freeze_depth"]
+    out = capsys.readouterr().out
+    assert "| best found |" in out
+
+
+def test_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path, capsys):
+    space = tmp_path / "bad.yaml"
+    space.write_text("space: {augmentations: [hflip, cutmix]}\n")
+    assert main(["--space", str(space)]) == 2
+    err = capsys.readouterr().err
+    assert "cutmix" in err and "valid: all, or a list of crop" in err and "Traceback" not in err
+    assert main(["--data", str(tmp_path / "missing")]) == 2
+    assert "neither a built-in data set" in capsys.readouterr().err
+    assert main(["--model", "resnet18", "--weights", str(tmp_path / "none.pth")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_list_augmentations(capsys):
+    assert main(["--list-augmentations"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in NAMES)

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from trainable.augment import NAMES, REGISTRY, augment_batch, build_pipeline, describe
+
+
+def mean_change(images, name, strength, seed=0):
+    torch.manual_seed(seed)
+    out = augment_batch(images, build_pipeline({name: strength}, images.shape[-1]))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    return (out.float() - images.float()).abs().mean().item()
+
+
+def test_registry_holds_the_documented_names():
+    assert set(NAMES) == {
+        "hflip", "vflip", "crop", "blur", "sharpen", "contrast", "brightness", "color", "affine", "rotate",
+        "grayscale", "erasing",
+    }  # fmt: skip
+    table = describe()
+    assert all(name in table for name in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_off_and_zero_strength_are_the_identity(images, name):
+    assert build_pipeline({}, 32) is None
+    assert build_pipeline({name: 0.0}, 32) is None
+    assert torch.equal(augment_batch(images, build_pipeline({name: 0.0}, 32)), images)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_change_grows_with_strength(images, name):
+    changes = [mean_change(images, name, s) for s in (0.25, 0.5, 1.0)]
+    assert 0 < changes[0] < changes[1] < changes[2], changes
+
+
+@pytest.mark.parametrize("name", ["hflip", "crop", "rotate", "contrast"])
+def test_each_image_draws_its_own_parameters(name):
+    same = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(32, -1, -1, -1).contiguous()
+    torch.manual_seed(1)
+    out = augment_batch(same, build_pipeline({name: 1.0}, 32))
+    distinct = {tuple(o.flatten()[:256].tolist()) for o in out}
+    assert len(distinct) > 1  # one draw for the batch would give one
+
+
+def test_pipeline_follows_registry_order_whatever_the_mapping_order():
+    pipe = build_pipeline({"erasing": 0.5, "hflip": 0.5, "crop": 0.5}, 32)
+    kinds = [type(t).__name__ for t in pipe.transforms]
+    assert kinds == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomErasing"]
+    assert list(REGISTRY).index("crop") < list(REGISTRY).index("erasing")
+
+
+def test_strength_above_one_is_clamped(images):
+    assert mean_change(images, "rotate", 5.0) == pytest.approx(mean_change(images, "rotate", 1.0))

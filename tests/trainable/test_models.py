@@ -1,0 +1,120 @@
+import pytest
+import torch
+import torchvision
+from skimage import data as photos
+from torchvision.transforms.v2 import functional as F
+
+from trainable import models
+from trainable.models import ModelSpec, WeightsError, build_model, hub_checkpoint_path, max_freeze_depth
+
+
+def trainable_count(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_lite0"])
+def test_trainable_parameters_shrink_stage_by_stage(name):
+    model = build_model(ModelSpec(name, "none"), num_classes=7)
+    depth = model.max_freeze_depth
+    assert depth == max_freeze_depth(name)
+    counts = [trainable_count(model.freeze(d)) for d in range(depth + 1)]
+    assert all(a > b for a, b in zip(counts, counts[1:])), counts
+    assert counts[-1] == 7 * model.classifier.in_features + 7  # only the new classifier
+
+
+def test_lite0_stages_are_stem_seven_block_stages_and_head():
+    assert max_freeze_depth("efficientnet_lite0") == 9
+    assert max_freeze_depth("resnet18") == 5
+
+
+def test_frozen_stages_do_not_change_after_a_step():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("resnet18", "none"), num_classes=3, freeze_depth=3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    loss = torch.nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    frozen = ("stages.0.", "stages.1.", "stages.2.")
+    for key, value in before.items():
+        changed = not torch.equal(value, after[key])
+        if key.startswith(frozen):
+            assert not changed, f"frozen {key} changed (weights or BatchNorm statistics)"
+    assert not torch.equal(before["stages.4.1.conv2.weight"], after["stages.4.1.conv2.weight"])
+    assert not torch.equal(before["stages.3.0.bn1.running_mean"], after["stages.3.0.bn1.running_mean"])
+    assert all(not s.training for s in model.stages[:3]) and model.stages[3].training
+
+
+def test_frozen_prefix_keeps_no_autograd_graph():
+    model = build_model(ModelSpec("resnet18", "none"), num_classes=3, freeze_depth=2)
+    features = model.frozen_features(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert not features.requires_grad and features.grad_fn is None
+
+
+def imagenet_top5(model, image):
+    x = F.center_crop(F.resize(torch.from_numpy(image).permute(2, 0, 1), 256), [224, 224])
+    with torch.no_grad():
+        logits = model.eval()(x[None])
+    return logits.topk(5).indices[0].tolist()
+
+
+def test_bundled_lite0_weights_recognise_a_cat_and_a_coffee_cup():
+    model = build_model(ModelSpec("efficientnet_lite0", "auto"), num_classes=1000, freeze_depth=9)
+    backbone = models._backbone(ModelSpec("efficientnet_lite0"))
+    state = models._read_state_dict(models.weights_file(ModelSpec("efficientnet_lite0")))
+    models._load_by_order(backbone, state, "bundled")
+    model.classifier.load_state_dict(backbone.classifier.state_dict())
+    assert imagenet_top5(model, photos.chelsea())[0] in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
+    assert imagenet_top5(model, photos.coffee())[0] == 967  # espresso
+
+
+def test_random_init_lite0_does_not_recognise_them():
+    model = build_model(ModelSpec("efficientnet_lite0", "none"), num_classes=1000)
+    assert imagenet_top5(model, photos.coffee())[0] != 967
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path
+
+
+def _written_resnet18(path):
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(reference.state_dict(), path)
+    return reference
+
+
+def test_torchvision_weights_load_from_the_hub_cache(hub_dir):
+    path = hub_checkpoint_path("resnet18")
+    assert str(path).startswith(str(hub_dir)) and path.name.startswith("resnet18-")
+    reference = _written_resnet18(path)
+    model = build_model(ModelSpec("resnet18", "auto"), num_classes=4)
+    assert torch.equal(model.stages[4][1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert torch.equal(model.stages[0][0].weight, reference.conv1.weight)
+
+
+def test_torchvision_weights_load_from_a_local_file(tmp_path):
+    reference = _written_resnet18(tmp_path / "mine.pth")
+    model = build_model(ModelSpec("resnet18", str(tmp_path / "mine.pth")), num_classes=4)
+    assert torch.equal(model.stages[2][0].conv1.weight, reference.layer2[0].conv1.weight)
+
+
+def test_missing_weights_say_how_to_provide_them(hub_dir):
+    with pytest.raises(WeightsError, match=r"resnet34-.*\.pth.*--weights FILE.*--weights none"):
+        build_model(ModelSpec("resnet34", "auto"), num_classes=4)
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+    _written_resnet18(tmp_path / "r18.pth")
+    with pytest.raises(WeightsError, match="does not fit resnet34"):
+        build_model(ModelSpec("resnet34", str(tmp_path / "r18.pth")), num_classes=4)
+
+
+def test_unknown_model_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid models: efficientnet_lite0, .*resnet18"):
+        max_freeze_depth("vgg11")

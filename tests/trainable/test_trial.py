@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from trainable.data import Dataset, Split
+from trainable.models import ModelSpec
+from trainable.trial import RunSpec, TrialSettings, fine_tune
+
+
+def planted(n: int, seed: int) -> Split:
+    """Class 0 is bright on the left half, class 1 on the right: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = torch.randint(0, 60, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    images[labels == 0, :, :, :16] += 150
+    images[labels == 1, :, :, 16:] += 150
+    return Split(images, labels)
+
+
+@pytest.fixture(scope="module")
+def halves():
+    return Dataset(planted(192, 0), planted(96, 1), ("left", "right"), "test")
+
+
+SPEC = RunSpec(ModelSpec("resnet18", "none"), max_epochs=3)
+
+
+def test_settings_read_only_switched_on_augmentations():
+    s = TrialSettings.from_config(
+        {"lr": 0.01, "freeze_depth": 2, "aug_hflip": True, "aug_hflip_strength": 0.3, "aug_blur": False, "batch_size": 32}
+    )
+    assert s.augmentations == (("hflip", 0.3),) and s.batch_size == 32 and s.freeze_depth == 2
+
+
+def test_fine_tune_learns_a_planted_rule_and_reports_fractions(halves):
+    history = [m for m, _ in fine_tune(TrialSettings(lr=3e-3, freeze_depth=0, batch_size=32), SPEC, halves)]
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    for m in history:
+        assert 0 <= m["top1"] <= 1 and m["top5"] == 1.0  # two classes: top-5 is top-2
+        assert m["val_loss"] > 0 and m["train_loss"] > 0
+    assert history[-1]["top1"] >= 0.9
+
+
+def test_hflip_hurts_when_the_class_is_which_half(halves):
+    plain = list(fine_tune(TrialSettings(lr=3e-3, freeze_depth=0, batch_size=32), SPEC, halves))[-1][0]
+    flipped = TrialSettings(lr=3e-3, freeze_depth=0, batch_size=32, augmentations=(("hflip", 1.0),))
+    hurt = list(fine_tune(flipped, SPEC, halves))[-1][0]
+    assert hurt["top1"] < plain["top1"] - 0.2
+
+
+def test_resume_continues_after_the_checkpointed_epoch(halves):
+    settings = TrialSettings(lr=3e-3, freeze_depth=2, batch_size=32)
+    run = fine_tune(settings, SPEC, halves)
+    first, state = next(run)
+    saved = state()
+    assert not any(k.startswith(("stages.0.", "stages.1.")) for k in saved["model"])  # frozen: not saved
+    rest = [m for m, _ in fine_tune(settings, SPEC, halves, resume=saved)]
+    assert [m["epoch"] for m in rest] == [2, 3]
+    straight = [m for m, _ in fine_tune(settings, SPEC, halves)]
+    assert rest[-1]["top1"] == pytest.approx(straight[-1]["top1"], abs=0.02)
+
+
+def test_same_seed_same_result(halves):
+    settings = TrialSettings(lr=1e-3, freeze_depth=4, batch_size=32, augmentations=(("crop", 0.5),))
+    spec = RunSpec(ModelSpec("resnet18", "none"), max_epochs=1)
+    a, b = (list(fine_tune(settings, spec, halves))[-1][0] for _ in range(2))
+    assert a == b
+
+
+def test_weighted_and_oversampled_balance_run(halves):
+    for balance in ("weighted", "oversample"):
+        spec = RunSpec(ModelSpec("resnet18", "none"), max_epochs=1, balance=balance, oversample_to=120)
+        metrics = list(fine_tune(TrialSettings(lr=1e-3, freeze_depth=5, batch_size=64), spec, halves))[-1][0]
+        assert 0 <= metrics["top1"] <= 1
