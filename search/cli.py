@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -17,8 +18,11 @@ from search.export import (
     markdown_table,
     records_from_results,
     write_exports,
+    write_parquet,
     write_text,
 )
+from search.analysis import search_effects
+from search.report import build_report
 from search.space import Space
 from trainable.augment import describe
 from trainable.data import DataError, DataSpec, Dataset, load_dataset
@@ -46,11 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tune-search",
         description="Search augmentations, freeze depth and learning rate for fine-tuning an image classifier.",
+        epilog="Also: `tune-search ablate RESULTS_DIR` and `tune-search report RESULTS_DIR`.",
     )
     p.add_argument("--space", metavar="FILE", help="YAML space file (see configs/default.yaml); defaults if omitted")
     p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table and exit")
     p.add_argument("--config-from", metavar="PARQUET", help="re-run one saved config for the full budget")
     p.add_argument("--row", type=int, default=0, help="row of --config-from to re-run (default 0, the best)")
+    p.add_argument("--ablate", action="store_true", help="after the search, ablate the best config (see `ablate`)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--data", help="fashion-mnist, mnist, or an ImageFolder path")
     p.add_argument("--model", help="efficientnet_lite0 (bundled weights) or a torchvision model name")
@@ -117,6 +123,50 @@ def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float
     print(f"\nexports: {folder}/{{trials,history,best_configs}}.parquet, config.yaml")
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    import ray
+
+    # with one kept checkpoint per trial Ray snapshots often; at this scale that is cheap
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(address=address, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def analyse(folder: Path, cfg: SearchConfig) -> None:
+    """effects.parquet from the search's trials, then the report."""
+    trials, history = pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "history.parquet")
+    try:
+        effects = search_effects(trials, history, list(cfg.space.augmentation_names), seed=cfg.run.seed)
+    except ValueError as exc:
+        print(f"no effects estimated: {exc}")
+    else:
+        write_parquet(effects, folder / "effects.parquet")
+    print(f"report: {build_report(folder)}")
+
+
+def ablate(folder: Path, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset) -> None:
+    from search.ablation import affinity_diversity, paired_effects, per_class, run_ablation, runs_table, variants
+
+    best_path = folder / "best_configs.parquet"
+    best = pd.read_parquet(best_path)
+    if best.empty:
+        raise ConfigError(f"{best_path} has no successful trial to ablate")
+    augs = list(space.augmentations)
+    configs = variants(config_from_row(best.iloc[0]), augs, strength=cfg.ablation.strength, seeds=cfg.ablation.seeds)
+    print(f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations, {cfg.ablation.seeds} seeds each)")
+    runs = runs_table(run_ablation(cfg, data, spec, configs, f"{folder.name}-ablation"))
+    if runs.empty:
+        raise RuntimeError("every ablation run failed; see Ray's log above")
+    effects = pd.read_parquet(folder / "effects.parquet") if (folder / "effects.parquet").is_file() else None
+    write_parquet(paired_effects(runs, augs, effects), folder / "ablation.parquet")
+    write_parquet(per_class(runs, augs, list(data.classes)), folder / "per_class.parquet")
+    write_parquet(affinity_diversity(runs, augs), folder / "affinity.parquet")
+
+
 def run(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items()}
     cfg = load_config(args.space, overrides)
@@ -136,36 +186,74 @@ def run(args: argparse.Namespace) -> int:
     if rerun is not None and not args.name:  # beside the search it came from: NAME-rowN
         name = f"{Path(args.config_from).resolve().parent.name or name}-row{args.row}"
 
-    import ray
-
     from search.tuner import run_fixed, run_search, storage_uri
 
-    # with one kept checkpoint per trial Ray snapshots often; at this scale that is cheap
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
-    try:
+    folder = Path(storage_uri(cfg.run.storage)) / name
+    with ray_session(args.address):
         started = time.time()
         if rerun is None:
             results = run_search(cfg, data, spec, space)
         else:
             results = run_fixed(cfg, data, spec, {**rerun, "baseline": ""}, name)
         elapsed = time.time() - started
-    finally:
-        ray.shutdown()
-
-    folder = Path(storage_uri(cfg.run.storage)) / name
-    tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
-    write_text(_summary(cfg, space, data), folder / "config.yaml")
-    _print_outcome(tables, folder, elapsed)
+        tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
+        write_text(_summary(cfg, space, data), folder / "config.yaml")
+        _print_outcome(tables, folder, elapsed)
+        if rerun is None:
+            analyse(folder, cfg)
+        if args.ablate and rerun is None:
+            ablate(folder, cfg, space, spec, data)
+            print(f"report: {build_report(folder)}")
     return 0
 
 
+def run_ablate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tune-search ablate", description="Ablate the best config of a finished search.")
+    p.add_argument("results", help="a results folder (STORAGE/NAME) with config.yaml and best_configs.parquet")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--strength", type=float)
+    p.add_argument("--address")
+    args = p.parse_args(argv)
+    folder = Path(args.results).resolve()
+    overrides = {"ablation.seeds": args.seeds, "ablation.strength": args.strength}
+    cfg = load_config(_results_file(folder, "config.yaml"), overrides)
+    _results_file(folder, "best_configs.parquet")
+    space, spec, data = _prepare(cfg)
+    with ray_session(args.address):
+        ablate(folder, cfg, space, spec, data)
+    print(f"report: {build_report(folder)}")
+    return 0
+
+
+def run_report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tune-search report", description="Rebuild report.md from a results folder.")
+    p.add_argument("results", help="a results folder (STORAGE/NAME)")
+    folder = Path(p.parse_args(argv).results).resolve()
+    cfg = load_config(_results_file(folder, "config.yaml"))
+    _results_file(folder, "trials.parquet")
+    analyse(folder, cfg)
+    return 0
+
+
+def _results_file(folder: Path, name: str) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise ConfigError(f"{folder} is not a tune-search results folder: {name} is missing")
+    return path
+
+
+COMMANDS = {"ablate": run_ablate, "report": run_report}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.list_augmentations:
-        print(describe())
-        return 0
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.list_augmentations:
+            print(describe())
+            return 0
         return run(args)
     except (ConfigError, DataError, WeightsError) as exc:
         print(f"tune-search: error: {exc}", file=sys.stderr)

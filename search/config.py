@@ -116,6 +116,11 @@ class ResourcesConfig(_Section):
     max_concurrent: PositiveInt | None = None
 
 
+class AblationConfig(_Section):
+    seeds: Annotated[int, Field(ge=2)] = 3
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.5  # for augmentations the best config has off
+
+
 class RunConfig(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"
     storage: str = "results"
@@ -128,6 +133,7 @@ class SearchConfig(_Section):
     space: SpaceConfig = SpaceConfig()
     budget: BudgetConfig = BudgetConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    ablation: AblationConfig = AblationConfig()
     run: RunConfig = RunConfig()
 
     def dump(self) -> str:

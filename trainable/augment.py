@@ -37,9 +37,10 @@ def _crop(s: float, side: int) -> v2.Transform:
 
 
 def _blur(s: float, side: int) -> v2.Transform:
-    # sigma uniform in [0.1 s, 3 s] px at 64 px, scaled with the image side
+    # sigma uniform in [1.5 s, 3 s] px at 64 px, scaled with the image side: the strength sets
+    # the radius of every draw (a range reaching down to ~0 would leave many images sharp)
     hi = 3.0 * s * side / 64
-    return v2.GaussianBlur(_odd_kernel(hi, side), sigma=(0.1 * s * side / 64, hi))
+    return v2.GaussianBlur(_odd_kernel(hi, side), sigma=(hi / 2, hi))
 
 
 def _affine(s: float, side: int) -> v2.Transform:
@@ -60,7 +61,7 @@ _ENTRIES = (
         "affine", "rotate, translate, scale, shear", "±15°, ±15 % shift, 0.8-1.2x, ±10° shear", _affine
     ),
     Augmentation("rotate", "rotation", "±90°", lambda s, side: v2.RandomRotation(90 * s)),
-    Augmentation("blur", "gaussian blur", "sigma 0.1-3 px at 64 px (scales with size)", _blur),
+    Augmentation("blur", "gaussian blur", "sigma 1.5-3 px at 64 px (scales with size)", _blur),
     Augmentation(
         "sharpen",
         "sharpness boost (half the images)",

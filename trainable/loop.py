@@ -77,6 +77,13 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     }
 
 
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Top-1 per class (NaN for a class without validation images)."""
+    hits = torch.bincount(labels[logits.argmax(1) == labels], minlength=num_classes).float()
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    return (hits / counts).tolist()
+
+
 def evaluate(
     model: nn.Module, split: Split, *, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None = None
 ) -> dict[str, float]:

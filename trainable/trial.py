@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainable.augment import NAMES, build_pipeline
-from trainable.data import Dataset, balanced_order, class_weights
-from trainable.loop import evaluate, train_one_epoch
+from trainable.augment import NAMES, augment_batch, build_pipeline
+from trainable.data import Dataset, Split, balanced_order, class_weights
+from trainable.loop import classification_metrics, per_class_accuracy, predict, train_one_epoch
 from trainable.models import ModelSpec, build_model
 
 CHECKPOINT_FILE = "state.pt"
@@ -34,6 +34,8 @@ class TrialSettings:
     label_smoothing: float = 0.0
     augmentations: tuple[tuple[str, float], ...] = ()  # switched-on (name, strength), registry order
     baseline: str = ""  # name of the fixed reference configuration this trial is, if any
+    seed: int | None = None  # overrides the run's seed (ablation repeats)
+    affinity: tuple[tuple[str, float], ...] = ()  # (name, strength) to measure affinity for at the end
 
     @classmethod
     def from_config(cls, config: Mapping) -> TrialSettings:
@@ -46,6 +48,8 @@ class TrialSettings:
             label_smoothing=float(config.get("label_smoothing", 0.0)),
             augmentations=augs,
             baseline=str(config.get("baseline", "")),
+            seed=None if config.get("seed") is None else int(config["seed"]),
+            affinity=tuple((str(n), float(v)) for n, v in dict(config.get("affinity") or {}).items()),
         )
 
 
@@ -74,12 +78,35 @@ def _amp_dtype(spec: RunSpec, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def affinity(
+    model: nn.Module,
+    val: Split,
+    strengths: tuple[tuple[str, float], ...],
+    clean_top1: float,
+    spec: RunSpec,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> dict[str, float]:
+    """Affinity (Gontijo-Lopes et al., 2021): top-1 on validation images passed through one
+    augmentation minus top-1 on the clean images, for a model trained without augmentation."""
+    out = {}
+    state = torch.get_rng_state()
+    for name, strength in strengths:
+        torch.manual_seed(spec.seed)  # every augmentation sees its own, repeatable draws
+        shifted = Split(augment_batch(val.images, build_pipeline({name: strength}, val.images.shape[-1])), val.labels)
+        logits = predict(model, shifted, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp_dtype)
+        out[f"affinity_{name}"] = classification_metrics(logits, val.labels)["top1"] - clean_top1
+    torch.set_rng_state(state)
+    return out
+
+
 def fine_tune(
     settings: TrialSettings, spec: RunSpec, data: Dataset, resume: dict | None = None
 ) -> Iterator[tuple[dict[str, float], Callable[[], dict]]]:
     """Train epoch by epoch; yield each epoch's metrics and a function returning the state
     to checkpoint. `resume` is such a state, to continue after its epoch."""
-    torch.manual_seed(spec.seed)
+    seed = spec.seed if settings.seed is None else settings.seed
+    torch.manual_seed(seed)
     device = _device(spec)
     amp_dtype = _amp_dtype(spec, device)
     model = build_model(spec.model, data.num_classes, settings.freeze_depth)
@@ -91,7 +118,7 @@ def fine_tune(
     per_class = (spec.oversample_to or int(counts.max())) if spec.balance == "oversample" else None
     weight = class_weights(counts).to(device) if spec.balance == "weighted" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
-    generator = torch.Generator().manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(seed)
     epoch_len = len(balanced_order(data.train.labels, per_class, torch.Generator()))
     steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -136,7 +163,11 @@ def fine_tune(
         )
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(f"training loss became {metrics['train_loss']} in epoch {epoch} at lr {settings.lr:g}")
-        metrics |= evaluate(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp_dtype)
+        logits = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp_dtype)
+        metrics |= classification_metrics(logits, data.val.labels)
+        metrics["per_class_top1"] = per_class_accuracy(logits, data.val.labels, data.num_classes)
+        if epoch == spec.max_epochs and settings.affinity:
+            metrics |= affinity(model, data.val, settings.affinity, metrics["top1"], spec, device, amp_dtype)
         yield {"epoch": epoch, **metrics}, (lambda e=epoch: state(e))
 
 

@@ -1,0 +1,71 @@
+"""A synthetic data set with planted augmentation harms (`--data planted`).
+
+Six classes in three pairs, each pair told apart by one factor that some augmentations
+destroy:
+
+- `L` / `J`: a glyph and its mirror image (any colour, upright or upside down): hflip turns one
+  into the other, and so does vflip (a mirror image turned half round).
+- `red` / `orange`: the same disk in two hues 40 degrees apart: hue jitter (`color`) moves one
+  onto the other, `grayscale` removes hue altogether.
+- `checker` / `flat`: a square with a one-pixel checkerboard or filled with its mean colour:
+  `blur` erases the difference.
+
+Every image also varies in the ways `brightness` and `contrast` imitate (a brightness and a
+contrast factor of 0.2-1.8, what they draw at full strength), and in position and background noise, so those two are
+harmless here.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+
+CLASSES = ("L", "J", "red", "orange", "checker", "flat")
+PLANTED_HARMS = ("hflip", "vflip", "color", "grayscale", "blur")
+HARMLESS = ("brightness", "contrast")
+SIDE = 32
+
+_GLYPH = np.array(
+    [
+        [1, 0, 0, 0],
+        [1, 0, 0, 0],
+        [1, 0, 0, 0],
+        [1, 1, 1, 0],
+    ],
+    dtype=bool,
+)
+
+
+def _rgb(hue: float, saturation: float = 0.9, value: float = 0.95) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, saturation, value)) * 255
+
+
+def _draw(label: int, rng: np.random.Generator) -> np.ndarray:
+    image = rng.normal(60, 12, (SIDE, SIDE, 3))
+    top, left = rng.integers(2, SIDE - 18, 2)
+    pair = label // 2
+    if pair == 0:
+        glyph = _GLYPH if label == 0 else _GLYPH[:, ::-1]
+        glyph = np.rot90(glyph, 2 * rng.integers(2)).repeat(4, 0).repeat(4, 1)  # a half turn keeps chirality
+        h, w = glyph.shape
+        image[top : top + h, left : left + w][glyph] = _rgb(rng.random())
+    elif pair == 1:
+        yy, xx = np.mgrid[:SIDE, :SIDE]
+        disk = (yy - top - 6) ** 2 + (xx - left - 6) ** 2 <= 36
+        image[disk] = _rgb((0.0 if label == 2 else 40 / 360) + rng.normal(0, 0.01))
+    else:
+        a, b = _rgb(rng.random()), _rgb(rng.random(), value=0.35)
+        patch = np.where((np.add.outer(np.arange(12), np.arange(12)) % 2 == 0)[..., None], a, b)
+        image[top : top + 12, left : left + 12] = patch if label == 4 else (a + b) / 2
+    mean = image.mean()
+    image = (image - mean) * rng.uniform(0.2, 1.8) + mean  # contrast
+    image = image * rng.uniform(0.2, 1.8)  # brightness
+    return np.clip(image, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+def generate(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 3, 32, 32) and labels, `per_class` of each class, shuffled."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(len(CLASSES)), per_class))
+    return np.stack([_draw(int(y), rng) for y in labels]), labels
