@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 
 from search.config import ConfigError, SearchConfig, load_config
@@ -50,12 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tune-search",
         description="Search augmentations, freeze depth and learning rate for fine-tuning an image classifier.",
-        epilog="Also: `tune-search ablate RESULTS_DIR` and `tune-search report RESULTS_DIR`.",
+        epilog="Also: `tune-search ablate|export|report RESULTS_DIR`.",
     )
     p.add_argument("--space", metavar="FILE", help="YAML space file (see configs/default.yaml); defaults if omitted")
     p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table and exit")
     p.add_argument("--config-from", metavar="PARQUET", help="re-run one saved config for the full budget")
     p.add_argument("--row", type=int, default=0, help="row of --config-from to re-run (default 0, the best)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search STORAGE/NAME")
     p.add_argument("--ablate", action="store_true", help="after the search, ablate the best config (see `ablate`)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--data", help="fashion-mnist, mnist, or an ImageFolder path")
@@ -93,6 +95,10 @@ def _prepare(cfg: SearchConfig) -> tuple[Space, RunSpec, Dataset]:
     )
     d = cfg.data
     data = load_dataset(DataSpec(d.source, d.image_size, d.train_size, d.val_size, d.val_fraction, cfg.run.seed))
+    if data.skipped:
+        shown = "".join(f"\n  {line}" for line in data.skipped[:10])
+        more = f"\n  ... and {len(data.skipped) - 10} more (all listed in config.yaml)" if len(data.skipped) > 10 else ""
+        print(f"skipped {len(data.skipped)} files in {d.source}:{shown}{more}")
     return space, spec, data
 
 
@@ -104,6 +110,8 @@ def _summary(cfg: SearchConfig, space: Space, data: Dataset) -> str:
         + f"# data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, "
         + f"{data.num_classes} classes, {data.train.images.shape[-1]} px; train images per class {counts}\n"
         + f"# model: {cfg.model.name}, freeze depths 0..{space.max_depth} ({space.max_depth} = classifier only)\n"
+        + (f"# skipped {len(data.skipped)} files:\n" if data.skipped else "")
+        + "".join(f"#   {line}\n" for line in data.skipped)
     )
 
 
@@ -129,7 +137,10 @@ def ray_session(address: str | None):
 
     # with one kept checkpoint per trial Ray snapshots often; at this scale that is cheap
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(address=address, include_dashboard=False)
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+    else:  # a local Ray: its dashboard must not be reachable from other machines
+        ray.init(dashboard_host="127.0.0.1")
     try:
         yield
     finally:
@@ -186,12 +197,17 @@ def run(args: argparse.Namespace) -> int:
     if rerun is not None and not args.name:  # beside the search it came from: NAME-rowN
         name = f"{Path(args.config_from).resolve().parent.name or name}-row{args.row}"
 
-    from search.tuner import run_fixed, run_search, storage_uri
+    from search.tuner import resume_search, run_fixed, run_search, storage_uri
 
     folder = Path(storage_uri(cfg.run.storage)) / name
     with ray_session(args.address):
         started = time.time()
-        if rerun is None:
+        if args.resume:
+            try:
+                results = resume_search(cfg, data, spec)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"--resume: {exc}") from None
+        elif rerun is None:
             results = run_search(cfg, data, spec, space)
         else:
             results = run_fixed(cfg, data, spec, {**rerun, "baseline": ""}, name)
@@ -242,11 +258,29 @@ def _results_file(folder: Path, name: str) -> Path:
     return path
 
 
-COMMANDS = {"ablate": run_ablate, "report": run_report}
+def run_export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="tune-search export", description="Rebuild the Parquet exports from Ray's results.")
+    p.add_argument("results", help="a results folder (STORAGE/NAME)")
+    folder = Path(p.parse_args(argv).results).resolve()
+    cfg = load_config(_results_file(folder, "config.yaml"))
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    try:
+        results = ResultGrid(ExperimentAnalysis(str(folder)))
+    except Exception as exc:  # Ray says only that it found no state
+        raise ConfigError(f"{folder} holds no readable Ray Tune experiment state: {exc}") from None
+    tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
+    print(f"{len(tables['trials'])} trials exported to {folder}")
+    analyse(folder, cfg)
+    return 0
+
+
+COMMANDS = {"ablate": run_ablate, "export": run_export, "report": run_report}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         if argv and argv[0] in COMMANDS:
             return COMMANDS[argv[0]](argv[1:])

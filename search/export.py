@@ -20,7 +20,7 @@ from trainable.augment import NAMES
 EXTRAS = ("weight_decay", "batch_size", "label_smoothing")
 HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
 TRIAL_COLUMNS = (
-    "trial_id", "status", "baseline", "epochs", "top1", "top5", "best_top1", "val_loss", "train_loss", "time_s",
+    "trial_id", "status", "baseline", "epochs", "top1", "top5", "best_top1", "val_loss", "train_loss", "time_s", "node_id",
     "lr", "freeze_depth", *EXTRAS,
     *(c for n in NAMES for c in (f"aug_{n}", f"aug_{n}_strength")),
     "error",
@@ -87,6 +87,7 @@ def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFram
                 **{m: _last(h, m) for m in HISTORY_METRICS},
                 "best_top1": float(h["top1"].max()) if "top1" in h and not h.empty else math.nan,
                 "time_s": float(h["time_this_iter_s"].sum()) if "time_this_iter_s" in h else 0.0,
+                "node_id": str(h["node_id"].iloc[-1]) if "node_id" in h and not h.empty else None,
                 **config_columns(r.config),
                 "error": r.error,
             }

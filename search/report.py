@@ -83,6 +83,9 @@ def build_report(folder: Path) -> Path:
     lines = [f"# tune-search report: {folder.name}", ""]
     statuses = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
     lines += [f"{len(trials)} trials ({statuses}).", ""]
+    if (folder / "config.yaml").is_file():  # the resolved config's notes on the data and model
+        notes = [ln[2:] for ln in (folder / "config.yaml").read_text().splitlines() if ln.startswith("# ") and ln != "# resolved"]
+        lines += [f"    {ln}" for ln in notes] + [""]
 
     lines += ["## Verdicts", ""]
     has_ablation = ablation is not None and len(ablation) > 0

@@ -127,6 +127,15 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space) ->
     return tuner.fit()
 
 
+def resume_search(cfg: SearchConfig, data: Dataset, spec: RunSpec) -> tune.ResultGrid:
+    """Continue an interrupted search: finished trials are kept as they are, unfinished ones
+    continue from their last checkpoint, the searcher and scheduler from their saved state."""
+    path = f"{storage_uri(cfg.run.storage).rstrip('/')}/{cfg.run.name}"
+    if not tune.Tuner.can_restore(path):
+        raise FileNotFoundError(f"nothing to resume in {path}: no Ray Tune experiment state there")
+    return tune.Tuner.restore(path, trainable=_trainable(cfg, data, spec), resume_unfinished=True).fit()
+
+
 def run_fixed(cfg: SearchConfig, data: Dataset, spec: RunSpec, config: dict[str, Any], name: str) -> tune.ResultGrid:
     """Train one fixed configuration for the full budget (no search, no early stopping)."""
     tuner = tune.Tuner(

@@ -47,6 +47,7 @@ class Dataset:
     val: Split
     classes: tuple[str, ...]
     origin: str  # where the images came from, for the log and the resolved config
+    skipped: tuple[str, ...] = ()  # "path: reason" for files left out (not images, unreadable)
 
     @property
     def num_classes(self) -> int:
@@ -172,27 +173,40 @@ def _builtin(spec: DataSpec) -> Dataset:
 
 
 def _decode(path: str, side: int) -> torch.Tensor:
-    try:
-        image = decode_image(path, mode=ImageReadMode.RGB)
-    except Exception as exc:
-        raise DataError(f"cannot decode image {path}: {exc}") from exc
+    image = decode_image(path, mode=ImageReadMode.RGB)
     if image.dtype != torch.uint8:  # 16-bit PNGs
         image = F.to_dtype(image, torch.uint8, scale=True)
     return fit_images(image, side)
 
 
-def _folder_samples(root: Path, classes: list[str], class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+def _folder_samples(root: Path, classes: list[str], class_to_idx: dict[str, int], skipped: list[str]) -> list[tuple[str, int]]:
     samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    counts = np.bincount([label for _, label in samples], minlength=len(classes))
-    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        raise DataError(f"{root}: class folders without images ({', '.join(empty)}); images need one of {', '.join(IMG_EXTENSIONS)}")
+    kept = {path for path, _ in samples}
+    for cls in classes:
+        skipped += [f"{p}: not an image file" for p in sorted((root / cls).rglob("*")) if p.is_file() and str(p) not in kept]
     return samples
 
 
-def _load_split(samples: list[tuple[str, int]], side: int) -> Split:
-    images = torch.stack([_decode(path, side) for path, _ in samples])
-    return Split(images, torch.tensor([label for _, label in samples], dtype=torch.int64))
+def _require(samples: list[tuple[str, int]], classes: list[str], root: Path, at_least: int, why: str) -> None:
+    counts = np.bincount([label for _, label in samples], minlength=len(classes))
+    few = [f"{classes[i]} ({counts[i]})" for i in np.flatnonzero(counts < at_least)]
+    if few:
+        raise DataError(f"{root}: class folders with fewer than {at_least} usable images {why}: {', '.join(few)}")
+
+
+def _load_split(samples: list[tuple[str, int]], side: int, skipped: list[str]) -> tuple[Split, list[tuple[str, int]]]:
+    """Decode what decodes; unreadable and truncated files are skipped and listed."""
+    images, kept = [], []
+    for path, label in samples:
+        try:
+            images.append(_decode(path, side))
+        except RuntimeError as exc:
+            skipped.append(f"{path}: cannot decode ({str(exc).splitlines()[0]})")
+            continue
+        kept.append((path, label))
+    if not images:
+        return Split(torch.zeros(0, 3, side, side, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)), kept
+    return Split(torch.stack(images), torch.tensor([label for _, label in kept], dtype=torch.int64)), kept
 
 
 def _image_folder(spec: DataSpec) -> Dataset:
@@ -201,25 +215,38 @@ def _image_folder(spec: DataSpec) -> Dataset:
         raise DataError(
             f"data {spec.source!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder"
         )
+    skipped: list[str] = []
     split_dirs = (root / "train", root / "val")
-    if all(d.is_dir() for d in split_dirs):
-        classes, class_to_idx = find_classes(str(split_dirs[0]))
-        train, val = (_folder_samples(d, classes, class_to_idx) for d in split_dirs)
-    else:
-        try:
-            classes, class_to_idx = find_classes(str(root))
-        except FileNotFoundError as exc:
-            raise DataError(f"{root}: no class subfolders (expected ROOT/CLASS/IMAGE or ROOT/train|val/CLASS/IMAGE)") from exc
-        samples = _folder_samples(root, classes, class_to_idx)
-        train_idx, val_idx = stratified_split(np.array([s[1] for s in samples]), spec.val_fraction, spec.seed)
-        train, val = [samples[i] for i in train_idx], [samples[i] for i in val_idx]
+    separate = all(d.is_dir() for d in split_dirs)
+    base = split_dirs[0] if separate else root
+    try:
+        classes, class_to_idx = find_classes(str(base))
+    except FileNotFoundError:
+        raise DataError(f"{base}: no class subfolders (expected ROOT/CLASS/IMAGE or ROOT/train|val/CLASS/IMAGE)") from None
     if len(classes) < 2:
-        raise DataError(f"{root}: found {len(classes)} class folder; a classifier needs at least 2")
+        raise DataError(f"{base}: found {len(classes)} class folder ({', '.join(classes)}); a classifier needs at least 2")
+    if separate:
+        val_classes = find_classes(str(split_dirs[1]))[0]
+        if val_classes != classes:
+            raise DataError(f"{split_dirs[1]} has classes {val_classes}, {split_dirs[0]} has {classes}: they must match")
+        parts = [_folder_samples(d, classes, class_to_idx, skipped) for d in split_dirs]
+    else:
+        parts = [_folder_samples(root, classes, class_to_idx, skipped)]
+    decoded = [_load_split(p, spec.image_size, skipped) for p in parts]
+    if separate:
+        _require(decoded[0][1], classes, split_dirs[0], 1, "to train on")
+        (train, _), (val, _) = decoded
+    else:
+        split, kept = decoded[0]
+        _require(kept, classes, root, 2, f"to split into train and val (val_fraction {spec.val_fraction})")
+        train_idx, val_idx = stratified_split(split.labels.numpy(), spec.val_fraction, spec.seed)
+        train = Split(split.images[train_idx], split.labels[train_idx])
+        val = Split(split.images[val_idx], split.labels[val_idx])
     chosen = []
-    for samples, size in ((train, spec.train_size), (val, spec.val_size)):
-        keep = stratified_subset(np.array([s[1] for s in samples]), size, spec.seed)
-        chosen.append(_load_split([samples[i] for i in keep], spec.image_size))
-    return Dataset(chosen[0], chosen[1], tuple(classes), f"image folder {root}")
+    for part, size in ((train, spec.train_size), (val, spec.val_size)):
+        keep = torch.from_numpy(stratified_subset(part.labels.numpy(), size, spec.seed))
+        chosen.append(Split(part.images[keep], part.labels[keep]))
+    return Dataset(chosen[0], chosen[1], tuple(classes), f"image folder {root}", tuple(skipped))
 
 
 def load_dataset(spec: DataSpec) -> Dataset:

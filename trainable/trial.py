@@ -173,8 +173,10 @@ def fine_tune(
 
 def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:
     """Ray Tune function trainable: report every epoch with a checkpoint, resume from one."""
+    import ray
     from ray import tune
 
+    node_id = ray.get_runtime_context().get_node_id()  # which node of a cluster ran the trial
     # Ray pins OMP threads to 1 in workers; use exactly this trial's CPU share instead
     torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
     checkpoint = tune.get_checkpoint()
@@ -185,4 +187,4 @@ def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:
     for metrics, state in fine_tune(TrialSettings.from_config(config), spec, data, resume):
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state(), Path(folder) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -81,7 +81,7 @@ def test_config_from_row_round_trips_a_trial():
     assert "aug_crop_strength" not in config and set(k for k in config if not k.endswith("_strength")) >= {
         f"aug_{n}" for n in NAMES
     }
-    assert trials_table([TrialRecord("again", config, history([0.9]))], 1).iloc[0, 10:-1].equals(t.iloc[1, 10:-1])
+    assert trials_table([TrialRecord("again", config, history([0.9]))], 1).iloc[0, 11:-1].equals(t.iloc[1, 11:-1])
 
 
 def test_baseline_summary_table():

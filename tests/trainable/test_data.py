@@ -40,14 +40,54 @@ def test_train_and_val_subfolders_are_used_as_given(image_folder, tmp_path):
 
 def test_empty_class_folder_is_refused_by_name(image_folder):
     (image_folder / "dog").mkdir()
-    with pytest.raises(DataError, match="dog"):
+    with pytest.raises(DataError, match=r"fewer than 2 usable images .*dog \(0\)"):
         load_dataset(DataSpec(str(image_folder)))
 
 
-def test_unreadable_image_is_named(image_folder):
+def test_a_class_too_small_to_split_is_named(image_folder):
+    (image_folder / "dog").mkdir()
+    (image_folder / "dog" / "1.png").write_bytes((image_folder / "ant" / "1.png").read_bytes())
+    with pytest.raises(DataError, match=r"dog \(1\)"):
+        load_dataset(DataSpec(str(image_folder)))
+
+
+def test_a_single_class_is_refused(tmp_path, image_folder):
+    (tmp_path / "one" / "ant").mkdir(parents=True)
+    with pytest.raises(DataError, match="at least 2"):
+        load_dataset(DataSpec(str(tmp_path / "one")))
+
+
+def test_broken_and_non_image_files_are_skipped_and_listed(image_folder):
     (image_folder / "bee" / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(DataError, match="broken.png"):
-        load_dataset(DataSpec(str(image_folder)))
+    truncated = (image_folder / "cat" / "3.png").read_bytes()
+    (image_folder / "cat" / "cut.png").write_bytes(truncated[: len(truncated) // 2])
+    (image_folder / "ant" / "notes.txt").write_text("not an image")
+    ds = load_dataset(DataSpec(str(image_folder), image_size=16))
+    assert len(ds.train) + len(ds.val) == 36
+    reasons = dict(line.rsplit(": ", 1)[0].rsplit("/", 1)[-1:] + [line] for line in ds.skipped)
+    assert set(reasons) == {"broken.png", "cut.png", "notes.txt"}
+    assert "not an image file" in reasons["notes.txt"] and "cannot decode" in reasons["broken.png"]
+
+
+def test_sixteen_bit_images_are_scaled_to_eight(tmp_path):
+    from PIL import Image
+
+    for cls, level in (("dark", 4000), ("light", 60000)):
+        (tmp_path / cls).mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((12, 12), level, dtype=np.uint16)).save(tmp_path / cls / f"{i}.png")
+    ds = load_dataset(DataSpec(str(tmp_path), image_size=8, val_fraction=0.5))
+    means = [ds.train.images[ds.train.labels == c].float().mean().item() for c in (0, 1)]
+    assert means[0] == pytest.approx(4000 / 257, abs=2) and means[1] == pytest.approx(60000 / 257, abs=2)
+
+
+def test_train_and_val_must_have_the_same_classes(image_folder, tmp_path):
+    for part, classes in (("train", ("ant", "bee")), ("val", ("ant", "cat"))):
+        for cls in classes:
+            (tmp_path / "s" / part / cls).mkdir(parents=True)
+            (tmp_path / "s" / part / cls / "0.png").write_bytes((image_folder / cls / "0.png").read_bytes())
+    with pytest.raises(DataError, match="must match"):
+        load_dataset(DataSpec(str(tmp_path / "s")))
 
 
 def test_missing_path_names_the_builtin_sets():

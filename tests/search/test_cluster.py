@@ -1,0 +1,63 @@
+"""A real two-node Ray cluster on 127.0.0.1 (`ray start`), a search submitted with
+`ray job submit`, trials on both nodes, complete exports; the cluster is stopped after."""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).parents[2]
+BIN = Path(sys.executable).parent
+SPACE = """
+data: {source: mnist, image_size: 32, train_size: 200, val_size: 100}
+space: {augmentations: [hflip, blur]}
+budget: {num_samples: 4, max_epochs: 2, grace_period: 2}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cluster():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    port, dashboard = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="tsray")  # short: Ray's socket paths have a length limit
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        head = ray("start", "--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                   f"--dashboard-port={dashboard}", f"--temp-dir={temp}", *common, env=env)  # fmt: skip
+        assert head.returncode == 0, head.stderr[-3000:]
+        worker = ray("start", f"--address=127.0.0.1:{port}", *common, env=env)
+        assert worker.returncode == 0, worker.stderr[-3000:]
+        yield env, f"http://127.0.0.1:{dashboard}"
+    finally:
+        ray("stop", "--force", env=env)
+
+
+def test_search_submitted_with_ray_job_runs_on_both_nodes(cluster, tmp_path):
+    env, address = cluster
+    (tmp_path / "space.yaml").write_text(SPACE)
+    submit = ray(
+        "job", "submit", f"--address={address}", f"--working-dir={REPO}", "--",
+        "tune-search", "--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "cluster",
+        env=env, timeout=600,
+    )  # fmt: skip
+    assert submit.returncode == 0 and "succeeded" in submit.stdout, submit.stdout[-4000:] + submit.stderr[-2000:]
+    trials = pd.read_parquet(tmp_path / "cluster" / "trials.parquet")
+    assert len(trials) == 4 and (trials["status"] == "completed").all()
+    assert trials["node_id"].nunique() == 2  # one CPU per node: trials had to use both
+    assert len(pd.read_parquet(tmp_path / "cluster" / "history.parquet")) == 8

@@ -1,0 +1,85 @@
+"""Faults: a diverging trial is recorded and the search goes on; a killed search resumes
+without losing or repeating trials."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from optuna.trial import TrialState
+
+from search.cli import main
+
+SMALL = """
+data: {source: mnist, image_size: 32, train_size: 200, val_size: 100}
+space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e+30], baseline_lr: 1.0e-3, freeze_depth: [0, max]}
+budget: {num_samples: 6, max_epochs: 2}
+run: {seed: 3}
+"""
+
+
+def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    (tmp_path / "space.yaml").write_text(SMALL)
+    assert main(["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "div"]) == 0
+    trials = pd.read_parquet(tmp_path / "div" / "trials.parquet")
+    assert len(trials) == 6
+    ok = trials[trials["baseline"] != ""]
+    assert (ok["status"] == "completed").all() and (ok["lr"] == 1e-3).all()
+    diverged = trials[trials["status"] == "diverged"]
+    assert len(diverged) >= 1 and (diverged["lr"] > 1e10).all()
+    assert diverged["error"].str.contains("training loss became nan").all()
+    # Optuna was told these trials failed
+    state = pickle.loads(next((tmp_path / "div").glob("searcher-state-*.pkl")).read_bytes())
+    study = state["_ot_study"]
+    assert sum(t.state == TrialState.FAIL for t in study.trials) == len(diverged)
+
+
+RESUMABLE = """
+data: {source: mnist, image_size: 32, train_size: 300, val_size: 100}
+space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e-2], freeze_depth: [0, max]}
+budget: {num_samples: 6, max_epochs: 3, grace_period: 3}
+resources: {max_concurrent: 1}
+"""
+
+
+def _result_lines(folder: Path) -> dict[str, int]:
+    return {d.name: len((d / "result.json").read_text().splitlines()) for d in folder.glob("trial_*") if (d / "result.json").is_file()}
+
+
+def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
+    (tmp_path / "space.yaml").write_text(RESUMABLE)
+    args = ["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "r"]
+    cli = [sys.executable, "-m", "search.cli", *args]
+    proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "r"
+    deadline = time.time() + 300
+    try:
+        # kill the driver (and its local Ray) once two trials finished and a third is mid-way
+        while time.time() < deadline:
+            lines = _result_lines(folder) if folder.is_dir() else {}
+            if sum(n == 3 for n in lines.values()) >= 2 and any(0 < n < 3 for n in lines.values()):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the search did not get far enough to kill: {lines}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {k for k, n in lines.items() if n == 3}
+    before = {k: (folder / k / "result.json").read_text() for k in finished}
+
+    assert main([*args, "--resume"]) == 0
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert (trials["epochs"] == 3).all() and (trials["status"] == "completed").all()
+    history = pd.read_parquet(folder / "history.parquet")
+    assert not history.duplicated(["trial_id", "epoch"]).any() and len(history) == 18
+    for name, text in before.items():  # finished trials were kept, not re-run
+        assert (folder / name / "result.json").read_text() == text
+    epochs = [json.loads(line)["epoch"] for d in folder.glob("trial_*") for line in (d / "result.json").read_text().splitlines()]
+    assert sorted(epochs) == sorted([1, 2, 3] * 6)
