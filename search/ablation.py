@@ -1,7 +1,8 @@
 """The confirmation study: re-train the best config with each augmentation switched the
 other way, over several seeds, and compare paired by seed.
 
-Pure functions build the variants and summarise the runs; `run_ablation` is the Ray part.
+Pure functions: they build the variants and summarise the runs (`search.tuner.run_ablation`
+trains them).
 """
 
 from __future__ import annotations
@@ -156,24 +157,4 @@ def runs_table(results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def train_variant(config: dict, **kwargs) -> None:
-    """Ray trainable: one ablation variant (grid-searched as a whole config)."""
-    from trainable.trial import train_trial
-
-    train_trial(config["variant"], **kwargs)
-
-
-def run_ablation(cfg, data, spec, configs: list[dict[str, Any]], name: str):
-    from ray import tune
-
-    from search.tuner import _run_config, _trial_dirname
-
-    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(train_variant, data=data, spec=spec), resources)
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"variant": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, name),
-    )
-    return tuner.fit()
+from search.tuner import train_variant  # TEMP

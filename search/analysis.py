@@ -105,7 +105,7 @@ def estimate_effects(
     turns harmful when the slope is clearly negative.
 
     With enough trials one joint regression holds every switch and the controls; with fewer
-    (fewer than its features + 10) each augmentation gets its own regression on the controls,
+    (fewer than 3 per feature) each augmentation gets its own regression on the controls,
     which treats the other switches as noise: TPE draws them independently of this one."""
     y = table["score"].to_numpy(float)
     controls = control_features(table)
@@ -115,7 +115,7 @@ def estimate_effects(
     blocks = {n: augmentation_features(table, n, slopes[n]) for n in augmentations}
     samples = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
     joint = pd.concat([*blocks.values(), controls], axis=1)
-    if len(y) >= joint.shape[1] + 10:
+    if len(y) >= 3 * joint.shape[1]:
         fits = dict.fromkeys(augmentations, _bootstrap(joint, y, samples, alpha))
         method = "joint ridge regression"
     else:

@@ -160,7 +160,8 @@ def analyse(folder: Path, cfg: SearchConfig) -> None:
 
 
 def ablate(folder: Path, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset) -> None:
-    from search.ablation import affinity_diversity, paired_effects, per_class, run_ablation, runs_table, variants
+    from search.ablation import affinity_diversity, paired_effects, per_class, runs_table, variants
+    from search.tuner import run_ablation
 
     best_path = folder / "best_configs.parquet"
     best = pd.read_parquet(best_path)
@@ -199,7 +200,11 @@ def run(args: argparse.Namespace) -> int:
 
     from search.tuner import resume_search, run_fixed, run_search, storage_uri
 
-    folder = Path(storage_uri(cfg.run.storage)) / name
+    storage = storage_uri(cfg.run.storage)
+    # exports and the report are written locally; for a URI storage they are staged in
+    # results/NAME and copied beside Ray's results at the end
+    remote = "://" in storage
+    folder = (Path("results") / name).resolve() if remote else Path(storage) / name
     with ray_session(args.address):
         started = time.time()
         if args.resume:
@@ -220,17 +225,40 @@ def run(args: argparse.Namespace) -> int:
         if args.ablate and rerun is None:
             ablate(folder, cfg, space, spec, data)
             print(f"report: {build_report(folder)}")
+    if remote:
+        publish(folder, f"{storage.rstrip('/')}/{name}")
     return 0
 
 
-def run_ablate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tune-search ablate", description="Ablate the best config of a finished search.")
-    p.add_argument("results", help="a results folder (STORAGE/NAME) with config.yaml and best_configs.parquet")
-    p.add_argument("--seeds", type=int)
-    p.add_argument("--strength", type=float)
-    p.add_argument("--address")
+def publish(folder: Path, uri: str) -> None:
+    """Copy the local exports and report to a storage URI (s3://, gs://, ...)."""
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    filesystem.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(folder), path, destination_filesystem=filesystem)
+    print(f"exports copied to {uri}")
+
+
+def _results_args(command: str, description: str, argv: list[str], options=()) -> tuple[argparse.Namespace, Path]:
+    p = argparse.ArgumentParser(prog=f"tune-search {command}", description=description)
+    p.add_argument("results", help="a results folder (STORAGE/NAME) with its config.yaml")
+    for flag, kind in options:
+        p.add_argument(flag, type=kind)
     args = p.parse_args(argv)
-    folder = Path(args.results).resolve()
+    return args, Path(args.results).resolve()
+
+
+def _results_file(folder: Path, name: str) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise ConfigError(f"{folder} is not a tune-search results folder: {name} is missing")
+    return path
+
+
+def run_ablate(argv: list[str]) -> int:
+    options = (("--seeds", int), ("--strength", float), ("--address", str))
+    args, folder = _results_args("ablate", "Ablate the best config of a finished search.", argv, options)
     overrides = {"ablation.seeds": args.seeds, "ablation.strength": args.strength}
     cfg = load_config(_results_file(folder, "config.yaml"), overrides)
     _results_file(folder, "best_configs.parquet")
@@ -242,26 +270,15 @@ def run_ablate(argv: list[str]) -> int:
 
 
 def run_report(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tune-search report", description="Rebuild report.md from a results folder.")
-    p.add_argument("results", help="a results folder (STORAGE/NAME)")
-    folder = Path(p.parse_args(argv).results).resolve()
+    _, folder = _results_args("report", "Rebuild effects.parquet and report.md from the Parquet files.", argv)
     cfg = load_config(_results_file(folder, "config.yaml"))
     _results_file(folder, "trials.parquet")
     analyse(folder, cfg)
     return 0
 
 
-def _results_file(folder: Path, name: str) -> Path:
-    path = folder / name
-    if not path.is_file():
-        raise ConfigError(f"{folder} is not a tune-search results folder: {name} is missing")
-    return path
-
-
 def run_export(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="tune-search export", description="Rebuild the Parquet exports from Ray's results.")
-    p.add_argument("results", help="a results folder (STORAGE/NAME)")
-    folder = Path(p.parse_args(argv).results).resolve()
+    _, folder = _results_args("export", "Rebuild the Parquet exports from Ray's results.", argv)
     cfg = load_config(_results_file(folder, "config.yaml"))
     from ray.tune import ExperimentAnalysis, ResultGrid
 

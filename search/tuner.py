@@ -145,3 +145,20 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: RunSpec, config: dict[str,
         run_config=_run_config(cfg, name),
     )
     return tuner.fit()
+
+
+def train_variant(config: dict, **kwargs) -> None:
+    """Ray trainable for the ablation: one variant, grid-searched as a whole flat config."""
+    train_trial(config["variant"], **kwargs)
+
+
+def run_ablation(cfg: SearchConfig, data: Dataset, spec: RunSpec, variants: list[dict[str, Any]], name: str) -> tune.ResultGrid:
+    """Train every variant for the full budget, in parallel, with no early stopping."""
+    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(train_variant, data=data, spec=spec), resources),
+        param_space={"variant": tune.grid_search(variants)},
+        tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=_run_config(cfg, name),
+    )
+    return tuner.fit()

@@ -82,10 +82,3 @@ def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: 
     hits = torch.bincount(labels[logits.argmax(1) == labels], minlength=num_classes).float()
     counts = torch.bincount(labels, minlength=num_classes).float()
     return (hits / counts).tolist()
-
-
-def evaluate(
-    model: nn.Module, split: Split, *, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None = None
-) -> dict[str, float]:
-    logits = predict(model, split, batch_size=batch_size, device=device, amp_dtype=amp_dtype)
-    return classification_metrics(logits, split.labels)

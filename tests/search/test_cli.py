@@ -74,3 +74,31 @@ def test_list_augmentations(capsys):
     assert main(["--list-augmentations"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in NAMES)
+
+
+def test_export_and_report_rebuild_from_ray_results(search_run):
+    _, results = search_run
+    folder = results / "small"
+    before = pd.read_parquet(folder / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
+    for name in ("trials", "history", "best_configs"):
+        (folder / f"{name}.parquet").unlink()
+    (folder / "report.md").unlink()
+    assert main(["export", str(folder)]) == 0
+    after = pd.read_parquet(folder / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after)
+    assert main(["report", str(folder)]) == 0 and "## Baselines" in (folder / "report.md").read_text()
+
+
+def test_resume_without_a_previous_search_says_so(tmp_path, capsys):
+    assert main(["--data", "mnist", "--storage", str(tmp_path), "--name", "none", "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_storage_uri_gets_ray_results_and_the_exports(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # exports are staged in ./results/NAME
+    (tmp_path / "space.yaml").write_text(SMALL)
+    uri = f"file://{tmp_path}/remote"
+    assert main(["--space", "space.yaml", "--storage", uri, "--name", "uri", "--num-samples", "3", "--max-epochs", "1"]) == 0
+    remote = tmp_path / "remote" / "uri"
+    assert len(pd.read_parquet(remote / "trials.parquet")) == 3
+    assert list(remote.glob("experiment_state-*.json")) and list(remote.glob("trial_*"))
