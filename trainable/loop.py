@@ -12,7 +12,7 @@ from trainable.augment import augment_batch
 from trainable.data import Split
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
@@ -40,7 +40,7 @@ def train_one_epoch(
         index = order[start : start + batch_size]
         images = _to_device(augment_batch(split.images[index], pipeline), device)
         labels = split.labels[index].to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             loss = loss_fn(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -59,7 +59,7 @@ def predict(
     model.eval()
     outputs = []
     for start in range(0, len(split), batch_size):
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             outputs.append(model(_to_device(split.images[start : start + batch_size], device)).float())
     return torch.cat(outputs).cpu()
 

@@ -122,11 +122,26 @@ class StagedClassifier(nn.Module):
                 x = stage(x)
         return x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.frozen_features(images)
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The trainable rest of the network, from the frozen prefix's output."""
+        x = features
         for stage in self.stages[self.freeze_depth :]:
             x = stage(x)
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.frozen_features(images))
+
+
+class FromFeatures(nn.Module):
+    """A StagedClassifier fed cached frozen-prefix features instead of images."""
+
+    def __init__(self, model: StagedClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.head(features)
 
 
 def hub_checkpoint_path(name: str) -> Path:

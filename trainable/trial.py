@@ -13,8 +13,8 @@ from torch import nn
 
 from trainable.augment import NAMES, augment_batch, build_pipeline
 from trainable.data import Dataset, Split, balanced_order, class_weights
-from trainable.loop import classification_metrics, per_class_accuracy, predict, train_one_epoch
-from trainable.models import ModelSpec, build_model
+from trainable.loop import autocast, classification_metrics, per_class_accuracy, predict, train_one_epoch
+from trainable.models import FromFeatures, ModelSpec, StagedClassifier, build_model
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -66,6 +66,7 @@ class RunSpec:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     eval_batch_size: int = 256
+    feature_cache_bytes: int = 1 << 30  # frozen-prefix features are cached when they fit; 0: never
 
 
 def _device(spec: RunSpec) -> torch.device:
@@ -100,6 +101,24 @@ def affinity(
     return out
 
 
+def cached_features(model: StagedClassifier, split: Split, spec: RunSpec, device, amp_dtype) -> Split | None:
+    """The frozen prefix's output for every image, computed once (frozen stages are
+    deterministic: eval-mode BatchNorm, no dropout), or None when it would not fit."""
+    if model.freeze_depth == 0 or not len(split):
+        return None
+    model.eval()
+    with torch.no_grad(), autocast(device, amp_dtype):
+        probe = model.frozen_features(split.images[:1].to(device))
+    if probe.numel() * 4 * len(split) > spec.feature_cache_bytes:
+        return None
+    with torch.no_grad(), autocast(device, amp_dtype):
+        parts = [
+            model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float()
+            for i in range(0, len(split), spec.eval_batch_size)
+        ]
+    return Split(torch.cat(parts).cpu(), split.labels)
+
+
 def fine_tune(
     settings: TrialSettings, spec: RunSpec, data: Dataset, resume: dict | None = None
 ) -> Iterator[tuple[dict[str, float], Callable[[], dict]]]:
@@ -123,6 +142,17 @@ def fine_tune(
     steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1])
+    # frozen stages cost nothing twice: validation always, and training when nothing
+    # augments the images, run the trainable rest on features computed once
+    val, val_net = data.val, model
+    train, train_net = data.train, model
+    val_features = cached_features(model, data.val, spec, device, amp_dtype)
+    if val_features is not None:
+        val, val_net = val_features, FromFeatures(model)
+        if pipeline is None:
+            train_features = cached_features(model, data.train, spec, device, amp_dtype)
+            if train_features is not None:
+                train, train_net = train_features, FromFeatures(model)
 
     frozen = tuple(f"stages.{i}." for i in range(settings.freeze_depth))
     start = 0
@@ -150,8 +180,8 @@ def fine_tune(
     for epoch in range(start + 1, spec.max_epochs + 1):
         order = balanced_order(data.train.labels, per_class, generator)
         metrics = train_one_epoch(
-            model,
-            data.train,
+            train_net,
+            train,
             order,
             optimizer=optimizer,
             scheduler=scheduler,
@@ -163,7 +193,7 @@ def fine_tune(
         )
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(f"training loss became {metrics['train_loss']} in epoch {epoch} at lr {settings.lr:g}")
-        logits = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp_dtype)
+        logits = predict(val_net, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp_dtype)
         metrics |= classification_metrics(logits, data.val.labels)
         metrics["per_class_top1"] = per_class_accuracy(logits, data.val.labels, data.num_classes)
         if epoch == spec.max_epochs and settings.affinity:

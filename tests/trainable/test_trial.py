@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -71,3 +73,16 @@ def test_weighted_and_oversampled_balance_run(halves):
         spec = RunSpec(ModelSpec("resnet18", "none"), max_epochs=1, balance=balance, oversample_to=120)
         metrics = list(fine_tune(TrialSettings(lr=1e-3, freeze_depth=5, batch_size=64), spec, halves))[-1][0]
         assert 0 <= metrics["top1"] <= 1
+
+
+@pytest.mark.parametrize("augmentations", [(), (("crop", 0.5),)])
+def test_cached_frozen_features_train_the_same_as_images(halves, augmentations):
+    """The frozen prefix runs once (train too, when nothing augments); results do not change."""
+    settings = TrialSettings(lr=1e-3, freeze_depth=3, batch_size=32, augmentations=augmentations)
+    spec = RunSpec(ModelSpec("resnet18", "none"), max_epochs=2)
+    fast = [m for m, _ in fine_tune(settings, spec, halves)]
+    slow = [m for m, _ in fine_tune(settings, replace(spec, feature_cache_bytes=0), halves)]
+    for f, s in zip(fast, slow):
+        assert f["train_loss"] == pytest.approx(s["train_loss"], rel=1e-3)
+        assert f["val_loss"] == pytest.approx(s["val_loss"], rel=1e-3)
+        assert f["top1"] == pytest.approx(s["top1"], abs=0.011)
