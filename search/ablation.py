@@ -156,5 +156,3 @@ def runs_table(results) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
-
-from search.tuner import train_variant  # TEMP
