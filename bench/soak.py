@@ -10,32 +10,47 @@ of the run. Not a test: it takes minutes and its figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
-
-import psutil
 
 from search.cli import _prepare, ray_session
 from search.config import load_config
 from search.export import records_from_results
 from search.tuner import run_search
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(pid: str) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def _trial_workers() -> list[str]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"train_trial" in cmdline or b"ImplicitFunc" in cmdline:
+            pids.append(pid)
+    return pids
+
 
 def sample(samples: list, stop: threading.Event) -> None:
-    driver = psutil.Process()
+    """Every 0.5 s: driver RSS, the largest trial worker's RSS, how many workers (Linux /proc)."""
     while not stop.is_set():
-        workers = [
-            p for p in psutil.process_iter(["cmdline"])
-            if any("train_trial" in part or "ImplicitFunc" in part for part in (p.info["cmdline"] or []))
-        ]  # fmt: skip
         rss = []
-        for p in workers:
+        for pid in _trial_workers():
             try:
-                rss.append(p.memory_info().rss)
-            except psutil.Error:
+                rss.append(_rss(pid))
+            except OSError:
                 pass
-        samples.append((time.time(), driver.memory_info().rss, max(rss, default=0), len(rss)))
+        samples.append((time.time(), _rss("self"), max(rss, default=0), len(rss)))
         time.sleep(0.5)
 
 

@@ -2,6 +2,7 @@
 `ray job submit`, trials on both nodes, complete exports; the cluster is stopped after."""
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -14,9 +15,9 @@ import pytest
 REPO = Path(__file__).parents[2]
 BIN = Path(sys.executable).parent
 SPACE = """
-data: {source: mnist, image_size: 32, train_size: 200, val_size: 100}
+data: {source: mnist, image_size: 32, train_size: 1000, val_size: 200}
 space: {augmentations: [hflip, blur]}
-budget: {num_samples: 4, max_epochs: 2, grace_period: 2}
+budget: {num_samples: 6, max_epochs: 2, grace_period: 2}
 """
 
 
@@ -34,6 +35,8 @@ def ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProces
 def cluster():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    # token authentication on, with a token only this test knows: nodes and the job client need it
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     port, dashboard = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="tsray")  # short: Ray's socket paths have a length limit
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
@@ -41,7 +44,8 @@ def cluster():
         head = ray("start", "--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                    f"--dashboard-port={dashboard}", f"--temp-dir={temp}", *common, env=env)  # fmt: skip
         assert head.returncode == 0, head.stderr[-3000:]
-        worker = ray("start", f"--address=127.0.0.1:{port}", *common, env=env)
+        # its own temp dir: two nodes sharing one would delete each other's unpacked working dir
+        worker = ray("start", f"--address=127.0.0.1:{port}", f"--temp-dir={tempfile.mkdtemp(prefix='tsray')}", *common, env=env)
         assert worker.returncode == 0, worker.stderr[-3000:]
         yield env, f"http://127.0.0.1:{dashboard}"
     finally:
@@ -58,6 +62,6 @@ def test_search_submitted_with_ray_job_runs_on_both_nodes(cluster, tmp_path):
     )  # fmt: skip
     assert submit.returncode == 0 and "succeeded" in submit.stdout, submit.stdout[-4000:] + submit.stderr[-2000:]
     trials = pd.read_parquet(tmp_path / "cluster" / "trials.parquet")
-    assert len(trials) == 4 and (trials["status"] == "completed").all()
-    assert trials["node_id"].nunique() == 2  # one CPU per node: trials had to use both
-    assert len(pd.read_parquet(tmp_path / "cluster" / "history.parquet")) == 8
+    assert len(trials) == 6 and (trials["status"] == "completed").all()
+    assert trials["node_id"].nunique() == 2  # one CPU per node: concurrent trials had to use both
+    assert len(pd.read_parquet(tmp_path / "cluster" / "history.parquet")) == 12
