@@ -90,8 +90,7 @@ def _prepare(cfg: SearchConfig) -> tuple[Space, RunSpec, Dataset]:
         balance=cfg.data.balance,
         oversample_to=cfg.data.oversample_to,
         precision=cfg.model.precision,
-        cpus_per_trial=cfg.resources.cpus_per_trial,
-        gpus_per_trial=cfg.resources.gpus_per_trial,
+        fast_path=cfg.resources.fast_path,
     )
     d = cfg.data
     data = load_dataset(DataSpec(d.source, d.image_size, d.train_size, d.val_size, d.val_fraction, cfg.run.seed))

@@ -111,9 +111,10 @@ class BudgetConfig(_Section):
 
 
 class ResourcesConfig(_Section):
-    cpus_per_trial: Annotated[float, Field(gt=0)] = 1
-    gpus_per_trial: Annotated[float, Field(ge=0)] = 0
+    cpus_per_trial: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    gpus_per_trial: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     max_concurrent: PositiveInt | None = None
+    fast_path: bool = True
 
 
 class AblationConfig(_Section):
@@ -154,7 +155,7 @@ def _explain(error: ValidationError, origin: str) -> ConfigError:
     seen = set()
     for e in error.errors():
         # pydantic reports each member of a union separately: keep the first per key
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in ("tuple", "literal"))))
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("constrained-") or p in ("tuple", "literal"))))
         key = ".".join(str(p) for p in loc if not isinstance(p, int)) or "(top level)"
         if key in seen:
             continue

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.result import TRAINING_ITERATION
@@ -14,10 +16,10 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from search.config import SearchConfig
+from search.config import ResourcesConfig, SearchConfig
 from search.space import Space
 from trainable.data import Dataset
-from trainable.trial import RunSpec, train_trial
+from trainable.trial import RunSpec, amp_dtype, train_trial
 
 METRIC, MODE = "top1", "max"
 
@@ -77,9 +79,36 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(cfg: SearchConfig, data: Dataset, spec: RunSpec):
-    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(train_trial, data=data, spec=spec), resources)
+TRIALS_PER_GPU = 4  # trials sharing one GPU when gpus_per_trial is auto
+MAX_CPUS_PER_GPU_TRIAL = 4
+
+
+def trial_resources(resources: ResourcesConfig, cluster: dict[str, float]) -> tuple[float, float]:
+    """(CPUs, GPUs) per trial, `auto` resolved against the cluster's totals.
+
+    Without GPUs a trial gets one core: two one-thread trials side by side train as fast or
+    faster in total than one two-thread trial, and the search gets more trials in flight.
+    With GPUs, TRIALS_PER_GPU trials share each one (small fine-tunes leave a GPU idle
+    between Python steps) and split the cores among them.
+    """
+    gpus = resources.gpus_per_trial
+    if gpus == "auto":
+        gpus = 1 / TRIALS_PER_GPU if cluster.get("GPU", 0) >= 1 else 0.0
+    cpus = resources.cpus_per_trial
+    if cpus == "auto":
+        slots = cluster.get("GPU", 0) / gpus if gpus else 0
+        cpus = max(1, min(MAX_CPUS_PER_GPU_TRIAL, int(cluster.get("CPU", 1) // slots))) if slots else 1
+    return float(cpus), float(gpus)
+
+
+def _trainable(cfg: SearchConfig, data: Dataset, spec: RunSpec, fn=train_trial):
+    import ray
+
+    cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
+    spec = dataclasses.replace(spec, cpus_per_trial=cpus, gpus_per_trial=gpus)
+    precision = amp_dtype(spec, torch.device("cuda" if gpus else "cpu"))
+    print(f"each trial: {cpus:g} CPU, {gpus:g} GPU, {'bf16 autocast' if precision else 'fp32'}")
+    return tune.with_resources(tune.with_parameters(fn, data=data, spec=spec), {"cpu": cpus, "gpu": gpus})
 
 
 def _run_config(cfg: SearchConfig, name: str) -> tune.RunConfig:
@@ -154,9 +183,8 @@ def train_variant(config: dict, **kwargs) -> None:
 
 def run_ablation(cfg: SearchConfig, data: Dataset, spec: RunSpec, variants: list[dict[str, Any]], name: str) -> tune.ResultGrid:
     """Train every variant for the full budget, in parallel, with no early stopping."""
-    resources = {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(train_variant, data=data, spec=spec), resources),
+        _trainable(cfg, data, spec, train_variant),
         param_space={"variant": tune.grid_search(variants)},
         tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=_run_config(cfg, name),

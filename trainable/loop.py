@@ -16,6 +16,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX); without them
+    bf16 autocast is emulated and slower than fp32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
@@ -33,12 +40,14 @@ def train_one_epoch(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """One pass over `order` (indices into `split`); returns the mean training loss."""
+    """One pass over `order` (indices into `split`); returns the mean training loss.
+    Images are augmented where the model runs: on the GPU when the trial has one."""
     model.train()
     total, seen = torch.zeros((), device=device), 0
+    order = order.to(split.images.device)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        images = _to_device(augment_batch(split.images[index], pipeline), device)
+        images = _to_device(augment_batch(split.images[index].to(device, non_blocking=True), pipeline), device)
         labels = split.labels[index].to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             loss = loss_fn(model(images), labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,8 @@ from torch import nn
 
 from trainable.augment import NAMES, augment_batch, build_pipeline
 from trainable.data import Dataset, Split, balanced_order, class_weights
-from trainable.loop import autocast, classification_metrics, per_class_accuracy, predict, train_one_epoch
-from trainable.models import FromFeatures, ModelSpec, StagedClassifier, build_model
+from trainable.loop import autocast, cpu_has_bf16, classification_metrics, per_class_accuracy, predict, train_one_epoch
+from trainable.models import FromFeatures, ModelSpec, StagedClassifier, build_model, family_of
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -67,16 +68,30 @@ class RunSpec:
     gpus_per_trial: float = 0.0
     eval_batch_size: int = 256
     feature_cache_bytes: int = 1 << 30  # frozen-prefix features are cached when they fit; 0: never
+    # batch-form augmentation and the frozen-prefix cache; False: v2 transforms image by image
+    # and every stage run every step (the reference the fast path is checked against)
+    fast_path: bool = True
 
 
 def _device(spec: RunSpec) -> torch.device:
     return torch.device("cuda" if spec.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
 
 
-def _amp_dtype(spec: RunSpec, device: torch.device) -> torch.dtype | None:
-    if spec.precision == "bf16" or (spec.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return None
+def amp_dtype(spec: RunSpec, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast, or None for fp32. `auto`: bf16 on GPUs that have it, and on CPUs with
+    bf16 units for the model families that it speeds up there."""
+    if spec.precision != "auto":
+        return torch.bfloat16 if spec.precision == "bf16" else None
+    if device.type == "cuda":
+        fast = torch.cuda.is_bf16_supported()
+    else:
+        fast = family_of(spec.model.name).cpu_bf16 and cpu_has_bf16()
+    return torch.bfloat16 if fast else None
+
+
+def _on(device: torch.device, split: Split) -> Split:
+    # a GPU trial keeps its (uint8) training images on the GPU: no host-to-device copy per step
+    return Split(split.images.to(device), split.labels.to(device)) if device.type == "cuda" else split
 
 
 def affinity(
@@ -86,7 +101,7 @@ def affinity(
     clean_top1: float,
     spec: RunSpec,
     device: torch.device,
-    amp_dtype: torch.dtype | None,
+    amp: torch.dtype | None,
 ) -> dict[str, float]:
     """Affinity (Gontijo-Lopes et al., 2021): top-1 on validation images passed through one
     augmentation minus top-1 on the clean images, for a model trained without augmentation."""
@@ -94,24 +109,25 @@ def affinity(
     state = torch.get_rng_state()
     for name, strength in strengths:
         torch.manual_seed(spec.seed)  # every augmentation sees its own, repeatable draws
-        shifted = Split(augment_batch(val.images, build_pipeline({name: strength}, val.images.shape[-1])), val.labels)
-        logits = predict(model, shifted, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp_dtype)
+        pipeline = build_pipeline({name: strength}, val.images.shape[-1], spec.fast_path)
+        shifted = Split(augment_batch(val.images, pipeline), val.labels)
+        logits = predict(model, shifted, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
         out[f"affinity_{name}"] = classification_metrics(logits, val.labels)["top1"] - clean_top1
     torch.set_rng_state(state)
     return out
 
 
-def cached_features(model: StagedClassifier, split: Split, spec: RunSpec, device, amp_dtype) -> Split | None:
+def cached_features(model: StagedClassifier, split: Split, spec: RunSpec, device, amp) -> Split | None:
     """The frozen prefix's output for every image, computed once (frozen stages are
     deterministic: eval-mode BatchNorm, no dropout), or None when it would not fit."""
-    if model.freeze_depth == 0 or not len(split):
+    if model.freeze_depth == 0 or not len(split) or not spec.fast_path:
         return None
     model.eval()
-    with torch.no_grad(), autocast(device, amp_dtype):
+    with torch.no_grad(), autocast(device, amp):
         probe = model.frozen_features(split.images[:1].to(device))
     if probe.numel() * 4 * len(split) > spec.feature_cache_bytes:
         return None
-    with torch.no_grad(), autocast(device, amp_dtype):
+    with torch.no_grad(), autocast(device, amp):
         parts = [
             model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float()
             for i in range(0, len(split), spec.eval_batch_size)
@@ -127,7 +143,7 @@ def fine_tune(
     seed = spec.seed if settings.seed is None else settings.seed
     torch.manual_seed(seed)
     device = _device(spec)
-    amp_dtype = _amp_dtype(spec, device)
+    amp = amp_dtype(spec, device)
     model = build_model(spec.model, data.num_classes, settings.freeze_depth)
     model = model.to(device, memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -141,18 +157,18 @@ def fine_tune(
     epoch_len = len(balanced_order(data.train.labels, per_class, torch.Generator()))
     steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1])
+    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path)
     # frozen stages cost nothing twice: validation always, and training when nothing
     # augments the images, run the trainable rest on features computed once
     val, val_net = data.val, model
-    train, train_net = data.train, model
-    val_features = cached_features(model, data.val, spec, device, amp_dtype)
+    train, train_net = _on(device, data.train), model
+    val_features = cached_features(model, data.val, spec, device, amp)
     if val_features is not None:
         val, val_net = val_features, FromFeatures(model)
         if pipeline is None:
-            train_features = cached_features(model, data.train, spec, device, amp_dtype)
+            train_features = cached_features(model, data.train, spec, device, amp)
             if train_features is not None:
-                train, train_net = train_features, FromFeatures(model)
+                train, train_net = _on(device, train_features), FromFeatures(model)
 
     frozen = tuple(f"stages.{i}." for i in range(settings.freeze_depth))
     start = 0
@@ -178,6 +194,7 @@ def fine_tune(
         }
 
     for epoch in range(start + 1, spec.max_epochs + 1):
+        started = time.perf_counter()
         order = balanced_order(data.train.labels, per_class, generator)
         metrics = train_one_epoch(
             train_net,
@@ -189,15 +206,17 @@ def fine_tune(
             batch_size=settings.batch_size,
             pipeline=pipeline,
             device=device,
-            amp_dtype=amp_dtype,
+            amp_dtype=amp,
         )
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(f"training loss became {metrics['train_loss']} in epoch {epoch} at lr {settings.lr:g}")
-        logits = predict(val_net, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp_dtype)
+        trained = time.perf_counter()
+        logits = predict(val_net, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
         metrics |= classification_metrics(logits, data.val.labels)
+        metrics |= {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
         metrics["per_class_top1"] = per_class_accuracy(logits, data.val.labels, data.num_classes)
         if epoch == spec.max_epochs and settings.affinity:
-            metrics |= affinity(model, data.val, settings.affinity, metrics["top1"], spec, device, amp_dtype)
+            metrics |= affinity(model, data.val, settings.affinity, metrics["top1"], spec, device, amp)
         yield {"epoch": epoch, **metrics}, (lambda e=epoch: state(e))
 
 

@@ -11,7 +11,7 @@ from trainable.planted import CLASSES, HARMLESS, PLANTED_HARMS
 SEARCHED = ["hflip", "color", "blur", "brightness", "contrast"]
 SPACE = f"""
 data: {{source: planted, image_size: 32}}
-space: {{augmentations: [{", ".join(SEARCHED)}], lr: 0.003, freeze_depth: 0, batch_size: 32}}
+space: {{augmentations: [{", ".join(SEARCHED)}], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 0, batch_size: 32}}
 budget: {{num_samples: 6, max_epochs: 6, grace_period: 1}}
 ablation: {{seeds: 4, strength: 1.0}}
 """

@@ -4,9 +4,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from search.config import SearchConfig
+from search.config import ResourcesConfig, SearchConfig
 from search.space import BASELINES, Space
-from search.tuner import PruneAwareOptunaSearch, make_searcher
+from search.tuner import PruneAwareOptunaSearch, make_searcher, trial_resources
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -56,3 +56,19 @@ def test_baselines_come_first_and_are_tagged():
     configs = [s.suggest(str(i)) for i in range(4)]
     assert [c["baseline"] for c in configs] == [*BASELINES, ""]
     assert configs[0]["freeze_depth"] == 9 and configs[1]["freeze_depth"] == 0
+
+
+def test_auto_resources_one_core_per_trial_without_gpus():
+    assert trial_resources(ResourcesConfig(), {"CPU": 16}) == (1.0, 0.0)
+
+
+def test_auto_resources_share_each_gpu_and_split_its_cores():
+    assert trial_resources(ResourcesConfig(), {"CPU": 16, "GPU": 1}) == (4.0, 0.25)
+    assert trial_resources(ResourcesConfig(), {"CPU": 4, "GPU": 2}) == (1.0, 0.25)  # 8 trials, 4 cores
+    assert trial_resources(ResourcesConfig(), {"CPU": 64, "GPU": 1}) == (4.0, 0.25)  # capped
+
+
+def test_explicit_resources_are_kept():
+    chosen = ResourcesConfig(cpus_per_trial=2, gpus_per_trial=0.5)
+    assert trial_resources(chosen, {"CPU": 16, "GPU": 1}) == (2.0, 0.5)
+    assert trial_resources(ResourcesConfig(gpus_per_trial=0), {"CPU": 16, "GPU": 1}) == (1.0, 0.0)

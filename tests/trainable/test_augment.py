@@ -4,9 +4,9 @@ import torch
 from trainable.augment import NAMES, REGISTRY, augment_batch, build_pipeline, describe
 
 
-def mean_change(images, name, strength, seed=0):
+def mean_change(images, name, strength, seed=0, batched=True):
     torch.manual_seed(seed)
-    out = augment_batch(images, build_pipeline({name: strength}, images.shape[-1]))
+    out = augment_batch(images, build_pipeline({name: strength}, images.shape[-1], batched))
     assert out.shape == images.shape and out.dtype == torch.uint8
     return (out.float() - images.float()).abs().mean().item()
 
@@ -27,24 +27,27 @@ def test_off_and_zero_strength_are_the_identity(images, name):
     assert torch.equal(augment_batch(images, build_pipeline({name: 0.0}, 32)), images)
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batch", "per-image"])
 @pytest.mark.parametrize("name", NAMES)
-def test_change_grows_with_strength(images, name):
-    changes = [mean_change(images, name, s) for s in (0.25, 0.5, 1.0)]
+def test_change_grows_with_strength(images, name, batched):
+    changes = [mean_change(images, name, s, batched=batched) for s in (0.25, 0.5, 1.0)]
     assert 0 < changes[0] < changes[1] < changes[2], changes
 
 
-@pytest.mark.parametrize("name", ["hflip", "crop", "rotate", "contrast"])
-def test_each_image_draws_its_own_parameters(name):
+@pytest.mark.parametrize("batched", [True, False], ids=["batch", "per-image"])
+@pytest.mark.parametrize("name", NAMES)
+def test_each_image_draws_its_own_parameters(name, batched):
     same = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).expand(32, -1, -1, -1).contiguous()
     torch.manual_seed(1)
-    out = augment_batch(same, build_pipeline({name: 1.0}, 32))
+    out = augment_batch(same, build_pipeline({name: 0.5}, 32, batched))
     distinct = {tuple(o.flatten()[:256].tolist()) for o in out}
     assert len(distinct) > 1  # one draw for the batch would give one
 
 
 def test_pipeline_follows_registry_order_whatever_the_mapping_order():
-    pipe = build_pipeline({"erasing": 0.5, "hflip": 0.5, "crop": 0.5}, 32)
-    kinds = [type(t).__name__ for t in pipe.transforms]
+    strengths = {"erasing": 0.5, "hflip": 0.5, "crop": 0.5}
+    assert [entry.name for entry, _ in build_pipeline(strengths, 32).steps] == ["crop", "hflip", "erasing"]
+    kinds = [type(t).__name__ for t in build_pipeline(strengths, 32, batched=False).compose.transforms]
     assert kinds == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomErasing"]
     assert list(REGISTRY).index("crop") < list(REGISTRY).index("erasing")
 

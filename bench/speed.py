@@ -1,0 +1,399 @@
+"""Speed benchmark: where a trial's time goes, and what a whole search costs against a plain
+Ray Tune search written the usual way. Not a test: it takes ~25 minutes on 2 cores and its
+figures depend on the machine.
+
+    .venv/bin/python bench/speed.py [--sections steps,precision,search,verdicts]
+
+Sections (each prints a markdown table; all figures also go to results/bench/speed.json):
+  steps      per-trial training images/s against the bare forward+backward+optimizer step of the
+             same model, size and freeze depth (0, middle, max), without and with augmentation;
+             epoch time classifier-only against full fine-tuning; GFLOP/s against matmul peak
+  precision  top-1 and speed, fp32 against bf16 autocast, per model
+  search     one search three ways on the same image folder, same configs, seeds and epochs:
+             tune-search (ASHA), its trainable at full budget, the plain baseline; and the
+             trainable without the fast path
+  verdicts   the planted-harm search + ablation with and without the fast path
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from search.config import load_config
+from search.export import config_from_row, records_from_results, trials_table
+from trainable.augment import NAMES
+from trainable.data import Dataset, DataSpec, load_dataset
+from trainable.loop import autocast
+from trainable.models import ModelSpec, build_model, max_freeze_depth
+from trainable.trial import RunSpec, TrialSettings, amp_dtype, fine_tune
+
+# the motivating case's six augmentations; the search's baseline "all + aug" uses them too
+SIX = ("crop", "hflip", "affine", "blur", "sharpen", "contrast")
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def bare_rate(spec: ModelSpec, classes: int, freeze: int, size: int, batch: int, amp, steps: int) -> float:
+    """Images/s of the bare step: one fixed uint8 batch already in memory, forward, backward,
+    AdamW step; frozen stages under no_grad as in a trial. Nothing else."""
+    torch.manual_seed(0)
+    model = build_model(spec, classes, freeze).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,))
+    model.train()
+
+    def step():
+        with autocast(torch.device("cpu"), amp):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - started)
+
+
+def trial_run(data: Dataset, spec: RunSpec, freeze: int, augs: tuple[str, ...], strength=0.5) -> dict:
+    """One real trial (fine_tune, as Ray runs it), timed from the start."""
+    settings = TrialSettings(lr=1e-3, freeze_depth=freeze, batch_size=64, augmentations=tuple((a, strength) for a in augs))
+    started = time.perf_counter()
+    history = list(m for m, _ in fine_tune(settings, spec, data))
+    wall = time.perf_counter() - started
+    last = history[-1]
+    return {
+        "train_ips": len(data.train) / last["train_s"],  # the last epoch: warm caches, no set-up
+        "epoch_s": last["train_s"] + last["eval_s"],
+        "wall_per_epoch_s": wall / len(history),  # set-up, the feature cache and validation included
+        "top1": last["top1"],
+    }
+
+
+def training_flops_per_image(spec: ModelSpec, classes: int, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(spec, classes, 0)
+    x = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        torch.nn.functional.cross_entropy(model(x), torch.zeros(8, dtype=torch.long)).backward()
+    return counter.get_total_flops() / 8
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
+
+
+def section_steps(args) -> dict:
+    torch.set_num_threads(args.threads)
+    model = ModelSpec(args.model, "auto")
+    data = load_dataset(DataSpec("fashion-mnist", args.image_size, args.step_train_size, 500, seed=0))
+    spec = RunSpec(model, max_epochs=2, cpus_per_trial=args.threads)
+    amp = amp_dtype(spec, torch.device("cpu"))
+    top = max_freeze_depth(args.model)
+    depths = {"0": 0, "middle": top // 2, "max": top}
+    rows = []
+    for label, freeze in depths.items():
+        bare = bare_rate(model, data.num_classes, freeze, args.image_size, 64, amp, args.steps)
+        for aug_label, augs, fast in (("none", (), True), ("six", SIX, True), ("all 12", NAMES, True), ("six, per-image v2", SIX, False)):
+            if not fast and freeze != 0:
+                continue
+            run = trial_run(data, dataclasses.replace(spec, fast_path=fast), freeze, augs)
+            rows.append(
+                {
+                    "freeze": f"{label} ({freeze})",
+                    "augmentation": aug_label,
+                    "bare img/s": bare,
+                    "trial img/s": run["train_ips"],
+                    "overhead %": 100 * (bare / run["train_ips"] - 1),
+                    "epoch s": run["epoch_s"],
+                    "wall/epoch s": run["wall_per_epoch_s"],
+                }
+            )
+            print(rows[-1], flush=True)
+    flops = training_flops_per_image(model, data.num_classes, args.image_size)
+    peak = {str(d): matmul_peak(d) for d in (torch.float32, torch.bfloat16)}
+    full = next(r for r in rows if r["freeze"].startswith("0") and r["augmentation"] == "none")
+    achieved = flops * full["bare img/s"] / 1e9
+    used = "torch.bfloat16" if amp else "torch.float32"
+    ratios = {
+        aug: next(r for r in rows if r["freeze"].startswith("0") and r["augmentation"] == aug)["wall/epoch s"]
+        / next(r for r in rows if r["freeze"].startswith("max") and r["augmentation"] == aug)["wall/epoch s"]
+        for aug in ("none", "six")
+    }
+    print(f"\n## Steps: {args.model} at {args.image_size} px, batch 64, {args.threads} thread(s), "
+          f"{'bf16 autocast' if amp else 'fp32'}, {len(data.train)} train / {len(data.val)} val images\n")  # fmt: skip
+    print(table(rows, ["freeze", "augmentation", "bare img/s", "trial img/s", "overhead %", "epoch s", "wall/epoch s"]))
+    print(f"\nclassifier-only vs full fine-tuning, wall time per epoch: {ratios['none']:.1f}x faster without "
+          f"augmentation, {ratios['six']:.1f}x with the six")  # fmt: skip
+    print(f"training FLOPs per image {flops / 1e9:.2f} GFLOP; bare step at freeze 0 {achieved:.1f} GFLOP/s = "
+          f"{100 * achieved / peak[used]:.0f} % of the measured {used[6:]} matmul peak {peak[used]:.0f} GFLOP/s "
+          f"({args.threads} thread(s); fp32 {peak['torch.float32']:.0f}, bf16 {peak['torch.bfloat16']:.0f})")  # fmt: skip
+    return {"rows": rows, "classifier_only_speedup": ratios, "gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_peak_gflops": peak}
+
+
+# ---------------------------------------------------------------- precision
+
+
+def section_precision(args) -> dict:
+    torch.set_num_threads(args.threads)
+    data = load_dataset(DataSpec("fashion-mnist", args.image_size, args.step_train_size, 500, seed=0))
+    rows = []
+    for name, weights in (("resnet18", "none"), (args.model, "auto")):
+        for precision in ("fp32", "bf16"):
+            for seed in range(args.precision_seeds):
+                spec = RunSpec(ModelSpec(name, weights), max_epochs=3, seed=seed, precision=precision, cpus_per_trial=args.threads)
+                run = trial_run(data, spec, 0, ())
+                rows.append({"model": f"{name} ({'pretrained' if weights == 'auto' else 'random init'})", "precision": precision, "seed": seed,
+                             "top1": run["top1"], "train img/s": run["train_ips"]})  # fmt: skip
+                print(rows[-1], flush=True)
+    frame = pd.DataFrame(rows).groupby(["model", "precision"], sort=False)[["top1", "train img/s"]].mean().reset_index()
+    print(f"\n## Precision: 3 epochs, freeze 0, no augmentation, mean of {args.precision_seeds} seeds, {args.threads} thread(s)\n")
+    print(table(frame.to_dict("records"), ["model", "precision", "top1", "train img/s"]))
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------- search
+
+
+def write_image_folder(root: Path, train_size: int, val_size: int) -> None:
+    """The Fashion-MNIST subset as 28 px grayscale PNG files: the kind of folder people have."""
+    data = load_dataset(DataSpec("fashion-mnist", 28, train_size, val_size, seed=0))
+    for part, split in (("train", data.train), ("val", data.val)):
+        for i, (image, label) in enumerate(zip(split.images, split.labels.tolist())):
+            folder = root / part / data.classes[label].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+
+
+def plain_trial(config: dict, *, root: str, image_size: int, max_epochs: int, model_name: str) -> None:
+    """A Ray Tune trainable written the usual way: ImageFolder of files, PIL transforms, a
+    DataLoader, frozen layers by requires_grad=False, every trial decoding its own images
+    and loading its own weights, a checkpoint every epoch."""
+    import tempfile
+
+    from ray import tune
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    from trainable.augment import REGISTRY
+
+    config = config["variant"]
+    torch.manual_seed(0)
+    augs = [REGISTRY[n].build(float(config[f"aug_{n}_strength"]), image_size) for n in NAMES if config.get(f"aug_{n}")]
+    on_pil = [t for t in augs if not isinstance(t, v2.RandomErasing)]  # erasing needs a tensor
+    on_tensor = [t for t in augs if isinstance(t, v2.RandomErasing)]
+    resize = [v2.Resize(image_size), v2.CenterCrop(image_size)]
+    train = ImageFolder(f"{root}/train", transform=v2.Compose([*resize, *on_pil, v2.PILToTensor(), *on_tensor]))
+    val = ImageFolder(f"{root}/val", transform=v2.Compose([*resize, v2.PILToTensor()]))
+    loader = DataLoader(train, batch_size=int(config["batch_size"]), shuffle=True)
+    val_loader = DataLoader(val, batch_size=256)
+    model = build_model(ModelSpec(model_name, "auto"), len(train.classes), 0)
+    for stage in model.stages[: int(config["freeze_depth"])]:
+        stage.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config.get("weight_decay", 0.0))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs * len(loader))
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        for images, labels in loader:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in val_loader:
+                correct += (model(images).argmax(1) == labels).sum().item()
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, f"{folder}/state.pt")
+            tune.report({"top1": correct / len(val), "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _finals(results) -> list[float]:
+    """Final top-1 per variant, in the order of the grid."""
+    out = {}
+    for r in results:
+        out[r.config["variant"]["index"]] = r.metrics.get("top1", float("nan"))
+    return [out[i] for i in sorted(out)]
+
+
+def section_search(args) -> dict:
+    import ray
+    from ray import tune
+
+    from search.cli import _prepare, ray_session
+    from search.tuner import run_ablation, run_search
+
+    work = Path(tempfile.mkdtemp(prefix="tune-search-bench-"))
+    folder = work / "fashion-mnist-png"
+    write_image_folder(folder, args.search_train_size, args.search_val_size)
+    overrides = {
+        "data.source": str(folder), "data.image_size": args.image_size, "model.name": args.model,
+        "budget.num_samples": args.trials, "budget.max_epochs": args.epochs,
+        "run.storage": str(work / "runs"), "run.name": "asha",
+    }  # fmt: skip
+    cfg = load_config(None, overrides)
+    with ray_session(None):
+        started = time.perf_counter()
+        space, spec, data = _prepare(cfg)  # decodes the folder once, in the driver
+        decode_s = time.perf_counter() - started
+        started = time.perf_counter()
+        asha = trials_table(records_from_results(run_search(cfg, data, spec, space)), args.epochs)
+        asha_s = time.perf_counter() - started + decode_s
+        asha = asha.sort_values("trial_id").reset_index(drop=True)
+        configs = [{**config_from_row(row), "index": i} for i, row in asha.iterrows()]
+
+        def full(name: str, fast: bool):
+            started = time.perf_counter()
+            results = run_ablation(cfg, data, dataclasses.replace(spec, fast_path=fast), configs, name)
+            return _finals(results), time.perf_counter() - started + decode_s
+
+        fast_top1, fast_s = full("full-fast", True)
+        started = time.perf_counter()
+        plain = tune.Tuner(
+            tune.with_resources(
+                tune.with_parameters(plain_trial, root=str(folder), image_size=args.image_size, max_epochs=args.epochs, model_name=args.model),
+                {"cpu": 1},
+            ),
+            param_space={"variant": tune.grid_search(configs)},
+            run_config=tune.RunConfig(name="plain", storage_path=str(work / "runs"), verbose=1),
+        ).fit()
+        plain_s = time.perf_counter() - started
+        plain_top1 = _finals(plain)
+        ref_top1, ref_s = full("full-reference", False) if args.reference else ([], float("nan"))
+        cpus = ray.cluster_resources().get("CPU", 0)
+
+    best_asha = int(asha["top1"].idxmax())
+    best_full = int(np.nanargmax(fast_top1))
+    epochs_asha = int(asha["epochs"].sum())
+    rows = [
+        {"run": "tune-search (ASHA, fast path)", "wall s": asha_s, "epochs": epochs_asha, "best trial": best_asha, "its top-1": float(asha["top1"].max())},
+        {"run": "tune-search trainable, full budget", "wall s": fast_s, "epochs": len(configs) * args.epochs, "best trial": best_full, "its top-1": fast_top1[best_full]},
+        {"run": "plain Ray Tune baseline, full budget", "wall s": plain_s, "epochs": len(configs) * args.epochs,
+         "best trial": int(np.nanargmax(plain_top1)), "its top-1": float(np.nanmax(plain_top1))},
+    ]  # fmt: skip
+    if ref_top1:
+        rows.append({"run": "tune-search trainable, full budget, fast path off", "wall s": ref_s, "epochs": len(configs) * args.epochs,
+                     "best trial": int(np.nanargmax(ref_top1)), "its top-1": float(np.nanmax(ref_top1))})  # fmt: skip
+    per_trial = pd.DataFrame({"asha": asha["top1"], "asha epochs": asha["epochs"], "full": fast_top1, "plain": plain_top1, **({"reference": ref_top1} if ref_top1 else {})})
+    print(f"\n## Search: {len(configs)} trials x {args.epochs} epochs, {args.model} at {args.image_size} px, "
+          f"{len(data.train)} train / {len(data.val)} val PNGs, {cpus:g} CPUs, 1 CPU per trial\n")  # fmt: skip
+    print(table(rows, ["run", "wall s", "epochs", "best trial", "its top-1"]))
+    print(f"\nplain baseline / tune-search: {plain_s / asha_s:.2f}x wall time (trainable alone at full budget: "
+          f"{plain_s / fast_s:.2f}x); ASHA trained {epochs_asha} of {len(configs) * args.epochs} epochs "
+          f"({100 * epochs_asha / (len(configs) * args.epochs):.0f} %); driver decode {decode_s:.1f} s")  # fmt: skip
+    print(f"best config with ASHA = best at full budget: {best_asha == best_full}; "
+          f"ASHA's best {asha['top1'].max():.4f} vs full budget's best {fast_top1[best_full]:.4f}")  # fmt: skip
+    corr = per_trial[["full", "plain"] + (["reference"] if ref_top1 else [])].corr(method="spearman")
+    print(f"per-trial final top-1, Spearman rank correlation:\n{corr.round(3).to_string()}")
+    print(f"mean |full - plain| top-1: {np.nanmean(np.abs(np.array(fast_top1) - np.array(plain_top1))):.4f}"
+          + (f"; mean |full - reference|: {np.nanmean(np.abs(np.array(fast_top1) - np.array(ref_top1))):.4f}" if ref_top1 else ""))  # fmt: skip
+    print(per_trial.round(4).to_string())
+    return {"rows": rows, "per_trial": per_trial.to_dict("list"), "decode_s": decode_s, "work": str(work)}
+
+
+# ---------------------------------------------------------------- verdicts
+
+PLANTED = """
+data: {source: planted, image_size: 32}
+space: {augmentations: [hflip, color, blur, brightness, contrast], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 0, batch_size: 32}
+budget: {num_samples: 6, max_epochs: 6, grace_period: 1}
+ablation: {seeds: 4, strength: 1.0}
+resources: {fast_path: FAST}
+"""
+
+
+def section_verdicts(args) -> dict:
+    from search.cli import main
+
+    work = Path(tempfile.mkdtemp(prefix="tune-search-verdicts-"))
+    verdicts, walls = {}, {}
+    for fast in (True, False):
+        space = work / f"planted-{fast}.yaml"
+        space.write_text(PLANTED.replace("FAST", str(fast).lower()))
+        started = time.perf_counter()
+        assert main(["--space", str(space), "--storage", str(work), "--name", f"fast-{fast}", "--ablate"]) == 0
+        walls[fast] = time.perf_counter() - started
+        verdicts[fast] = pd.read_parquet(work / f"fast-{fast}" / "ablation.parquet").set_index("augmentation")
+    rows = [
+        {
+            "augmentation": name,
+            "fast path": f"{verdicts[True].loc[name, 'verdict']} {100 * verdicts[True].loc[name, 'effect']:+.1f}",
+            "per-image v2, no cache": f"{verdicts[False].loc[name, 'verdict']} {100 * verdicts[False].loc[name, 'effect']:+.1f}",
+        }
+        for name in verdicts[True].index
+    ]
+    same = all(verdicts[True].loc[n, "verdict"] == verdicts[False].loc[n, "verdict"] for n in verdicts[True].index)
+    print("\n## Verdicts on the planted-harm set (search + ablation, 4 seeds, effect in top-1 points)\n")
+    print(table(rows, ["augmentation", "fast path", "per-image v2, no cache"]))
+    print(f"\nsame verdicts: {same}; wall {walls[True]:.0f} s with the fast path, {walls[False]:.0f} s without")
+    return {"rows": rows, "same": same, "wall_s": {str(k): v for k, v in walls.items()}}
+
+
+SECTIONS = {"steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="threads for steps/precision: one trial's CPU share")
+    p.add_argument("--steps", type=int, default=8, help="timed bare steps per freeze depth")
+    p.add_argument("--step-train-size", type=int, default=1000)
+    p.add_argument("--precision-seeds", type=int, default=2)
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--search-train-size", type=int, default=1000)
+    p.add_argument("--search-val-size", type=int, default=500)
+    p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the fast-path-off search run")
+    p.add_argument("--out", default="results/bench/speed.json")
+    args = p.parse_args()
+    figures = {"args": vars(args), "cpus": os.cpu_count(), "torch": torch.__version__}
+    for name in args.sections.split(","):
+        if name not in SECTIONS:
+            p.error(f"unknown section {name!r}; valid: {', '.join(SECTIONS)}")
+        started = time.perf_counter()
+        figures[name] = SECTIONS[name](args)
+        print(f"({name}: {time.perf_counter() - started:.0f} s)\n", flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(figures, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+
+
+if __name__ == "__main__":
+    main()
