@@ -96,14 +96,15 @@ def trial_run(data: Dataset, spec: RunSpec, freeze: int, augs: tuple[str, ...], 
 
 
 def training_flops_per_image(spec: ModelSpec, classes: int, size: int) -> float:
+    """3x the forward FLOPs (backward costs about twice the forward): torch's FlopCounterMode
+    counts the forward exactly but overcounts depthwise convolutions' backward ~40-fold."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(spec, classes, 0)
-    x = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8)
+    model = build_model(spec, classes, 0).eval()
     counter = FlopCounterMode(display=False)
-    with counter:
-        torch.nn.functional.cross_entropy(model(x), torch.zeros(8, dtype=torch.long)).backward()
-    return counter.get_total_flops() / 8
+    with counter, torch.no_grad():
+        model(torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8))
+    return 3 * counter.get_total_flops() / 8
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
@@ -179,9 +180,14 @@ def section_precision(args) -> dict:
                              "top1": run["top1"], "train img/s": run["train_ips"]})  # fmt: skip
                 print(rows[-1], flush=True)
     frame = pd.DataFrame(rows).groupby(["model", "precision"], sort=False)[["top1", "train img/s"]].mean().reset_index()
-    print(f"\n## Precision: 3 epochs, freeze 0, no augmentation, mean of {args.precision_seeds} seeds, {args.threads} thread(s)\n")
-    print(table(frame.to_dict("records"), ["model", "precision", "top1", "train img/s"]))
-    return {"rows": rows}
+    peak = {p: matmul_peak(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    flops = {m: training_flops_per_image(ModelSpec(m.split(" ")[0], "none"), data.num_classes, args.image_size) for m in frame["model"]}
+    frame["GFLOP/s"] = [flops[m] * ips / 1e9 for m, ips in zip(frame["model"], frame["train img/s"])]
+    frame["% of matmul peak"] = [100 * g / peak[p] for g, p in zip(frame["GFLOP/s"], frame["precision"])]
+    print(f"\n## Precision: 3 epochs, freeze 0, no augmentation, mean of {args.precision_seeds} seeds, {args.threads} thread(s), "
+          f"{args.image_size} px; matmul peak fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s\n")  # fmt: skip
+    print(table(frame.to_dict("records"), ["model", "precision", "top1", "train img/s", "GFLOP/s", "% of matmul peak"]))
+    return {"rows": rows, "summary": frame.to_dict("records"), "matmul_peak_gflops": peak}
 
 
 # ---------------------------------------------------------------- search
@@ -201,14 +207,17 @@ def plain_trial(config: dict, *, root: str, image_size: int, max_epochs: int, mo
     """A Ray Tune trainable written the usual way: ImageFolder of files, PIL transforms, a
     DataLoader, frozen layers by requires_grad=False, every trial decoding its own images
     and loading its own weights, a checkpoint every epoch."""
+    # everything imported here: Ray pickles this function by value (it lives in __main__)
     import tempfile
 
+    import torch
     from ray import tune
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    from trainable.augment import REGISTRY
+    from trainable.augment import NAMES, REGISTRY
+    from trainable.models import ModelSpec, build_model
 
     config = config["variant"]
     torch.manual_seed(0)
@@ -374,7 +383,7 @@ def main() -> None:
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="threads for steps/precision: one trial's CPU share")
-    p.add_argument("--steps", type=int, default=8, help="timed bare steps per freeze depth")
+    p.add_argument("--steps", type=int, default=16, help="timed bare steps per freeze depth")
     p.add_argument("--step-train-size", type=int, default=1000)
     p.add_argument("--precision-seeds", type=int, default=2)
     p.add_argument("--trials", type=int, default=12)

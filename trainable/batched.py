@@ -17,7 +17,6 @@ import math
 import torch
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 
 def uniform(n: int, low: float, high: float) -> torch.Tensor:
@@ -121,9 +120,10 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     size = kernels.shape[1]
     weight = kernels.to(x.device).repeat_interleave(c, dim=0)[:, None, None, :]  # (B*C, 1, 1, k)
     out = F.pad(x.reshape(1, b * c, height, width), [size // 2] * 4, mode="reflect")
-    out = F.conv2d(out, weight, groups=b * c)
+    # depthwise convolutions run 2-3x faster on channels-last data on CPUs
+    out = F.conv2d(out.contiguous(memory_format=torch.channels_last), weight, groups=b * c)
     out = F.conv2d(out, weight.transpose(2, 3), groups=b * c)
-    return out.view(b, c, height, width)
+    return out.reshape(b, c, height, width)
 
 
 def _per_image(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -131,8 +131,7 @@ def _per_image(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    f = _per_image(factor, x)
-    return (x * f + other * (1 - f)).clamp_(0, 1)
+    return torch.lerp(other, x, _per_image(factor, x)).clamp_(0, 1)
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
@@ -152,20 +151,30 @@ def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    h, s, v = _rgb_to_hsv(x).unbind(dim=-3)
-    h = (h + shift.to(x.device)[:, None, None]).remainder(1.0)
-    return _hsv_to_rgb(torch.stack((h, s, v), dim=-3))
+    """v2's adjust_hue (RGB to HSV, shift H, back), each image its own shift. HSV's V and
+    S * V are the channel max and max - min, which a hue shift keeps, so the way back is
+    the closed form v - (max - min) * clamp(min(k, 4 - k), 0, 1) per channel."""
+    r, g, b = x.unbind(dim=1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    span = maxc - minc
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = (h / 6.0 + shift.to(x.device)[:, None, None]).remainder(1.0)
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + 6 * h[:, None]).remainder(6.0)
+    return maxc[:, None] - span[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 def sharpen(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """v2's adjust_sharpness: blend with a 3x3 smoothed copy, one-pixel border left as is."""
-    b, c, height, width = x.shape
-    kernel = torch.full((3, 3), 1 / 13, device=x.device)
-    kernel[1, 1] = 5 / 13
-    smooth = F.conv2d(x.reshape(b * c, 1, height, width), kernel[None, None]).view(b, c, height - 2, width - 2)
+    """v2's adjust_sharpness: blend with a 3x3 smoothed copy (weights 1, centre 5, over 13),
+    one-pixel border left as is. The 3x3 sum is four shifted adds: a one-channel conv2d
+    or an average pool is several times slower on CPUs."""
+    centre = x[..., 1:-1, 1:-1]
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    smooth = (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * centre) / 13
     degenerate = x.clone()
     degenerate[..., 1:-1, 1:-1] = smooth
-    return blend(x, degenerate, torch.full((b,), factor))
+    return blend(x, degenerate, torch.full((len(x),), factor))
 
 
 def select(x: torch.Tensor, on: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
