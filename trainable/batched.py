@@ -28,21 +28,25 @@ def chance(n: int, p: float) -> torch.Tensor:
     return torch.rand(n) < p
 
 
-def _first_valid(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the index of the first True of up to 10 tries, and whether any was True."""
-    return valid.int().argmax(dim=1), valid.any(dim=1)
+def _box_tries(n: int, height: int, width: int, scale, ratio) -> tuple[torch.Tensor, torch.Tensor]:
+    """v2's ten tries per image of a box: area uniform in `scale` of the image, log-aspect
+    uniform in log `ratio`; returns the sides sqrt(area * aspect) and sqrt(area / aspect), (n, 10)."""
+    area = uniform(n * 10, *scale).view(n, 10) * height * width
+    aspect = torch.exp(uniform(n * 10, math.log(ratio[0]), math.log(ratio[1])).view(n, 10))
+    return torch.sqrt(area * aspect).round().long(), torch.sqrt(area / aspect).round().long()
+
+
+def _first_valid(valid: torch.Tensor, *sides: torch.Tensor):
+    """Per image, the sides of the first valid try, and whether any try was valid."""
+    pick = valid.int().argmax(dim=1)[:, None]
+    return (*(side.gather(1, pick)[:, 0] for side in sides), valid.any(dim=1))
 
 
 def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]):
     """RandomResizedCrop's boxes (top, left, h, w): ten tries of area and log-aspect, the first
     that fits, else the centre crop with the aspect clamped into `ratio`."""
-    area = uniform(n * 10, *scale).view(n, 10) * height * width
-    aspect = torch.exp(uniform(n * 10, math.log(ratio[0]), math.log(ratio[1])).view(n, 10))
-    w = torch.sqrt(area * aspect).round().long()
-    h = torch.sqrt(area / aspect).round().long()
-    pick, found = _first_valid((w > 0) & (w <= width) & (h > 0) & (h <= height))
-    w = w.gather(1, pick[:, None])[:, 0]
-    h = h.gather(1, pick[:, None])[:, 0]
+    w, h = _box_tries(n, height, width, scale, ratio)
+    w, h, found = _first_valid((w > 0) & (w <= width) & (h > 0) & (h <= height), w, h)
     in_ratio = width / height
     if in_ratio < min(ratio):
         fw, fh = width, int(round(width / min(ratio)))
@@ -194,13 +198,8 @@ def only(x: torch.Tensor, on: torch.Tensor, fn) -> torch.Tensor:
 
 def erase_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio=(0.3, 3.3)):
     """RandomErasing's boxes (top, left, h, w, found): ten tries, the first strictly inside."""
-    area = uniform(n * 10, *scale).view(n, 10) * height * width
-    aspect = torch.exp(uniform(n * 10, math.log(ratio[0]), math.log(ratio[1])).view(n, 10))
-    h = torch.sqrt(area * aspect).round().long()
-    w = torch.sqrt(area / aspect).round().long()
-    pick, found = _first_valid((h < height) & (w < width))
-    h = h.gather(1, pick[:, None])[:, 0]
-    w = w.gather(1, pick[:, None])[:, 0]
+    h, w = _box_tries(n, height, width, scale, ratio)
+    h, w, found = _first_valid((h < height) & (w < width), h, w)
     top = (torch.rand(n) * (height - h + 1)).floor().long()
     left = (torch.rand(n) * (width - w + 1)).floor().long()
     return top, left, h, w, found
