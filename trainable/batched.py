@@ -80,7 +80,7 @@ def resized_crop(x: torch.Tensor, top, left, h, w) -> torch.Tensor:
 
 
 def flip(x: torch.Tensor, on: torch.Tensor, dim: int) -> torch.Tensor:
-    return torch.where(on.to(x.device)[:, None, None, None], x.flip(dim), x)
+    return select(x, on, x.flip(dim))
 
 
 def inverse_affine(angle, tx, ty, scale, shear_x) -> torch.Tensor:
