@@ -47,7 +47,8 @@ def train_one_epoch(
     order = order.to(split.images.device)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        images = _to_device(augment_batch(split.images[index].to(device, non_blocking=True), pipeline), device)
+        images = augment_batch(split.images[index].to(device, non_blocking=True), pipeline)
+        images = images.contiguous(memory_format=torch.channels_last)
         labels = split.labels[index].to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             loss = loss_fn(model(images), labels)
