@@ -31,7 +31,7 @@ TRIAL_COLUMNS = (
 class TrialRecord:
     trial_id: str
     config: Mapping[str, Any]
-    history: pd.DataFrame  # one row per reported epoch: epoch, top1, top5, val_loss, train_loss, time_this_iter_s, train_s, eval_s
+    history: pd.DataFrame  # one row per reported epoch: epoch, top1, top5, val_loss, train_loss, time_this_iter_s, train_s, eval_s, data_s
     error: str | None = None
 
 
@@ -97,8 +97,9 @@ def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFram
 
 
 def history_table(records: Iterable[TrialRecord]) -> pd.DataFrame:
-    # train_s and eval_s split each epoch's time_s between training and validation
-    columns = ["trial_id", "epoch", *HISTORY_METRICS, "time_s", "train_s", "eval_s"]
+    # train_s and eval_s split each epoch's time_s between training and validation; data_s
+    # is the part of train_s spent preparing batches (indexing, augmentation)
+    columns = ["trial_id", "epoch", *HISTORY_METRICS, "time_s", "train_s", "eval_s", "data_s"]
     frames = []
     for r in records:
         if r.history.empty or "epoch" not in r.history:

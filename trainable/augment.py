@@ -24,7 +24,10 @@ class Augmentation:
     summary: str
     at_full_strength: str  # the real range that strength 1 maps to; it scales linearly
     build: Callable[[float, int], v2.Transform]  # (strength in (0, 1], image side) -> v2 transform
-    batch: Callable[[torch.Tensor, float], torch.Tensor]  # (float batch in [0, 1], strength) -> batch
+    # (float batch in [0, 1], strength, **absorbed strengths) -> batch; may overwrite its input
+    batch: Callable[..., torch.Tensor]
+    # entries that, switched on right after this one, its batch form applies in the same pass
+    absorbs: tuple[str, ...] = ()
 
 
 def _odd_kernel(sigma: float, side: int) -> int:
@@ -40,8 +43,13 @@ def _crop_ranges(s: float) -> dict:
     return {"scale": (1 - 0.92 * s, 1.0), "ratio": ((3 / 4) ** s, (4 / 3) ** s)}
 
 
-def _crop_batch(x: torch.Tensor, s: float) -> torch.Tensor:
-    return B.resized_crop(x, *B.crop_boxes(len(x), x.shape[-2], x.shape[-1], **_crop_ranges(s)))
+def _flip_chance(n: int, s: float) -> torch.Tensor:
+    return B.chance(n, 0.5 * s)
+
+
+def _crop_batch(x: torch.Tensor, s: float, hflip: float = 0.0, vflip: float = 0.0) -> torch.Tensor:
+    boxes = B.crop_boxes(len(x), x.shape[-2], x.shape[-1], **_crop_ranges(s))
+    return B.resized_crop(x, *boxes, _flip_chance(len(x), hflip), _flip_chance(len(x), vflip))
 
 
 def _blur_sigma(s: float, side: int) -> tuple[float, float, int]:
@@ -122,20 +130,21 @@ _ENTRIES = (
         "area 8-100 %, aspect 3/4-4/3",
         lambda s, side: v2.RandomResizedCrop(side, antialias=True, **_crop_ranges(s)),
         _crop_batch,
+        absorbs=("hflip", "vflip"),
     ),
     Augmentation(
         "hflip",
         "horizontal flip",
         "p = 0.5",
         lambda s, side: v2.RandomHorizontalFlip(0.5 * s),
-        lambda x, s: B.flip(x, B.chance(len(x), 0.5 * s), -1),
+        lambda x, s: B.flip(x, _flip_chance(len(x), s), -1),
     ),
     Augmentation(
         "vflip",
         "vertical flip",
         "p = 0.5",
         lambda s, side: v2.RandomVerticalFlip(0.5 * s),
-        lambda x, s: B.flip(x, B.chance(len(x), 0.5 * s), -2),
+        lambda x, s: B.flip(x, _flip_chance(len(x), s), -2),
     ),
     Augmentation(
         "affine", "rotate, translate, scale, shear", "±15°, ±15 % shift, 0.8-1.2x, ±10° shear", _affine, _affine_batch
@@ -175,7 +184,7 @@ _ENTRIES = (
         "convert to grayscale",
         "p = 1",
         lambda s, side: v2.RandomGrayscale(p=s),
-        lambda x, s: B.select(x, B.chance(len(x), s), B.gray(x).expand_as(x)),
+        lambda x, s: B.only(x, B.chance(len(x), s), lambda im, _: B.gray(im).expand_as(im)),
     ),
     Augmentation(
         "erasing", "erase a random rectangle (half the images)", "0.02-33 % of the area", _erasing, _erasing_batch
@@ -196,16 +205,23 @@ def _switched_on(strengths: Mapping[str, float]) -> list[tuple[Augmentation, flo
 
 class BatchPipeline:
     """The switched-on augmentations in registry order, each applied to the whole batch at
-    once with per-image parameters, on the batch's device."""
+    once with per-image parameters, on the batch's device. An entry that another absorbs
+    (a flip right after the crop) runs inside that one's pass."""
 
     def __init__(self, steps: list[tuple[Augmentation, float]]):
-        self.steps = steps
+        self.steps: list[tuple[Augmentation, float, dict[str, float]]] = []
+        for entry, strength in steps:
+            if self.steps and entry.name in self.steps[-1][0].absorbs:
+                self.steps[-1][2][entry.name] = strength
+            else:
+                self.steps.append((entry, strength, {}))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255)
-        for entry, strength in self.steps:
-            x = entry.batch(x, strength)
-        return x.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        for entry, strength, absorbed in self.steps:
+            x = entry.batch(x, strength, **absorbed)
+        # every step keeps pixels in [0, 1] (up to rounding): adding 0.5 and truncating rounds
+        return x.mul_(255).add_(0.5).to(torch.uint8)
 
 
 class PerImagePipeline:

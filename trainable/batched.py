@@ -8,6 +8,10 @@ are drawn the way v2's `make_params` draws them, vectorised over the batch (from
 default generator, so `torch.manual_seed` makes them repeatable), and applied by the same
 arithmetic as v2's kernels with per-image factors broadcast over the batch. Images are
 float in [0, 1], shape (B, C, H, W); tests compare each kernel with v2's per image.
+
+At the sizes a trial augments, every pass over a batch costs about as much as the memory it
+streams, so the pixel-wise kernels work in place (they may overwrite their input) and fold
+v2's steps into as few passes as the arithmetic allows.
 """
 
 from __future__ import annotations
@@ -63,24 +67,27 @@ def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], rati
     return top, left, h, w
 
 
-def resized_crop(x: torch.Tensor, top, left, h, w) -> torch.Tensor:
+def resized_crop(x: torch.Tensor, top, left, h, w, hflip=None, vflip=None) -> torch.Tensor:
     """Each image's box resized back to the full size, bilinear, as v2's resize of the crop:
-    source coordinates clamp at the box edges (boxes never exceed the image, so no antialias)."""
+    source coordinates clamp at the box edges (boxes never exceed the image, so no antialias).
+    `hflip` / `vflip` (bool per image) mirror the result in the same pass: reversing a row or
+    column of the sampling grid picks exactly the pixels a flip of the output would."""
     b, _, height, width = x.shape
     dev = x.device
 
-    def axis(start, length, size):
+    def axis(start, length, size, mirror):
         out = (torch.arange(size, device=dev) + 0.5)[None] * (length[:, None] / size) - 0.5
         out = torch.minimum(out.clamp(min=0), (length - 1)[:, None].float()) + start[:, None]
-        return (2 * out + 1) / size - 1  # grid_sample's normalised coordinates, align_corners=False
+        out = (2 * out + 1) / size - 1  # grid_sample's normalised coordinates, align_corners=False
+        return out if mirror is None else torch.where(mirror.to(dev)[:, None], out.flip(1), out)
 
-    gx = axis(left.to(dev), w.to(dev), width)[:, None, :].expand(b, height, width)
-    gy = axis(top.to(dev), h.to(dev), height)[:, :, None].expand(b, height, width)
+    gx = axis(left.to(dev), w.to(dev), width, hflip)[:, None, :].expand(b, height, width)
+    gy = axis(top.to(dev), h.to(dev), height, vflip)[:, :, None].expand(b, height, width)
     return F.grid_sample(x, torch.stack((gx, gy), dim=-1), mode="bilinear", align_corners=False)
 
 
 def flip(x: torch.Tensor, on: torch.Tensor, dim: int) -> torch.Tensor:
-    return select(x, on, x.flip(dim))
+    return only(x, on, lambda im, _: im.flip(dim))
 
 
 def inverse_affine(angle, tx, ty, scale, shear_x) -> torch.Tensor:
@@ -118,16 +125,26 @@ def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
     return torch.softmax(-((x[None] / sigma[:, None]) ** 2), dim=1)
 
 
+def reflect_matrices(kernels: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size, size) matrices M with M @ v = v convolved with each image's kernel, the
+    border reflect-padded as v2's blur pads it."""
+    b, k = kernels.shape
+    source = (torch.arange(size, device=kernels.device)[:, None] + torch.arange(k, device=kernels.device) - k // 2).abs()
+    source = torch.minimum(source, 2 * (size - 1) - source)
+    out = torch.zeros(b, size, size, device=kernels.device, dtype=kernels.dtype)
+    return out.scatter_add_(2, source.expand(b, -1, -1), kernels[:, None, :].expand(b, size, k))
+
+
 def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding, each image its own kernel."""
+    """Separable Gaussian blur with reflect padding, each image its own kernel, as two batched
+    matrix products (rows, then columns): on CPUs as fast as a depthwise convolution at small
+    kernels and faster at large ones, and no padded or channels-last copies."""
     b, c, height, width = x.shape
-    size = kernels.shape[1]
-    weight = kernels.to(x.device).repeat_interleave(c, dim=0)[:, None, None, :]  # (B*C, 1, 1, k)
-    out = F.pad(x.reshape(1, b * c, height, width), [size // 2] * 4, mode="reflect")
-    # depthwise convolutions run 2-3x faster on channels-last data on CPUs
-    out = F.conv2d(out.contiguous(memory_format=torch.channels_last), weight, groups=b * c)
-    out = F.conv2d(out, weight.transpose(2, 3), groups=b * c)
-    return out.reshape(b, c, height, width)
+    kernels = kernels.to(device=x.device, dtype=x.dtype)
+    rows = reflect_matrices(kernels, width)
+    out = torch.bmm(x.reshape(b, c * height, width), rows.transpose(1, 2)).view(b, c, height, width)
+    columns = rows if height == width else reflect_matrices(kernels, height)
+    return torch.matmul(columns[:, None], out)
 
 
 def _per_image(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +152,9 @@ def _per_image(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return torch.lerp(other, x, _per_image(factor, x)).clamp_(0, 1)
+    """v2's blend, x * factor + other * (1 - factor), clamped; `other` may broadcast."""
+    f = _per_image(factor, x)
+    return x.mul_(f).add_(other * (1 - f)).clamp_(0, 1)
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
@@ -143,11 +162,13 @@ def gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (x * _per_image(factor, x)).clamp_(0, 1)
+    return x.mul_(_per_image(factor, x)).clamp_(0, 1)
 
 
 def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return blend(x, gray(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
+    # the mean of the grayscale image, from the channel means: one pass instead of three
+    luma = torch.tensor([0.2989, 0.587, 0.114], device=x.device, dtype=x.dtype)
+    return blend(x, (x.mean(dim=(-2, -1)) @ luma)[:, None, None, None], factor)
 
 
 def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -157,43 +178,49 @@ def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """v2's adjust_hue (RGB to HSV, shift H, back), each image its own shift. HSV's V and
     S * V are the channel max and max - min, which a hue shift keeps, so the way back is
-    the closed form v - (max - min) * clamp(min(k, 4 - k), 0, 1) per channel."""
+    the closed form v - (max - min) * clamp(min(k, 4 - k), 0, 1) per channel.
+    Written in float arithmetic only: bool masks, `where` and `remainder` run several
+    times slower than arithmetic on CPUs."""
     r, g, b = x.unbind(dim=1)
-    maxc, minc = x.amax(dim=1), x.amin(dim=1)
-    span = maxc - minc
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = (h / 6.0 + shift.to(x.device)[:, None, None]).remainder(1.0)
-    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + 6 * h[:, None]).remainder(6.0)
-    return maxc[:, None] - span[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    span = maxc - torch.minimum(torch.minimum(r, g), b)
+    # 1 where the channel is the max (red first, then green), else 0
+    is_r = torch.sign(r - maxc).add_(1)
+    is_g = torch.sign(g - maxc).add_(1).mul_(1 - is_r)
+    is_b = 1 - is_r - is_g
+    # H in sixths of a turn: (g - b) / span where red is the max, 2 + (b - r) / span where
+    # green is, 4 + (r - g) / span where blue is (0 for grays: span 0, numerator 0)
+    h6 = (g - b).mul_(is_r).add_((b - r).mul_(is_g)).add_((r - g).mul_(is_b)).div_(span.clamp(min=1e-12))
+    h6.add_(is_g, alpha=2).add_(is_b, alpha=4).add_(6 * shift.to(x.device)[:, None, None])
+    k = h6[:, None] + torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None]
+    k.sub_(k.mul(1 / 6).floor_().mul_(6))  # mod 6
+    k = torch.minimum(k, 4 - k).clamp_(0, 1).mul_(span[:, None])
+    return torch.sub(maxc[:, None], k, out=k)
 
 
 def sharpen(x: torch.Tensor, factor: float) -> torch.Tensor:
     """v2's adjust_sharpness: blend with a 3x3 smoothed copy (weights 1, centre 5, over 13),
-    one-pixel border left as is. The 3x3 sum is four shifted adds: a one-channel conv2d
-    or an average pool is several times slower on CPUs."""
+    one-pixel border left as is. The blend of centre c and 3x3 sum s folds into one weighted
+    sum, factor * c + (1 - factor) * (s + 4 c) / 13; the 3x3 sum is four shifted adds (a
+    one-channel conv2d or an average pool is several times slower on CPUs)."""
     centre = x[..., 1:-1, 1:-1]
-    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
-    smooth = (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:] + 4 * centre) / 13
-    degenerate = x.clone()
-    degenerate[..., 1:-1, 1:-1] = smooth
-    return blend(x, degenerate, torch.full((len(x),), factor))
-
-
-def select(x: torch.Tensor, on: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
-    return torch.where(on.to(x.device)[:, None, None, None], changed, x)
+    rows = x[..., :-2, :] + x[..., 2:, :]
+    rows += x[..., 1:-1, :]
+    box = rows[..., :-2] + rows[..., 2:]
+    box += rows[..., 1:-1]
+    box.mul_((1 - factor) / 13).add_(centre, alpha=factor + 4 * (1 - factor) / 13)
+    torch.clamp(box, 0, 1, out=centre)
+    return x
 
 
 def only(x: torch.Tensor, on: torch.Tensor, fn) -> torch.Tensor:
-    """`fn(images, index)` applied to the selected images only, the rest passed through:
-    for transforms that act on some images and cost too much to compute for all."""
+    """`fn(images, index)` applied to the selected images only, written back into `x`; the
+    rest pass through untouched and cost nothing."""
     index = on.nonzero()[:, 0]
     if not len(index):
         return x
-    out = x.clone()
-    out[index.to(x.device)] = fn(x[index.to(x.device)], index)
-    return out
+    rows = index.to(x.device)
+    return x.index_copy_(0, rows, fn(x.index_select(0, rows), index))
 
 
 def erase_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio=(0.3, 3.3)):
@@ -206,13 +233,12 @@ def erase_boxes(n: int, height: int, width: int, scale: tuple[float, float], rat
 
 
 def erase(x: torch.Tensor, top, left, h, w, on) -> torch.Tensor:
-    """Zero each selected image's box."""
+    """Zero each selected image's box (by a 0/1 float mask: faster than a boolean fill)."""
     _, _, height, width = x.shape
     dev = x.device
     rows = torch.arange(height, device=dev)[None, :]
     cols = torch.arange(width, device=dev)[None, :]
     top, left, h, w, on = (t.to(dev) for t in (top, left, h, w, on))
-    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
-    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
-    box = (in_rows[:, :, None] & in_cols[:, None, :]) & on[:, None, None]
-    return x.masked_fill(box[:, None], 0.0)
+    in_rows = ((rows >= top[:, None]) & (rows < (top + h)[:, None]) & on[:, None]).to(x.dtype)
+    in_cols = ((cols >= left[:, None]) & (cols < (left + w)[:, None])).to(x.dtype)
+    return x.mul_(1 - in_rows[:, None, :, None] * in_cols[:, None, None, :])

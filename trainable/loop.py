@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import time
 
 import torch
 from torch import nn
@@ -23,6 +26,19 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of handing it back to the OS. By
+    default a freed block of a few MB (one float batch) goes back, and the next batch
+    page-faults it in again: measured here, ~3,400 page faults per augmented batch of 64 at
+    64 px, and a 1.6x slower augmentation. Returns whether it took effect (glibc only)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 256 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
@@ -40,16 +56,20 @@ def train_one_epoch(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """One pass over `order` (indices into `split`); returns the mean training loss.
-    Images are augmented where the model runs: on the GPU when the trial has one."""
+    """One pass over `order` (indices into `split`); returns the mean training loss and
+    `data_s`, the seconds spent preparing batches (indexing, augmentation, copies) rather
+    than stepping the model. Images are augmented where the model runs: on the GPU when the
+    trial has one (there `data_s` counts launching the work, which runs asynchronously)."""
     model.train()
-    total, seen = torch.zeros((), device=device), 0
+    total, seen, data_s = torch.zeros((), device=device), 0, 0.0
     order = order.to(split.images.device)
     for start in range(0, len(order), batch_size):
+        began = time.perf_counter()
         index = order[start : start + batch_size]
         images = augment_batch(split.images[index].to(device, non_blocking=True), pipeline)
         images = images.contiguous(memory_format=torch.channels_last)
         labels = split.labels[index].to(device, non_blocking=True)
+        data_s += time.perf_counter() - began
         with autocast(device, amp_dtype):
             loss = loss_fn(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -58,7 +78,7 @@ def train_one_epoch(
         scheduler.step()
         total += loss.detach() * len(index)
         seen += len(index)
-    return {"train_loss": float(total) / max(seen, 1)}
+    return {"train_loss": float(total) / max(seen, 1), "data_s": data_s}
 
 
 @torch.no_grad()

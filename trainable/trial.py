@@ -14,7 +14,15 @@ from torch import nn
 
 from trainable.augment import NAMES, augment_batch, build_pipeline
 from trainable.data import Dataset, Split, balanced_order, class_weights
-from trainable.loop import autocast, cpu_has_bf16, classification_metrics, per_class_accuracy, predict, train_one_epoch
+from trainable.loop import (
+    autocast,
+    classification_metrics,
+    cpu_has_bf16,
+    keep_freed_memory,
+    per_class_accuracy,
+    predict,
+    train_one_epoch,
+)
 from trainable.models import FromFeatures, ModelSpec, StagedClassifier, build_model, family_of
 
 CHECKPOINT_FILE = "state.pt"
@@ -228,6 +236,7 @@ def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:
     node_id = ray.get_runtime_context().get_node_id()  # which node of a cluster ran the trial
     # Ray pins OMP threads to 1 in workers; use exactly this trial's CPU share instead
     torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
+    keep_freed_memory()
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:

@@ -63,7 +63,7 @@ def test_parquet_schema_has_nulls_for_strengths_that_are_off(tmp_path):
     table = pq.read_table(tmp_path / "trials.parquet")
     assert table.column("aug_hflip_strength").null_count == len(RECORDS) - 1
     h = pd.read_parquet(tmp_path / "history.parquet")
-    assert list(h.columns) == ["trial_id", "epoch", "top1", "top5", "val_loss", "train_loss", "time_s", "train_s", "eval_s"]
+    assert list(h.columns) == ["trial_id", "epoch", "top1", "top5", "val_loss", "train_loss", "time_s", "train_s", "eval_s", "data_s"]
     assert len(h) == 3 + 3 + 1 + 1 + 3 and set(h["trial_id"]) == {"t1", "t2", "t3", "t4", "t6"}
     assert len(pd.read_parquet(tmp_path / "best_configs.parquet")) == 2 == len(tables["best_configs"])
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind

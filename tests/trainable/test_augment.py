@@ -46,7 +46,9 @@ def test_each_image_draws_its_own_parameters(name, batched):
 
 def test_pipeline_follows_registry_order_whatever_the_mapping_order():
     strengths = {"erasing": 0.5, "hflip": 0.5, "crop": 0.5}
-    assert [entry.name for entry, _ in build_pipeline(strengths, 32).steps] == ["crop", "hflip", "erasing"]
+    # the flip runs inside the crop's pass
+    steps = build_pipeline(strengths, 32).steps
+    assert [(entry.name, absorbed) for entry, _, absorbed in steps] == [("crop", {"hflip": 0.5}), ("erasing", {})]
     kinds = [type(t).__name__ for t in build_pipeline(strengths, 32, batched=False).compose.transforms]
     assert kinds == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomErasing"]
     assert list(REGISTRY).index("crop") < list(REGISTRY).index("erasing")
@@ -54,3 +56,15 @@ def test_pipeline_follows_registry_order_whatever_the_mapping_order():
 
 def test_strength_above_one_is_clamped(images):
     assert mean_change(images, "rotate", 5.0) == pytest.approx(mean_change(images, "rotate", 1.0))
+
+
+@pytest.mark.parametrize("crop", [0.0, 1e-9])
+def test_flips_mirror_whole_images_alone_or_inside_the_crop(images, crop):
+    """Strength 1: each image mirrored or left alone, half of them mirrored; a crop of the
+    whole image (strength ~0) folds the flip into its pass with the same effect."""
+    big = images.repeat(4, 1, 1, 1)
+    torch.manual_seed(0)
+    out = build_pipeline({"crop": crop, "hflip": 1.0, "vflip": 1.0}, 32)(big)
+    kinds = [(out == turned).flatten(1).all(1) for turned in (big, big.flip(-1), big.flip(-2), big.flip(-2, -1))]
+    assert torch.stack(kinds).sum(0).eq(1).all()  # exactly one of the four for every image
+    assert all(0.1 < k.float().mean() < 0.4 for k in kinds)

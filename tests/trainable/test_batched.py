@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from trainable import batched as B
-from trainable.augment import NAMES, build_pipeline
+from trainable.augment import NAMES, REGISTRY, build_pipeline
 
 
 @pytest.fixture
@@ -27,6 +27,11 @@ def test_resized_crop_matches_v2(x):
     ours = B.resized_crop(x, top, left, h, w)
     ref = per_image(x, lambda img, i: TF.resized_crop(img, int(top[i]), int(left[i]), int(h[i]), int(w[i]), [32, 32]))
     assert (ours - ref).abs().max() < 1e-4
+    flips = torch.arange(len(x)) % 2 == 0, torch.arange(len(x)) % 3 == 0
+    mirrored = B.resized_crop(x, top, left, h, w, *flips)
+    ref[flips[0]] = ref[flips[0]].flip(-1)
+    ref[flips[1]] = ref[flips[1]].flip(-2)
+    assert (mirrored - ref).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -74,19 +79,20 @@ def test_blur_matches_v2_with_one_sigma_per_image(x):
 def test_photometric_factors_per_image_match_v2(x, ours, theirs):
     factor = torch.linspace(0.2, 1.8, len(x))
     ref = per_image(x, lambda img, i: theirs(img, float(factor[i])))
-    assert (ours(x, factor) - ref).abs().max() < 1e-5
+    assert (ours(x.clone(), factor) - ref).abs().max() < 1e-5
 
 
 def test_hue_sharpen_gray_and_erase_match_v2(x):
     n = len(x)
     shift = torch.linspace(-0.3, 0.3, n)
-    assert (B.hue(x, shift) - per_image(x, lambda img, i: TF.adjust_hue(img, float(shift[i])))).abs().max() < 1e-5
-    assert (B.sharpen(x, 3.0) - TF.adjust_sharpness(x, 3.0)).abs().max() < 1e-5
+    # the kernels work in place: each gets its own copy
+    assert (B.hue(x.clone(), shift) - per_image(x, lambda img, i: TF.adjust_hue(img, float(shift[i])))).abs().max() < 1e-5
+    assert (B.sharpen(x.clone(), 3.0) - TF.adjust_sharpness(x, 3.0)).abs().max() < 1e-5
     assert torch.allclose(B.gray(x), TF.rgb_to_grayscale(x))
     top, left, h, w = (torch.randint(0, 16, (n,)) for _ in range(4))
     on = torch.arange(n) % 2 == 0
     ref = per_image(x, lambda img, i: TF.erase(img, int(top[i]), int(left[i]), int(h[i]), int(w[i]), torch.tensor(0.0)) if on[i] else img)
-    assert torch.equal(B.erase(x, top, left, h, w, on), ref)
+    assert torch.equal(B.erase(x.clone(), top, left, h, w, on), ref)
 
 
 def test_crop_boxes_follow_v2_distribution():
@@ -127,3 +133,12 @@ def test_batch_form_runs_on_the_batch_device_and_keeps_uint8(images):
     out = build_pipeline({n: 0.5 for n in NAMES}, 32)(images)
     assert out.dtype == torch.uint8 and out.shape == images.shape and out.device == images.device
     assert not math.isclose((out.float() - images.float()).abs().mean().item(), 0.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_step_keeps_pixels_in_range(images, name):
+    """The pipeline rounds to uint8 without a clamp, so each step must stay in [0, 1]."""
+    torch.manual_seed(0)
+    x = torch.cat([images.float() / 255, torch.ones(8, 3, 32, 32), torch.zeros(8, 3, 32, 32)])
+    out = REGISTRY[name].batch(x, 1.0)
+    assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6

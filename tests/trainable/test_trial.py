@@ -3,6 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from trainable.augment import NAMES
 from trainable.data import Dataset, Split
 from trainable.models import ModelSpec
 from trainable.loop import cpu_has_bf16
@@ -79,7 +80,7 @@ def test_same_seed_same_result(halves):
     settings = TrialSettings(lr=1e-3, freeze_depth=4, batch_size=32, augmentations=(("crop", 0.5),))
     spec = RunSpec(ModelSpec("resnet18", "none"), max_epochs=1)
     a, b = (list(fine_tune(settings, spec, halves))[-1][0] for _ in range(2))
-    timings = ("train_s", "eval_s")
+    timings = ("train_s", "eval_s", "data_s")
     assert {k: v for k, v in a.items() if k not in timings} == {k: v for k, v in b.items() if k not in timings}
 
 
@@ -101,3 +102,15 @@ def test_cached_frozen_features_train_the_same_as_images(halves, augmentations):
         assert f["train_loss"] == pytest.approx(s["train_loss"], rel=1e-3)
         assert f["val_loss"] == pytest.approx(s["val_loss"], rel=1e-3)
         assert f["top1"] == pytest.approx(s["top1"], abs=0.011)
+
+
+def test_data_seconds_are_the_batch_preparation_part_of_training(halves):
+    """`data_s` grows when every augmentation is on and stays a part of `train_s`."""
+    spec = RunSpec(ModelSpec("resnet18", "none"), max_epochs=1)
+    runs = {}
+    for label, augs in (("none", ()), ("all", tuple((n, 1.0) for n in NAMES))):
+        settings = TrialSettings(lr=1e-3, freeze_depth=0, batch_size=32, augmentations=augs)
+        runs[label] = list(fine_tune(settings, spec, halves))[-1][0]
+    for m in runs.values():
+        assert 0 < m["data_s"] < m["train_s"]
+    assert runs["all"]["data_s"] > 3 * runs["none"]["data_s"]
