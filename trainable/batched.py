@@ -106,15 +106,15 @@ def inverse_affine(angle, tx, ty, scale, shear_x) -> torch.Tensor:
 
 def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour affine warp with zero fill, one matrix per image (v2's affine grid)."""
-    b, _, height, width = x.shape
+    height, width = x.shape[-2:]
     dev = x.device
     theta = theta.to(device=dev, dtype=torch.float32)
-    base = torch.empty(1, height, width, 3, device=dev)
-    base[..., 0] = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=dev)
-    base[..., 1] = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=dev)[:, None]
-    base[..., 2] = 1
-    rescaled = theta.transpose(1, 2) / torch.tensor([0.5 * width, 0.5 * height], device=dev)
-    grid = base.view(1, -1, 3).expand(b, -1, -1).bmm(rescaled).view(b, height, width, 2)
+    # v2's grid is [x, y, 1] @ theta^T / (W/2, H/2) at pixel centres; summed by broadcasting a
+    # column term and a row term rather than by a (B, H*W, 3) @ (B, 3, 2) product
+    m = (theta.transpose(1, 2) / torch.tensor([0.5 * width, 0.5 * height], device=dev))[:, None, None]  # (B, 1, 1, 3, 2)
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=dev)[None, None, :, None]
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=dev)[None, :, None, None]
+    grid = xs * m[..., 0, :] + (ys * m[..., 1, :] + m[..., 2, :])
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
