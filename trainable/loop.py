@@ -66,9 +66,10 @@ def train_one_epoch(
     for start in range(0, len(order), batch_size):
         began = time.perf_counter()
         index = order[start : start + batch_size]
-        images = augment_batch(split.images[index].to(device, non_blocking=True), pipeline)
+        # index_select, not images[index]: ~10x faster for a uint8 batch on CPUs
+        images = augment_batch(split.images.index_select(0, index).to(device, non_blocking=True), pipeline)
         images = images.contiguous(memory_format=torch.channels_last)
-        labels = split.labels[index].to(device, non_blocking=True)
+        labels = split.labels.index_select(0, index).to(device, non_blocking=True)
         data_s += time.perf_counter() - began
         with autocast(device, amp_dtype):
             loss = loss_fn(model(images), labels)
