@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import time
 
 import torch
@@ -26,6 +27,7 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
+@functools.cache  # a process setting: once per process, not once per trial
 def keep_freed_memory() -> bool:
     """Have glibc keep freed memory for reuse instead of handing it back to the OS. By
     default a freed block of a few MB (one float batch) goes back, and the next batch
