@@ -10,9 +10,8 @@ import time
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
-from trainable.augment import augment_batch
+from trainable.augment import Pipeline, augment_batch
 from trainable.data import Split
 
 
@@ -41,10 +40,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 256 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-
-
 def train_one_epoch(
     model: nn.Module,
     split: Split,
@@ -54,7 +49,7 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     loss_fn: nn.Module,
     batch_size: int,
-    pipeline: v2.Transform | None,
+    pipeline: Pipeline | None,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
@@ -86,14 +81,22 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, split: Split, *, batch_size: int, device: torch.device, amp_dtype: torch.dtype | None = None
+    model: nn.Module,
+    split: Split,
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    pipeline: Pipeline | None = None,
 ) -> torch.Tensor:
-    """Logits (N, classes) in float32 for every image of `split`, in order."""
+    """Logits (N, classes) in float32 for every image of `split`, in order, each batch
+    passed through `pipeline` first when one is given."""
     model.eval()
     outputs = []
     for start in range(0, len(split), batch_size):
+        images = augment_batch(split.images[start : start + batch_size].to(device, non_blocking=True), pipeline)
         with autocast(device, amp_dtype):
-            outputs.append(model(_to_device(split.images[start : start + batch_size], device)).float())
+            outputs.append(model(images.contiguous(memory_format=torch.channels_last)).float())
     return torch.cat(outputs).cpu()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainable.augment import NAMES, augment_batch, build_pipeline
+from trainable.augment import NAMES, build_pipeline
 from trainable.data import Dataset, Split, balanced_order, class_weights
 from trainable.loop import (
     autocast,
@@ -76,8 +76,9 @@ class RunSpec:
     gpus_per_trial: float = 0.0
     eval_batch_size: int = 256
     feature_cache_bytes: int = 1 << 30  # frozen-prefix features are cached when they fit; 0: never
-    # batch-form augmentation and the frozen-prefix cache; False: v2 transforms image by image
-    # and every stage run every step (the reference the fast path is checked against)
+    # batch-form augmentation, frozen BatchNorm folded into its convolutions, and the
+    # frozen-prefix cache; False: v2 transforms image by image and every stage run as built,
+    # every step (the reference the fast path is checked against)
     fast_path: bool = True
 
 
@@ -118,8 +119,7 @@ def affinity(
     for name, strength in strengths:
         torch.manual_seed(spec.seed)  # every augmentation sees its own, repeatable draws
         pipeline = build_pipeline({name: strength}, val.images.shape[-1], spec.fast_path)
-        shifted = Split(augment_batch(val.images, pipeline), val.labels)
-        logits = predict(model, shifted, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
+        logits = predict(model, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp, pipeline=pipeline)
         out[f"affinity_{name}"] = classification_metrics(logits, val.labels)["top1"] - clean_top1
     torch.set_rng_state(state)
     return out
@@ -153,6 +153,8 @@ def fine_tune(
     device = _device(spec)
     amp = amp_dtype(spec, device)
     model = build_model(spec.model, data.num_classes, settings.freeze_depth)
+    if spec.fast_path and len(data.train):
+        model.fold_frozen_batchnorm(data.train.images[:4])
     model = model.to(device, memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)

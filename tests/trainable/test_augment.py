@@ -7,7 +7,7 @@ from trainable.augment import NAMES, REGISTRY, augment_batch, build_pipeline, de
 def mean_change(images, name, strength, seed=0, batched=True):
     torch.manual_seed(seed)
     out = augment_batch(images, build_pipeline({name: strength}, images.shape[-1], batched))
-    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert out.shape == images.shape and out.dtype == (torch.float32 if batched else torch.uint8)
     return (out.float() - images.float()).abs().mean().item()
 
 

@@ -129,15 +129,17 @@ def test_batch_form_changes_images_as_much_as_per_image_v2(images, name):
     assert change[True] == pytest.approx(change[False], rel=0.15), change
 
 
-def test_batch_form_runs_on_the_batch_device_and_keeps_uint8(images):
+def test_batch_form_runs_on_the_batch_device_and_hands_the_model_its_input(images):
     out = build_pipeline({n: 0.5 for n in NAMES}, 32)(images)
-    assert out.dtype == torch.uint8 and out.shape == images.shape and out.device == images.device
-    assert not math.isclose((out.float() - images.float()).abs().mean().item(), 0.0)
+    assert out.dtype == torch.float32 and out.shape == images.shape and out.device == images.device
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert 0 <= out.min() and out.max() <= 255  # the uint8 scale, not rounded
+    assert not math.isclose((out - images.float()).abs().mean().item(), 0.0)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_step_keeps_pixels_in_range(images, name):
-    """The pipeline rounds to uint8 without a clamp, so each step must stay in [0, 1]."""
+    """Each step must leave pixels in [0, 1] for the next one (and the pipeline clamps none)."""
     torch.manual_seed(0)
     x = torch.cat([images.float() / 255, torch.ones(8, 3, 32, 32), torch.zeros(8, 3, 32, 32)])
     out = REGISTRY[name].batch(x, 1.0)
