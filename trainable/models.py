@@ -7,6 +7,7 @@ freezes the first k stages; the maximum, `len(stages)`, trains only the classifi
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 BUNDLED = "efficientnet_lite0"
 
@@ -87,7 +89,8 @@ def available_models() -> tuple[str, ...]:
 
 
 class StagedClassifier(nn.Module):
-    """Backbone stages + pooling + linear classifier, taking uint8 images (B, 3, H, W).
+    """Backbone stages + pooling + linear classifier, taking images (B, 3, H, W) as pixel
+    values 0-255, uint8 or float.
 
     Frozen stages have requires_grad off, run under no_grad (no activations kept for
     backward) and stay in eval mode so their BatchNorm statistics do not move.
@@ -119,6 +122,23 @@ class StagedClassifier(nn.Module):
             stage.eval()
         return self
 
+    @torch.no_grad()
+    def fold_frozen_batchnorm(self, probe: torch.Tensor) -> int:
+        """Fold the frozen stages' BatchNorms into their convolutions; returns how many
+        stages changed. Frozen BatchNorm is a fixed per-channel affine map, so it costs a
+        pass over every activation for nothing (Lite0's frozen forward ~25 % faster without
+        it). Each folded stage must reproduce its output on `probe` (images as the model
+        takes them), else it stays as it was."""
+        x, folded = (probe.float() - self.mean) / self.std, 0
+        for i, stage in enumerate(self.stages[: self.freeze_depth]):
+            reference = stage(x)
+            candidate = fold_batchnorm(copy.deepcopy(stage))
+            if candidate is not None and torch.allclose(candidate(x), reference, rtol=1e-3, atol=1e-4 * float(reference.abs().max())):
+                self.stages[i] = candidate
+                folded += 1
+            x = reference
+        return folded
+
     def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.float() - self.mean) / self.std
         with torch.no_grad():
@@ -146,6 +166,24 @@ class FromFeatures(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.head(features)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module | None:
+    """`module` (in eval mode) with every BatchNorm2d that directly follows a Conv2d among
+    its siblings folded into that convolution; a BatchNorm carrying its activation (timm's
+    BatchNormAct2d) leaves the activation in its place. None when there was nothing to fold.
+    Sibling order is only a guess at execution order: callers check the result."""
+    folded = 0
+    for parent in list(module.modules()):
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = parent._modules[first], parent._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels:
+                parent._modules[first] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+                parent._modules[second] = nn.Sequential(*rest) if rest else nn.Identity()
+                folded += 1
+    return module if folded else None
 
 
 def hub_checkpoint_path(name: str) -> Path:

@@ -118,3 +118,47 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
 def test_unknown_model_lists_valid_ones():
     with pytest.raises(ValueError, match="valid models: efficientnet_lite0, .*resnet18"):
         max_freeze_depth("vgg11")
+
+
+def batchnorms(stages) -> int:
+    return sum(isinstance(m, torch.nn.BatchNorm2d) for stage in stages for m in stage.modules())
+
+
+@pytest.mark.parametrize(("name", "depth"), [("efficientnet_lite0", 9), ("efficientnet_lite0", 4), ("resnet18", 3)])
+def test_folding_frozen_batchnorm_keeps_the_outputs(name, depth):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name, "auto" if name == "efficientnet_lite0" else "none"), num_classes=5, freeze_depth=depth)
+    for m in model.modules():  # statistics far from the identity, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d) and name == "resnet18":
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    images = torch.randint(0, 256, (6, 3, 48, 48), dtype=torch.uint8)
+    trainable_norms = batchnorms(model.stages[depth:])
+    with torch.no_grad():
+        before = model.eval()(images)
+        assert model.fold_frozen_batchnorm(images[:2]) == depth
+        after = model(images)
+    assert batchnorms(model.stages[:depth]) == 0 and batchnorms(model.stages[depth:]) == trainable_norms
+    assert torch.allclose(after, before, atol=1e-4 * float(before.abs().max()))
+
+
+class NormFirst(torch.nn.Module):
+    """Registers conv before norm but runs them the other way round."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.bn.running_mean.fill_(50.0)
+
+    def forward(self, x):
+        return self.conv(self.bn(x))
+
+
+def test_a_stage_that_folding_would_change_is_left_as_built():
+    model = models.StagedClassifier([NormFirst(), NormFirst()], 3, 2, models.FAMILIES["resnet"]).freeze(2)
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model.eval()(images)
+        assert model.fold_frozen_batchnorm(images) == 0
+        assert torch.equal(model(images), before)
+    assert batchnorms(model.stages) == 2
