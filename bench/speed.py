@@ -1,5 +1,5 @@
 """Speed benchmark: where a trial's time goes, and what a whole search costs against a plain
-Ray Tune search written the usual way. Not a test: it takes ~25 minutes on 2 cores and its
+Ray Tune search written the usual way. Not a test: it takes ~45 minutes on 2 cores and its
 figures depend on the machine.
 
     .venv/bin/python bench/speed.py [--sections steps,precision,search,verdicts]
