@@ -24,10 +24,15 @@ class Augmentation:
     summary: str
     at_full_strength: str  # the real range that strength 1 maps to; it scales linearly
     build: Callable[[float, int], v2.Transform]  # (strength in (0, 1], image side) -> v2 transform
-    # (float batch in [0, 1], strength, **absorbed strengths) -> batch; may overwrite its input
+    # (float batch of pixel values in [0, PIXEL_MAX], strength, **absorbed strengths) -> batch;
+    # may overwrite its input
     batch: Callable[..., torch.Tensor]
     # entries that, switched on right after this one, its batch form applies in the same pass
     absorbs: tuple[str, ...] = ()
+
+
+# the batch form works on the uint8 scale, in float: no pass to rescale at either end
+PIXEL_MAX = 255.0
 
 
 def _odd_kernel(sigma: float, side: int) -> int:
@@ -106,12 +111,12 @@ def _color_batch(x: torch.Tensor, s: float) -> torch.Tensor:
     sat, shift = B.uniform(n, *_jitter(s)), B.uniform(n, -0.3 * s, 0.3 * s)
     # ColorJitter applies its adjustments in a random order per call: per image here
     hue_first = B.chance(n, 0.5)
-    x = B.only(x, hue_first, lambda im, i: B.saturation(B.hue(im, shift[i]), sat[i]))
-    return B.only(x, ~hue_first, lambda im, i: B.hue(B.saturation(im, sat[i]), shift[i]))
+    x = B.only(x, hue_first, lambda im, i: B.saturation(B.hue(im, shift[i]), sat[i], PIXEL_MAX))
+    return B.only(x, ~hue_first, lambda im, i: B.hue(B.saturation(im, sat[i], PIXEL_MAX), shift[i]))
 
 
 def _sharpen_batch(x: torch.Tensor, s: float) -> torch.Tensor:
-    return B.only(x, B.chance(len(x), 0.5), lambda im, i: B.sharpen(im, 1 + 4 * s))
+    return B.only(x, B.chance(len(x), 0.5), lambda im, i: B.sharpen(im, 1 + 4 * s, PIXEL_MAX))
 
 
 def _erasing(s: float, side: int) -> v2.Transform:
@@ -163,14 +168,14 @@ _ENTRIES = (
         "contrast jitter",
         "factor 0.2-1.8",
         lambda s, side: v2.ColorJitter(contrast=0.8 * s),
-        lambda x, s: B.contrast(x, B.uniform(len(x), *_jitter(0.8 * s))),
+        lambda x, s: B.contrast(x, B.uniform(len(x), *_jitter(0.8 * s)), PIXEL_MAX),
     ),
     Augmentation(
         "brightness",
         "brightness jitter",
         "factor 0.2-1.8",
         lambda s, side: v2.ColorJitter(brightness=0.8 * s),
-        lambda x, s: B.brightness(x, B.uniform(len(x), *_jitter(0.8 * s))),
+        lambda x, s: B.brightness(x, B.uniform(len(x), *_jitter(0.8 * s)), PIXEL_MAX),
     ),
     Augmentation(
         "color",
@@ -220,10 +225,10 @@ class BatchPipeline:
         """uint8 images in, float pixel values (0-255, channels-last: the model's input) out.
         Not rounded back to uint8: the model takes floats anyway, and the round trip cost a
         tenth of the pipeline's time (v2 rounds after every step; here nothing rounds)."""
-        x = images.float().div_(255)
+        x = images.float()
         for entry, strength, absorbed in self.steps:
             x = entry.batch(x, strength, **absorbed)
-        return x.contiguous(memory_format=torch.channels_last).mul_(255)
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 class PerImagePipeline:

@@ -7,7 +7,9 @@ own draw but costs a Python round trip and a small kernel per image. Here the pa
 are drawn the way v2's `make_params` draws them, vectorised over the batch (from torch's
 default generator, so `torch.manual_seed` makes them repeatable), and applied by the same
 arithmetic as v2's kernels with per-image factors broadcast over the batch. Images are
-float in [0, 1], shape (B, C, H, W); tests compare each kernel with v2's per image.
+float, shape (B, C, H, W), pixel values in [0, bound]: the pipeline keeps the uint8 scale
+(bound 255), so neither end of it spends a pass rescaling; tests compare each kernel with
+v2's per image on [0, 1] (bound 1, v2's float range).
 
 At the sizes a trial augments, every pass over a batch costs about as much as the memory it
 streams, so the pixel-wise kernels work in place (they may overwrite their input) and fold
@@ -106,15 +108,18 @@ def inverse_affine(angle, tx, ty, scale, shear_x) -> torch.Tensor:
 
 def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour affine warp with zero fill, one matrix per image (v2's affine grid)."""
-    height, width = x.shape[-2:]
+    b, _, height, width = x.shape
     dev = x.device
-    theta = theta.to(device=dev, dtype=torch.float32)
-    # v2's grid is [x, y, 1] @ theta^T / (W/2, H/2) at pixel centres; summed by broadcasting a
-    # column term and a row term rather than by a (B, H*W, 3) @ (B, 3, 2) product
-    m = (theta.transpose(1, 2) / torch.tensor([0.5 * width, 0.5 * height], device=dev))[:, None, None]  # (B, 1, 1, 3, 2)
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=dev)[None, None, :, None]
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=dev)[None, :, None, None]
-    grid = xs * m[..., 0, :] + (ys * m[..., 1, :] + m[..., 2, :])
+    # v2's grid is [x, y, 1] @ theta^T / (W/2, H/2) at pixel centres. Each of its two planes
+    # is a column term plus a row term, summed by broadcasting straight into the grid: a
+    # (B, H*W, 3) @ (B, 3, 2) product costs more, and so does broadcasting over the last
+    # axis of length 2 (no vector loop) or stacking two planes (one more pass)
+    m = theta.to(device=dev, dtype=torch.float32) / torch.tensor([0.5 * width, 0.5 * height], device=dev)[None, :, None]
+    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=dev)[None]
+    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=dev)[None]
+    grid = torch.empty(b, height, width, 2, device=dev)
+    for i in range(2):
+        torch.add((xs * m[:, i, 0:1])[:, None, :], (ys * m[:, i, 1:2] + m[:, i, 2:3])[:, :, None], out=grid[..., i])
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
@@ -151,28 +156,35 @@ def _per_image(factor: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return factor.to(device=x.device, dtype=x.dtype)[:, None, None, None]
 
 
-def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """v2's blend, x * factor + other * (1 - factor), clamped; `other` may broadcast."""
+def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """v2's blend, x * factor + other * (1 - factor), clamped to [0, bound]; `other` may
+    broadcast."""
     f = _per_image(factor, x)
-    return x.mul_(f).add_(other * (1 - f)).clamp_(0, 1)
+    if other.shape[-2:] == (1, 1):
+        # one value per image: multiply and add each run a vector loop; addcmul over such a
+        # broadcast does not, and is slower despite its one pass
+        x.mul_(f).add_(other * (1 - f))
+    else:
+        torch.addcmul(other * (1 - f), x, f, out=x)
+    return x.clamp_(0, bound)
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
     return TF.rgb_to_grayscale(x, num_output_channels=1)
 
 
-def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return x.mul_(_per_image(factor, x)).clamp_(0, 1)
+def brightness(x: torch.Tensor, factor: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    return x.mul_(_per_image(factor, x)).clamp_(0, bound)
 
 
-def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def contrast(x: torch.Tensor, factor: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
     # the mean of the grayscale image, from the channel means: one pass instead of three
     luma = torch.tensor([0.2989, 0.587, 0.114], device=x.device, dtype=x.dtype)
-    return blend(x, (x.mean(dim=(-2, -1)) @ luma)[:, None, None, None], factor)
+    return blend(x, (x.mean(dim=(-2, -1)) @ luma)[:, None, None, None], factor, bound)
 
 
-def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return blend(x, gray(x), factor)
+def saturation(x: torch.Tensor, factor: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    return blend(x, gray(x), factor, bound)
 
 
 def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -198,7 +210,7 @@ def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.sub(maxc[:, None], k, out=k)
 
 
-def sharpen(x: torch.Tensor, factor: float) -> torch.Tensor:
+def sharpen(x: torch.Tensor, factor: float, bound: float = 1.0) -> torch.Tensor:
     """v2's adjust_sharpness: blend with a 3x3 smoothed copy (weights 1, centre 5, over 13),
     one-pixel border left as is. The blend of centre c and 3x3 sum s folds into one weighted
     sum, factor * c + (1 - factor) * (s + 4 c) / 13; the 3x3 sum is four shifted adds (a
@@ -209,7 +221,7 @@ def sharpen(x: torch.Tensor, factor: float) -> torch.Tensor:
     box = rows[..., :-2] + rows[..., 2:]
     box += rows[..., 1:-1]
     box.mul_((1 - factor) / 13).add_(centre, alpha=factor + 4 * (1 - factor) / 13)
-    torch.clamp(box, 0, 1, out=centre)
+    torch.clamp(box, 0, bound, out=centre)
     return x
 
 

@@ -80,6 +80,8 @@ def test_photometric_factors_per_image_match_v2(x, ours, theirs):
     factor = torch.linspace(0.2, 1.8, len(x))
     ref = per_image(x, lambda img, i: theirs(img, float(factor[i])))
     assert (ours(x.clone(), factor) - ref).abs().max() < 1e-5
+    # the pipeline's scale: the same result in uint8 units, clamped at 255 rather than 1
+    assert (ours(x * 255, factor, 255.0) - ref * 255).abs().max() < 1e-3
 
 
 def test_hue_sharpen_gray_and_erase_match_v2(x):
@@ -88,6 +90,8 @@ def test_hue_sharpen_gray_and_erase_match_v2(x):
     # the kernels work in place: each gets its own copy
     assert (B.hue(x.clone(), shift) - per_image(x, lambda img, i: TF.adjust_hue(img, float(shift[i])))).abs().max() < 1e-5
     assert (B.sharpen(x.clone(), 3.0) - TF.adjust_sharpness(x, 3.0)).abs().max() < 1e-5
+    assert (B.sharpen(x * 255, 3.0, 255.0) - TF.adjust_sharpness(x, 3.0) * 255).abs().max() < 1e-3
+    assert (B.hue(x * 255, shift) - B.hue(x.clone(), shift) * 255).abs().max() < 1e-3
     assert torch.allclose(B.gray(x), TF.rgb_to_grayscale(x))
     top, left, h, w = (torch.randint(0, 16, (n,)) for _ in range(4))
     on = torch.arange(n) % 2 == 0
@@ -139,8 +143,11 @@ def test_batch_form_runs_on_the_batch_device_and_hands_the_model_its_input(image
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_step_keeps_pixels_in_range(images, name):
-    """Each step must leave pixels in [0, 1] for the next one (and the pipeline clamps none)."""
+    """Each step must leave pixel values in [0, 255] for the next one (and the pipeline
+    clamps none)."""
     torch.manual_seed(0)
-    x = torch.cat([images.float() / 255, torch.ones(8, 3, 32, 32), torch.zeros(8, 3, 32, 32)])
+    x = torch.cat([images.float(), torch.full((8, 3, 32, 32), 255.0), torch.zeros(8, 3, 32, 32)])
     out = REGISTRY[name].batch(x, 1.0)
-    assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
+    assert out.min() >= -1e-4 and out.max() <= 255 + 1e-4
+    # bright images must still reach the top: a step that clamped at 1 would flatten them
+    assert out.max() > 128
