@@ -161,11 +161,11 @@ def blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor, bound: flo
     broadcast."""
     f = _per_image(factor, x)
     if other.shape[-2:] == (1, 1):
-        # one value per image: multiply and add each run a vector loop; addcmul over such a
-        # broadcast does not, and is slower despite its one pass
+        # one value per image: multiply and add each run a vector loop; a one-pass lerp or
+        # addcmul over such a broadcast does not, and is slower
         x.mul_(f).add_(other * (1 - f))
     else:
-        torch.addcmul(other * (1 - f), x, f, out=x)
+        torch.lerp(other, x, f, out=x)  # other + f * (x - other), one pass
     return x.clamp_(0, bound)
 
 
