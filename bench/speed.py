@@ -129,6 +129,31 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
 
 
+def pipeline_costs(size: int, batch: int = 64, reps: int = 20, rounds: int = 5) -> list[dict]:
+    """Milliseconds per batch of each augmentation step alone (the six's, the crop with its
+    flip), of the six and of all twelve, back to back at strength 0.5; the step rows net of
+    the conversions every pipeline makes (to float, to the model's layout). Variants take
+    turns, `rounds` times, and each keeps its fastest round, so drift hits all alike."""
+    from trainable.augment import build_pipeline
+
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    variants = {"conversions": lambda: images.float().contiguous(memory_format=torch.channels_last)}
+    steps = [("crop + hflip", ("crop", "hflip"))] + [(n, (n,)) for n in SIX if n not in ("crop", "hflip")]
+    for label, names in steps + [("six", SIX), ("all 12", NAMES)]:
+        pipeline = build_pipeline({n: 0.5 for n in names}, size)
+        variants[label] = lambda p=pipeline: p(images)
+    best = dict.fromkeys(variants, math.inf)
+    for round_ in range(rounds + 1):
+        for label, run in variants.items():
+            started = time.perf_counter()
+            for _ in range(reps):
+                run()
+            if round_:  # the first round warms up
+                best[label] = min(best[label], (time.perf_counter() - started) / reps * 1e3)
+    whole = ("conversions", "six", "all 12")
+    return [{"step": k, "ms per batch": v if k in whole else v - best["conversions"]} for k, v in best.items()]
+
+
 def section_steps(args) -> dict:
     torch.set_num_threads(args.threads)
     model = ModelSpec(args.model, "auto")
@@ -159,6 +184,7 @@ def section_steps(args) -> dict:
                 }
             )
             print(rows[-1], flush=True)
+    costs = pipeline_costs(args.image_size)
     flops = training_flops_per_image(model, data.num_classes, args.image_size)
     peak = {str(d): matmul_peak(d) for d in (torch.float32, torch.bfloat16)}
     full = next(r for r in rows if r["freeze"].startswith("0") and r["augmentation"] == "none")
@@ -174,13 +200,15 @@ def section_steps(args) -> dict:
     print(table(rows, ["freeze", "augmentation", "bare img/s", "trial img/s", "vs bare %", "data+aug % of step", "epoch s", "wall/epoch s"]))
     print(f"\nclassifier-only vs full fine-tuning, wall time per epoch: {ratios['none']:.1f}x faster without "
           f"augmentation, {ratios['six']:.1f}x with the six")  # fmt: skip
+    print(f"\nbatch augmentation back to back, {args.image_size} px, batch 64, strength 0.5 (steps net of the conversions):\n")
+    print(table(costs, ["step", "ms per batch"]) + "\n")
     for label, (before, after) in unfolded.items():
         print(f"frozen BatchNorm folded into its convolutions, bare step at freeze {label}: "
               f"{before:.0f} -> {after:.0f} img/s ({after / before:.2f}x)")  # fmt: skip
     print(f"training FLOPs per image {flops / 1e9:.2f} GFLOP; bare step at freeze 0 {achieved:.1f} GFLOP/s = "
           f"{100 * achieved / peak[used]:.0f} % of the measured {used[6:]} matmul peak {peak[used]:.0f} GFLOP/s "
           f"({args.threads} thread(s); fp32 {peak['torch.float32']:.0f}, bf16 {peak['torch.bfloat16']:.0f})")  # fmt: skip
-    return {"rows": rows, "classifier_only_speedup": ratios, "bare_unfolded_vs_folded": unfolded, "gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_peak_gflops": peak}
+    return {"rows": rows, "augmentation_ms": costs, "classifier_only_speedup": ratios, "bare_unfolded_vs_folded": unfolded, "gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_peak_gflops": peak}
 
 
 # ---------------------------------------------------------------- precision
