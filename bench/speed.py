@@ -8,7 +8,8 @@ Sections (each prints a markdown table; all figures also go to results/bench/spe
   steps      per-trial training images/s against the bare forward+backward+optimizer step of the
              same model, size and freeze depth (0, middle, max), without and with augmentation,
              and the trial's own split of its training time (batch preparation against the rest);
-             epoch time classifier-only against full fine-tuning; GFLOP/s against matmul peak
+             each augmentation step alone, back to back; epoch time classifier-only against full
+             fine-tuning; GFLOP/s against matmul peak
   precision  top-1 and speed, fp32 against bf16 autocast, per model
   search     one search three ways on the same image folder, same configs, seeds and epochs:
              tune-search (ASHA), its trainable at full budget, the plain baseline; and the
