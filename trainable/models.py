@@ -129,7 +129,7 @@ class StagedClassifier(nn.Module):
         pass over every activation for nothing (Lite0's frozen forward ~25 % faster without
         it). Each folded stage must reproduce its output on `probe` (images as the model
         takes them), else it stays as it was."""
-        x, folded = (probe.float() - self.mean) / self.std, 0
+        x, folded = self.normalise(probe), 0
         for i, stage in enumerate(self.stages[: self.freeze_depth]):
             reference = stage(x)
             candidate = fold_batchnorm(copy.deepcopy(stage))
@@ -139,8 +139,12 @@ class StagedClassifier(nn.Module):
             x = reference
         return folded
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixel values 0-255 to the first stage's input."""
+        return (images.float() - self.mean) / self.std
+
     def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() - self.mean) / self.std
+        x = self.normalise(images)
         with torch.no_grad():
             for stage in self.stages[: self.freeze_depth]:
                 x = stage(x)
