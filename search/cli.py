@@ -91,6 +91,7 @@ def _prepare(cfg: SearchConfig) -> tuple[Space, RunSpec, Dataset]:
         oversample_to=cfg.data.oversample_to,
         precision=cfg.model.precision,
         fast_path=cfg.resources.fast_path,
+        augment_kernel=cfg.resources.augment_kernel,
     )
     d = cfg.data
     data = load_dataset(DataSpec(d.source, d.image_size, d.train_size, d.val_size, d.val_fraction, cfg.run.seed))

@@ -115,6 +115,7 @@ class ResourcesConfig(_Section):
     gpus_per_trial: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     max_concurrent: PositiveInt | None = None
     fast_path: bool = True
+    augment_kernel: bool = True
 
 
 class AblationConfig(_Section):

@@ -106,15 +106,22 @@ def inverse_affine(angle, tx, ty, scale, shear_x) -> torch.Tensor:
     return torch.stack((m0, m1, m2, m3, m4, m5), dim=1).view(-1, 2, 3)
 
 
-def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour affine warp with zero fill, one matrix per image (v2's affine grid)."""
+def grid_matrices(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 2, 3) float32: v2's affine grid is [x, y, 1] @ m^T at pixel centres (x, y measured
+    from the image centre), in grid_sample's normalised coordinates."""
+    return theta.to(torch.float32) / torch.tensor([0.5 * width, 0.5 * height], device=theta.device)[None, :, None]
+
+
+def warp(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour affine warp with zero fill, one (2, 3) grid matrix per image
+    (`grid_matrices`)."""
     b, _, height, width = x.shape
     dev = x.device
-    # v2's grid is [x, y, 1] @ theta^T / (W/2, H/2) at pixel centres. Each of its two planes
-    # is a column term plus a row term, summed by broadcasting straight into the grid: a
-    # (B, H*W, 3) @ (B, 3, 2) product costs more, and so does broadcasting over the last
-    # axis of length 2 (no vector loop) or stacking two planes (one more pass)
-    m = theta.to(device=dev, dtype=torch.float32) / torch.tensor([0.5 * width, 0.5 * height], device=dev)[None, :, None]
+    # Each of the grid's two planes is a column term plus a row term, summed by broadcasting
+    # straight into the grid: a (B, H*W, 3) @ (B, 3, 2) product costs more, and so does
+    # broadcasting over the last axis of length 2 (no vector loop) or stacking two planes
+    # (one more pass)
+    m = matrices.to(dev)
     xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=dev)[None]
     ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=dev)[None]
     grid = torch.empty(b, height, width, 2, device=dev)

@@ -80,6 +80,9 @@ class RunSpec:
     # frozen-prefix cache; False: v2 transforms image by image and every stage run as built,
     # every step (the reference the fast path is checked against)
     fast_path: bool = True
+    # the fast path's batch augmentation on CPUs in the C kernel (built at first use); False,
+    # or where no C compiler works: the same steps and draws as torch operations
+    augment_kernel: bool = True
 
 
 def _device(spec: RunSpec) -> torch.device:
@@ -118,7 +121,7 @@ def affinity(
     state = torch.get_rng_state()
     for name, strength in strengths:
         torch.manual_seed(spec.seed)  # every augmentation sees its own, repeatable draws
-        pipeline = build_pipeline({name: strength}, val.images.shape[-1], spec.fast_path)
+        pipeline = build_pipeline({name: strength}, val.images.shape[-1], spec.fast_path, spec.augment_kernel)
         logits = predict(model, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp, pipeline=pipeline)
         out[f"affinity_{name}"] = classification_metrics(logits, val.labels)["top1"] - clean_top1
     torch.set_rng_state(state)
@@ -167,7 +170,7 @@ def fine_tune(
     epoch_len = len(balanced_order(data.train.labels, per_class, torch.Generator()))
     steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path)
+    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path, spec.augment_kernel)
     # frozen stages cost nothing twice: validation always, and training when nothing
     # augments the images, run the trainable rest on features computed once
     val, val_net = data.val, model

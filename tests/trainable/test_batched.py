@@ -40,7 +40,7 @@ def test_affine_warp_matches_v2(x, seed):
     n = len(x)
     angle, tx, ty = B.uniform(n, -30, 30), B.uniform(n, -5, 5).round(), B.uniform(n, -5, 5).round()
     scale, shear = B.uniform(n, 0.7, 1.3), B.uniform(n, -15, 15)
-    ours = B.warp(x, B.inverse_affine(angle, tx, ty, scale, shear))
+    ours = B.warp(x, B.grid_matrices(B.inverse_affine(angle, tx, ty, scale, shear), *x.shape[-2:]))
     ref = per_image(
         x,
         lambda img, i: TF.affine(
@@ -56,7 +56,7 @@ def test_rotation_direction_matches_v2(x):
     n = len(x)
     angle = torch.full((n,), 30.0)
     zero = torch.zeros(n)
-    ours = B.warp(x, B.inverse_affine(-angle, zero, zero, torch.ones(n), zero))
+    ours = B.warp(x, B.grid_matrices(B.inverse_affine(-angle, zero, zero, torch.ones(n), zero), *x.shape[-2:]))
     ref = per_image(x, lambda img, i: TF.rotate(img, 30.0))
     assert (ours != ref).float().mean() < 0.002
 
