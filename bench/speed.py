@@ -8,8 +8,9 @@ Sections (each prints a markdown table; all figures also go to results/bench/spe
   steps      per-trial training images/s against the bare forward+backward+optimizer step of the
              same model, size and freeze depth (0, middle, max), without and with augmentation,
              and the trial's own split of its training time (batch preparation against the rest);
-             each augmentation step alone, back to back; epoch time classifier-only against full
-             fine-tuning; GFLOP/s against matmul peak
+             each augmentation step alone, back to back, in the C kernel and in torch
+             operations; epoch time classifier-only against full fine-tuning; GFLOP/s against
+             matmul peak
   precision  top-1 and speed, fp32 against bf16 autocast, per model
   search     one search three ways on the same image folder, same configs, seeds and epochs:
              tune-search (ASHA), its trainable at full budget, the plain baseline; and the
@@ -35,6 +36,7 @@ from PIL import Image
 
 from search.config import load_config
 from search.export import config_from_row, records_from_results, trials_table
+from trainable import native
 from trainable.augment import NAMES
 from trainable.data import Dataset, DataSpec, load_dataset
 from trainable.loop import autocast, keep_freed_memory
@@ -132,27 +134,42 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
 
 def pipeline_costs(size: int, batch: int = 64, reps: int = 20, rounds: int = 5) -> list[dict]:
     """Milliseconds per batch of each augmentation step alone (the six's, the crop with its
-    flip), of the six and of all twelve, back to back at strength 0.5; the step rows net of
-    the conversions every pipeline makes (to float, to the model's layout). Variants take
-    turns, `rounds` times, and each keeps its fastest round, so drift hits all alike."""
+    flip, and the rest), of the six and of all twelve, back to back at strength 0.5, in the C
+    kernel and in torch operations; the step rows net of what a pipeline costs with no step
+    (to float, to the model's layout). Variants take turns, `rounds` times, and each keeps
+    its fastest round, so drift hits all alike."""
     from trainable.augment import build_pipeline
 
+    if not native.available():
+        raise SystemExit("the augmentation kernel could not be built here (see the warning above); the steps section compares it")
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    variants = {"conversions": lambda: images.float().contiguous(memory_format=torch.channels_last)}
-    steps = [("crop + hflip", ("crop", "hflip"))] + [(n, (n,)) for n in SIX if n not in ("crop", "hflip")]
-    for label, names in steps + [("six", SIX), ("all 12", NAMES)]:
-        pipeline = build_pipeline({n: 0.5 for n in names}, size)
-        variants[label] = lambda p=pipeline: p(images)
+    steps = [("crop + hflip", ("crop", "hflip"))] + [(n, (n,)) for n in NAMES if n not in ("crop", "hflip")]
+    steps += [("six", SIX), ("all 12", NAMES)]
+    variants = {("conversions", "torch ops"): lambda: images.float().contiguous(memory_format=torch.channels_last)}
+    # the kernel's floor: its uint8-to-float copy into the model's layout, through an empty program
+    variants[("conversions", "kernel")] = lambda: native.augment(images, [])
+    for label, names in steps:
+        for kernel in ("kernel", "torch ops"):
+            pipeline = build_pipeline({n: 0.5 for n in names}, size, kernel=kernel == "kernel")
+            variants[(label, kernel)] = lambda p=pipeline: p(images)
     best = dict.fromkeys(variants, math.inf)
     for round_ in range(rounds + 1):
-        for label, run in variants.items():
+        for key, run in variants.items():
             started = time.perf_counter()
             for _ in range(reps):
                 run()
             if round_:  # the first round warms up
-                best[label] = min(best[label], (time.perf_counter() - started) / reps * 1e3)
+                best[key] = min(best[key], (time.perf_counter() - started) / reps * 1e3)
     whole = ("conversions", "six", "all 12")
-    return [{"step": k, "ms per batch": v if k in whole else v - best["conversions"]} for k, v in best.items()]
+    rows = []
+    for label in ["conversions"] + [label for label, _ in steps]:
+        row = {"step": label}
+        for kernel in ("kernel", "torch ops"):
+            net = 0.0 if label in whole else best[("conversions", kernel)]
+            row[f"{kernel} ms"] = best[(label, kernel)] - net
+        row["ratio"] = row["torch ops ms"] / row["kernel ms"] if row["kernel ms"] > 0 else math.nan
+        rows.append(row)
+    return rows
 
 
 def section_steps(args) -> dict:
@@ -168,10 +185,20 @@ def section_steps(args) -> dict:
         bare = bare_rate(model, data.num_classes, freeze, args.image_size, 64, amp, args.steps)
         if freeze:
             unfolded[label] = (bare_rate(model, data.num_classes, freeze, args.image_size, 64, amp, args.steps, fold=False), bare)
-        for aug_label, augs, fast in (("none", (), True), ("six", SIX, True), ("all 12", NAMES, True), ("six, per-image v2", SIX, False)):
-            if not fast and freeze != 0:
+        variants = (
+            ("none", (), True, True),
+            ("six", SIX, True, True),
+            ("all 12", NAMES, True, True),
+            ("six, torch ops", SIX, True, False),
+            ("all 12, torch ops", NAMES, True, False),
+            ("six, per-image v2", SIX, False, False),
+        )
+        for aug_label, augs, fast, kernel in variants:
+            # the references where they tell something: v2 per image at freeze 0, the batch
+            # form in torch operations where augmentation weighs most (classifier only)
+            if (not fast and freeze != 0) or (fast and not kernel and freeze != top):
                 continue
-            run = trial_run(data, dataclasses.replace(spec, fast_path=fast), freeze, augs)
+            run = trial_run(data, dataclasses.replace(spec, fast_path=fast, augment_kernel=kernel), freeze, augs)
             rows.append(
                 {
                     "freeze": f"{label} ({freeze})",
@@ -201,8 +228,9 @@ def section_steps(args) -> dict:
     print(table(rows, ["freeze", "augmentation", "bare img/s", "trial img/s", "vs bare %", "data+aug % of step", "epoch s", "wall/epoch s"]))
     print(f"\nclassifier-only vs full fine-tuning, wall time per epoch: {ratios['none']:.1f}x faster without "
           f"augmentation, {ratios['six']:.1f}x with the six")  # fmt: skip
-    print(f"\nbatch augmentation back to back, {args.image_size} px, batch 64, strength 0.5 (steps net of the conversions):\n")
-    print(table(costs, ["step", "ms per batch"]) + "\n")
+    print(f"\nbatch augmentation back to back, {args.image_size} px, batch 64, strength 0.5, ms per batch "
+          f"(steps net of the conversions):\n")  # fmt: skip
+    print(table(costs, ["step", "kernel ms", "torch ops ms", "ratio"]) + "\n")
     for label, (before, after) in unfolded.items():
         print(f"frozen BatchNorm folded into its convolutions, bare step at freeze {label}: "
               f"{before:.0f} -> {after:.0f} img/s ({after / before:.2f}x)")  # fmt: skip
