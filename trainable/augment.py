@@ -31,10 +31,11 @@ class Augmentation:
     # The batch form, in three parts. `draw`: (n images, height, width, strength, **absorbed
     # strengths) -> each image's random parameters. `apply`: (float batch of pixel values in
     # [0, PIXEL_MAX], parameters) -> batch, in torch operations, on the batch's device; may
-    # overwrite its input. `pack`: the parameters as the C kernel's (n, k) float rows.
+    # overwrite its input. `pack`: the parameters as (n, k) float rows for the C kernel's step
+    # `kernel_op`.
     draw: Callable[..., Params]
     apply: Callable[[torch.Tensor, Params], torch.Tensor]
-    kernel_op: int  # this step's code in augment_kernel.c
+    kernel_op: native.Op
     pack: Callable[[Params], torch.Tensor]
     # entries that, switched on right after this one, its batch form applies in the same pass
     absorbs: tuple[str, ...] = ()
@@ -175,7 +176,7 @@ _ENTRIES = (
         lambda s, side: v2.RandomResizedCrop(side, antialias=True, **_crop_ranges(s)),
         _draw_crop,
         lambda x, p: B.resized_crop(x, p["top"], p["left"], p["h"], p["w"], p["hflip"], p["vflip"]),
-        1,
+        native.Op.CROP,
         lambda p: torch.cat((_box(p), _rows(p["hflip"], p["vflip"])), dim=1),
         absorbs=("hflip", "vflip"),
     ),
@@ -186,7 +187,7 @@ _ENTRIES = (
         lambda s, side: v2.RandomHorizontalFlip(0.5 * s),
         _draw_chance(lambda s: 0.5 * s),
         lambda x, p: B.flip(x, p["on"], -1),
-        2,
+        native.Op.HFLIP,
         _on,
     ),
     Augmentation(
@@ -196,7 +197,7 @@ _ENTRIES = (
         lambda s, side: v2.RandomVerticalFlip(0.5 * s),
         _draw_chance(lambda s: 0.5 * s),
         lambda x, p: B.flip(x, p["on"], -2),
-        3,
+        native.Op.VFLIP,
         _on,
     ),
     Augmentation(
@@ -206,7 +207,7 @@ _ENTRIES = (
         _affine,
         _draw_affine,
         lambda x, p: B.warp(x, p["grid"]),
-        4,
+        native.Op.WARP,
         _grid,
     ),
     Augmentation(
@@ -216,7 +217,7 @@ _ENTRIES = (
         lambda s, side: v2.RandomRotation(90 * s),
         _draw_rotate,
         lambda x, p: B.warp(x, p["grid"]),
-        4,
+        native.Op.WARP,
         _grid,
     ),
     Augmentation(
@@ -226,7 +227,7 @@ _ENTRIES = (
         _blur,
         _draw_blur,
         lambda x, p: B.blur(x, p["kernels"]),
-        5,
+        native.Op.BLUR,
         lambda p: p["kernels"],
     ),
     Augmentation(
@@ -236,7 +237,7 @@ _ENTRIES = (
         lambda s, side: v2.RandomAdjustSharpness(1 + 4 * s, p=0.5),
         lambda n, height, width, s: {"on": B.chance(n, 0.5), "factor": torch.full((n,), 1 + 4 * s)},
         lambda x, p: B.only(x, p["on"], lambda im, i: B.sharpen(im, float(p["factor"][0]), PIXEL_MAX)),
-        6,
+        native.Op.SHARPEN,
         lambda p: _rows(p["on"], p["factor"]),
     ),
     Augmentation(
@@ -246,7 +247,7 @@ _ENTRIES = (
         lambda s, side: v2.ColorJitter(contrast=0.8 * s),
         _draw_factor(lambda s: 0.8 * s),
         lambda x, p: B.contrast(x, p["factor"], PIXEL_MAX),
-        7,
+        native.Op.CONTRAST,
         _factor,
     ),
     Augmentation(
@@ -256,7 +257,7 @@ _ENTRIES = (
         lambda s, side: v2.ColorJitter(brightness=0.8 * s),
         _draw_factor(lambda s: 0.8 * s),
         lambda x, p: B.brightness(x, p["factor"], PIXEL_MAX),
-        8,
+        native.Op.BRIGHTNESS,
         _factor,
     ),
     Augmentation(
@@ -266,7 +267,7 @@ _ENTRIES = (
         lambda s, side: v2.ColorJitter(saturation=s, hue=0.3 * s),
         _draw_color,
         _color,
-        9,
+        native.Op.COLOR,
         lambda p: _rows(p["saturation"], p["hue"], p["hue_first"]),
     ),
     Augmentation(
@@ -276,7 +277,7 @@ _ENTRIES = (
         lambda s, side: v2.RandomGrayscale(p=s),
         _draw_chance(lambda s: s),
         lambda x, p: B.only(x, p["on"], lambda im, _: B.gray(im).expand_as(im)),
-        10,
+        native.Op.GRAY,
         _on,
     ),
     Augmentation(
@@ -286,7 +287,7 @@ _ENTRIES = (
         _erasing,
         _draw_erasing,
         lambda x, p: B.erase(x, p["top"], p["left"], p["h"], p["w"], p["on"]),
-        11,
+        native.Op.ERASE,
         lambda p: torch.cat((_box(p), _rows(p["on"])), dim=1),
     ),
 )

@@ -22,7 +22,7 @@ enum {
     OP_BLUR = 5,     /* the 1-D kernel, `stride` taps */
     OP_SHARPEN = 6,  /* on, factor */
     OP_CONTRAST = 7, /* factor */
-    OP_BRIGHT = 8,   /* factor */
+    OP_BRIGHTNESS = 8, /* factor */
     OP_COLOR = 9,    /* saturation factor, hue shift (turns), hue first */
     OP_GRAY = 10,    /* on */
     OP_ERASE = 11,   /* top, left, h, w, on */
@@ -299,7 +299,7 @@ int augment(const uint8_t *images, float *out, int n, int H, int W, int n_ops, c
             case OP_BLUR: blur(a, b, t, pad, rows, H, W, p, strides[o]); swap = b; break;
             case OP_SHARPEN: if (p[0] != 0.0f) { sharpen(a, b, H, W, p[1]); swap = b; } break;
             case OP_CONTRAST: contrast(a, H, W, p[0]); break;
-            case OP_BRIGHT: brightness(a, H, W, p[0]); break;
+            case OP_BRIGHTNESS: brightness(a, H, W, p[0]); break;
             case OP_COLOR:
                 if (p[2] != 0.0f) { hue(a, plane, p[1]); saturation(a, plane, p[0]); }
                 else { saturation(a, plane, p[0]); hue(a, plane, p[1]); }

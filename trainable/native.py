@@ -10,6 +10,7 @@ through memory. The parameters come from the same draws as the torch form's.
 from __future__ import annotations
 
 import ctypes
+import enum
 import functools
 import hashlib
 import logging
@@ -29,6 +30,23 @@ SOURCE = Path(__file__).with_name("augment_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC")
 
 log = logging.getLogger(__name__)
+
+
+class Op(enum.IntEnum):
+    """The kernel's steps: the codes of the enum in augment_kernel.c, which lists each one's
+    parameters per image."""
+
+    CROP = 1
+    HFLIP = 2
+    VFLIP = 3
+    WARP = 4
+    BLUR = 5
+    SHARPEN = 6
+    CONTRAST = 7
+    BRIGHTNESS = 8
+    COLOR = 9
+    GRAY = 10
+    ERASE = 11
 
 
 def _cpu() -> str:
@@ -87,7 +105,7 @@ def _workers(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="augment")
 
 
-def augment(images: torch.Tensor, ops: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+def augment(images: torch.Tensor, ops: list[tuple[Op, torch.Tensor]]) -> torch.Tensor:
     """uint8 images (B, 3, H, W) on the CPU through the steps `ops`, each a kernel op code and
     its (B, k) parameter rows; float pixel values 0-255 out, channels-last. Split over
     torch's thread count (ctypes releases the GIL for the call)."""
