@@ -16,6 +16,8 @@ Sections (each prints a markdown table; all figures also go to results/bench/spe
              tune-search (ASHA), its trainable at full budget, the plain baseline; and the
              trainable without the fast path
   verdicts   the planted-harm search + ablation with and without the fast path
+  gpu        (not in the default run) resnet18 at 224 px on the GPU: bare step and trial
+             images/s, GPU utilisation; `--sections gpu --gpu-dry-run` checks it on a CPU
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -59,23 +62,27 @@ def table(rows: list[dict], columns: list[str]) -> str:
 # ---------------------------------------------------------------- steps
 
 
-def bare_rate(spec: ModelSpec, classes: int, freeze: int, size: int, batch: int, amp, steps: int, fold=True) -> float:
-    """Images/s of the bare step: one fixed uint8 batch already in memory, forward, backward,
-    AdamW step; frozen stages under no_grad, their BatchNorm folded (`fold`), as in a trial.
-    Nothing else. The best of three timed blocks: these machines drift by ±10 % and more
-    within a minute."""
+def bare_rate(
+    spec: ModelSpec, classes: int, freeze: int, size: int, batch: int, amp, steps: int, fold=True, device=torch.device("cpu")
+) -> float:
+    """Images/s of the bare step: one fixed uint8 batch already in memory (on `device`),
+    forward, backward, AdamW step; frozen stages under no_grad, their BatchNorm folded
+    (`fold`), as in a trial. Nothing else. The best of three timed blocks: these machines drift
+    by ±10 % and more within a minute."""
     torch.manual_seed(0)
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     model = build_model(spec, classes, freeze)
     if fold:
         model.fold_frozen_batchnorm(x[:4])
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
+    x = x.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    y = torch.randint(0, classes, (batch,))
+    y = torch.randint(0, classes, (batch,), device=device)
     model.train()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
-        with autocast(torch.device("cpu"), amp):
+        with autocast(device, amp):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,17 +92,19 @@ def bare_rate(spec: ModelSpec, classes: int, freeze: int, size: int, batch: int,
         step()
     best = math.inf
     for _ in range(3):
+        sync()
         started = time.perf_counter()
         for _ in range(steps):
             step()
+        sync()
         best = min(best, time.perf_counter() - started)
     return steps * batch / best
 
 
-def trial_run(data: Dataset, spec: RunSpec, freeze: int, augs: tuple[str, ...], strength=0.5) -> dict:
+def trial_run(data: Dataset, spec: RunSpec, freeze: int, augs: tuple[str, ...], strength=0.5, batch=64) -> dict:
     """One real trial (fine_tune, as Ray runs it), timed from the start. Rates come from the
     epochs after the first (warm caches, no set-up)."""
-    settings = TrialSettings(lr=1e-3, freeze_depth=freeze, batch_size=64, augmentations=tuple((a, strength) for a in augs))
+    settings = TrialSettings(lr=1e-3, freeze_depth=freeze, batch_size=batch, augmentations=tuple((a, strength) for a in augs))
     started = time.perf_counter()
     history = list(m for m, _ in fine_tune(settings, spec, data))
     wall = time.perf_counter() - started
@@ -450,12 +459,82 @@ def section_verdicts(args) -> dict:
     return {"rows": rows, "same": same, "wall_s": {str(k): v for k, v in walls.items()}}
 
 
-SECTIONS = {"steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts}
+# ---------------------------------------------------------------- gpu
+
+
+class GpuSampler:
+    """GPU utilisation and memory, sampled by nvidia-smi every 100 ms while the block runs;
+    empty where nvidia-smi is missing."""
+
+    def __enter__(self):
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "100"]
+        try:
+            self.process = subprocess.Popen(query, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.process = None
+        self.samples: list[tuple[float, float]] = []
+        return self
+
+    def __exit__(self, *exc):
+        if self.process is not None:
+            self.process.terminate()
+            out, _ = self.process.communicate()
+            for line in out.splitlines():
+                try:
+                    util, memory = (float(v) for v in line.split(",")[:2])
+                except ValueError:
+                    continue
+                self.samples.append((util, memory))
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"GPU util % (mean)": math.nan, "GPU util % (busiest 90 %)": math.nan, "GPU memory MiB": math.nan}
+        utils = sorted(u for u, _ in self.samples)
+        return {
+            "GPU util % (mean)": sum(utils) / len(utils),
+            # the trial's set-up and validation idle the GPU; the busiest 90 % of samples leave them out
+            "GPU util % (busiest 90 %)": sum(utils[len(utils) // 10 :]) / max(1, len(utils) - len(utils) // 10),
+            "GPU memory MiB": max(m for _, m in self.samples),
+        }
+
+
+def section_gpu(args) -> dict:
+    """resnet18 on the GPU at 224 px: the bare step and a trial (images and augmentation on
+    the GPU, bf16 autocast where the GPU has it), with and without the six augmentations,
+    and the GPU's utilisation during each trial. `--gpu-dry-run` runs the same code on the
+    CPU at 64 px, to check it before spending GPU time."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.gpu_dry_run:
+        print("no GPU here: gpu section skipped (--gpu-dry-run runs its code on the CPU, small)")
+        return {"skipped": "no GPU"}
+    size, batch, train = (224, 128, args.gpu_train_size) if device.type == "cuda" else (64, 32, 256)
+    model = ModelSpec("resnet18", "none")  # random init: throughput does not depend on the weights
+    data = load_dataset(DataSpec("fashion-mnist", size, train, 500, seed=0))
+    spec = RunSpec(model, max_epochs=3, cpus_per_trial=args.threads, gpus_per_trial=1.0 if device.type == "cuda" else 0.0)
+    amp = amp_dtype(spec, device)
+    bare = bare_rate(model, data.num_classes, 0, size, batch, amp, args.steps, device=device)
+    rows = []
+    for label, augs in (("none", ()), ("six", SIX)):
+        with GpuSampler() as sampler:
+            run = trial_run(data, spec, 0, augs, batch=batch)
+        rows.append({"augmentation": label, "bare img/s": bare, "trial img/s": run["train_ips"], "vs bare %": 100 * (bare / run["train_ips"] - 1),
+                     "data+aug % of step": run["data_pct"], **sampler.summary()})  # fmt: skip
+        print(rows[-1], flush=True)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (dry run)"
+    print(f"\n## GPU: resnet18 at {size} px, batch {batch}, freeze 0, {'bf16 autocast' if amp else 'fp32'}, {name}, "
+          f"{len(data.train)} train images, 3 epochs, rates from epochs 2-3\n")  # fmt: skip
+    print(table(rows, ["augmentation", "bare img/s", "trial img/s", "vs bare %", "data+aug % of step", "GPU util % (mean)",
+                       "GPU util % (busiest 90 %)", "GPU memory MiB"]))  # fmt: skip
+    return {"device": name, "image_size": size, "batch": batch, "rows": rows}
+
+
+SECTIONS = {"steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "gpu": section_gpu}
+DEFAULT_SECTIONS = ("steps", "precision", "search", "verdicts")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="threads for steps/precision: one trial's CPU share")
@@ -467,6 +546,8 @@ def main() -> None:
     p.add_argument("--search-train-size", type=int, default=1000)
     p.add_argument("--search-val-size", type=int, default=500)
     p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the fast-path-off search run")
+    p.add_argument("--gpu-train-size", type=int, default=8000, help="training images for the gpu section")
+    p.add_argument("--gpu-dry-run", action="store_true", help="run the gpu section on the CPU, small, where there is no GPU")
     p.add_argument("--out", default="results/bench/speed.json")
     args = p.parse_args()
     keep_freed_memory()  # as train_trial does in every trial process
