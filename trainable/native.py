@@ -125,7 +125,7 @@ def augment(images: torch.Tensor, ops: list[tuple[Op, torch.Tensor]]) -> torch.T
     def run(start: int, stop: int) -> int:
         rows = (ctypes.c_void_p * k)(*(p.data_ptr() + start * p.stride(0) * p.element_size() for p in params))
         first = images.data_ptr() + start * images.stride(0)
-        return lib.augment(first, out.data_ptr() + start * out.stride(0) * 4, stop - start, height, width, k, codes, strides, rows)
+        return lib.augment(first, out.data_ptr() + start * out.stride(0) * out.element_size(), stop - start, height, width, k, codes, strides, rows)
 
     threads = min(torch.get_num_threads(), n)
     if threads > 1:
