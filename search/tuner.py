@@ -111,6 +111,17 @@ def _trainable(cfg: SearchConfig, data: Dataset, spec: RunSpec, fn=train_trial):
     return tune.with_resources(tune.with_parameters(fn, data=data, spec=spec), {"cpu": cpus, "gpu": gpus})
 
 
+def reuse_actors() -> bool:
+    """Reuse trial processes between trials on a one-node Ray only. Ray Tune hands a freed
+    process to the next pending trial even when that trial already waits for a process
+    starting on another node, which it then cancels: on a cluster, a node whose first trial
+    process is still starting (runtime environment, importing torch) would lose every trial
+    to the nodes that came up first while trials are shorter than that start."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
+
+
 def _run_config(cfg: SearchConfig, name: str) -> tune.RunConfig:
     return tune.RunConfig(
         name=name,
@@ -148,7 +159,7 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space) ->
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=cfg.budget.num_samples,
-            reuse_actors=True,
+            reuse_actors=reuse_actors(),
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=_run_config(cfg, cfg.run.name),
@@ -186,7 +197,7 @@ def run_ablation(cfg: SearchConfig, data: Dataset, spec: RunSpec, variants: list
     tuner = tune.Tuner(
         _trainable(cfg, data, spec, train_variant),
         param_space={"variant": tune.grid_search(variants)},
-        tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
         run_config=_run_config(cfg, name),
     )
     return tuner.fit()

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,19 @@ def ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProces
     return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def wait_for_nodes(address: str, count: int, env: dict, timeout: float = 60) -> None:
+    """Block until the cluster's GCS lists `count` live nodes: a search submitted earlier
+    would plan its trials without the late node."""
+    probe = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=timeout)
+        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        assert time.monotonic() < deadline, f"{count} nodes did not join within {timeout} s: {out.stdout[-500:]} {out.stderr[-1500:]}"
+        time.sleep(1)
+
+
 @pytest.fixture
 def cluster():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -47,6 +61,7 @@ def cluster():
         # its own temp dir: two nodes sharing one would delete each other's unpacked working dir
         worker = ray("start", f"--address=127.0.0.1:{port}", f"--temp-dir={tempfile.mkdtemp(prefix='tsray')}", *common, env=env)
         assert worker.returncode == 0, worker.stderr[-3000:]
+        wait_for_nodes(f"127.0.0.1:{port}", 2, env)
         yield env, f"http://127.0.0.1:{dashboard}"
     finally:
         ray("stop", "--force", env=env)
@@ -63,5 +78,7 @@ def test_search_submitted_with_ray_job_runs_on_both_nodes(cluster, tmp_path):
     assert submit.returncode == 0 and "succeeded" in submit.stdout, submit.stdout[-4000:] + submit.stderr[-2000:]
     trials = pd.read_parquet(tmp_path / "cluster" / "trials.parquet")
     assert len(trials) == 6 and (trials["status"] == "completed").all()
-    assert trials["node_id"].nunique() == 2  # one CPU per node: concurrent trials had to use both
+    # one CPU per node, and on a cluster no trial process is handed on to another trial:
+    # the first two trials take one node each, whichever node starts its process first
+    assert trials["node_id"].nunique() == 2
     assert len(pd.read_parquet(tmp_path / "cluster" / "history.parquet")) == 12
