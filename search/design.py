@@ -1,0 +1,104 @@
+"""Designed studies as lists of fixed trial configs: the screen, dose-response and ablation.
+
+Pure functions: they build the configs (`search.tuner.run_study` trains them) and never read
+results. Every config carries `study`, `design_row` (-1 for runs outside a design) and `seed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from pyDOE3 import fold, pbdesign
+
+CLEAN = "(no augmentation)"  # the label of a run with every augmentation off
+
+
+def screening_design(factors: int) -> np.ndarray:
+    """A two-level design in -1/+1 with one column per factor, at resolution IV: a
+    Plackett-Burman design folded over, so that no main effect is aliased with any
+    two-factor interaction (12 factors: 32 runs; 6: 16; 5: 16)."""
+    if factors < 1:
+        raise ValueError("a screen needs at least one augmentation")
+    return fold(pbdesign(factors)).astype(int)
+
+
+def max_alias(design: np.ndarray) -> float:
+    """The largest |correlation| between a main-effect column and any two-factor
+    interaction column: 0 for a design of resolution IV or better."""
+    worst = 0.0
+    columns = design.astype(float)
+    for i in range(columns.shape[1]):
+        for j, k in combinations(range(columns.shape[1]), 2):
+            if i in (j, k):
+                continue
+            worst = max(worst, abs(float(np.mean(columns[:, i] * columns[:, j] * columns[:, k]))))
+    return worst
+
+
+def base_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat trial config's non-augmentation settings, every augmentation off."""
+    keep = {k: v for k, v in config.items() if not k.startswith("aug_") and k not in ("baseline", "seed", "study", "design_row", "label")}
+    return keep
+
+
+def with_augmentations(base: Mapping[str, Any], on: Mapping[str, float], names: Sequence[str]) -> dict[str, Any]:
+    config = dict(base)
+    for name in names:
+        config[f"aug_{name}"] = name in on
+        if name in on:
+            config[f"aug_{name}_strength"] = float(on[name])
+    return config
+
+
+def screen_configs(
+    base: Mapping[str, Any], strengths: Mapping[str, float], seeds: Sequence[int], *, clean_seed: int | None = 0
+) -> list[dict[str, Any]]:
+    """Every row of the screening design over `strengths`' augmentations (on at that
+    strength, or off), at `base`'s other settings, once per seed; plus one run with every
+    augmentation off at `clean_seed` (its model is what affinity is measured on)."""
+    names = list(strengths)
+    design = screening_design(len(names))
+    settings = base_settings(base)
+    out = []
+    for seed in seeds:
+        for row, levels in enumerate(design):
+            on = {n: strengths[n] for n, level in zip(names, levels) if level > 0}
+            out.append({**with_augmentations(settings, on, names), "study": "screen", "design_row": row, "seed": seed, "label": ""})
+    if clean_seed is not None:
+        out.append({**with_augmentations(settings, {}, names), "study": "screen", "design_row": -1, "seed": clean_seed, "label": CLEAN})
+    return out
+
+
+def dose_configs(base: Mapping[str, Any], names: Sequence[str], levels: Sequence[float], seeds: Sequence[int], searched: Sequence[str]) -> list[dict[str, Any]]:
+    """Each augmentation in `names` alone at every strength in `levels`, and the run with
+    none on (strength 0), once per seed, at `base`'s other settings."""
+    settings = base_settings(base)
+    out = []
+    for seed in seeds:
+        out.append({**with_augmentations(settings, {}, searched), "study": "dose", "design_row": -1, "seed": seed, "label": CLEAN})
+        for name in names:
+            for level in levels:
+                config = with_augmentations(settings, {name: level}, searched)
+                out.append({**config, "study": "dose", "design_row": -1, "seed": seed, "label": name})
+    return out
+
+
+def ablation_configs(best: Mapping[str, Any], augmentations: Sequence[str], *, strength: float, seeds: int) -> list[dict[str, Any]]:
+    """The best config, and each augmentation switched the other way (off if it was on; on
+    at `strength` if it was off), each over `seeds` seeds."""
+    base = {k: v for k, v in best.items() if k not in ("baseline", "seed", "study", "design_row", "label")}
+    out = []
+    for seed in range(seeds):
+        out.append({**base, "study": "ablation", "design_row": -1, "seed": seed, "label": ""})
+        for name in augmentations:
+            flipped = dict(base)
+            if best.get(f"aug_{name}"):
+                flipped[f"aug_{name}"] = False
+                flipped.pop(f"aug_{name}_strength", None)
+            else:
+                flipped[f"aug_{name}"], flipped[f"aug_{name}_strength"] = True, strength
+            out.append({**flipped, "study": "ablation", "design_row": -1, "seed": seed, "label": name})
+    return out
