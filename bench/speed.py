@@ -2,7 +2,7 @@
 Ray Tune search written the usual way. Not a test: it takes ~45 minutes on 2 cores and its
 figures depend on the machine.
 
-    .venv/bin/python bench/speed.py [--sections steps,precision,search,verdicts]
+    .venv/bin/python bench/speed.py [--sections steps,precision,search,verdicts,screen]
 
 Sections (each prints a markdown table; all figures also go to results/bench/speed.json):
   steps      per-trial training images/s against the bare forward+backward+optimizer step of the
@@ -15,7 +15,8 @@ Sections (each prints a markdown table; all figures also go to results/bench/spe
   search     one search three ways on the same image folder, same configs, seeds and epochs:
              tune-search (ASHA), its trainable at full budget, the plain baseline; and the
              trainable without the fast path
-  verdicts   the planted-harm search + ablation with and without the fast path
+  verdicts   the planted-harm search + screen with and without the fast path
+  screen     precision per compute: the screen's intervals against the ablation's, same data
   gpu        (not in the default run) resnet18 at 224 px on the GPU: bare step and trial
              images/s, GPU utilisation; `--sections gpu --gpu-dry-run` checks it on a CPU
 """
@@ -304,7 +305,7 @@ def plain_trial(config: dict, *, root: str, image_size: int, max_epochs: int, mo
     from trainable.augment import NAMES, REGISTRY
     from trainable.models import ModelSpec, build_model
 
-    config = config["variant"]
+    config = config["run"]
     torch.manual_seed(0)
     augs = [REGISTRY[n].build(float(config[f"aug_{n}_strength"]), image_size) for n in NAMES if config.get(f"aug_{n}")]
     on_pil = [t for t in augs if not isinstance(t, v2.RandomErasing)]  # erasing needs a tensor
@@ -342,7 +343,7 @@ def _finals(results) -> list[float]:
     """Final top-1 per variant, in the order of the grid."""
     out = {}
     for r in results:
-        out[r.config["variant"]["index"]] = r.metrics.get("top1", float("nan"))
+        out[r.config["run"]["index"]] = r.metrics.get("top1", float("nan"))
     return [out[i] for i in sorted(out)]
 
 
@@ -351,7 +352,7 @@ def section_search(args) -> dict:
     from ray import tune
 
     from search.cli import _prepare, ray_session
-    from search.tuner import run_ablation, run_search
+    from search.tuner import run_search, run_study
 
     work = Path(tempfile.mkdtemp(prefix="tune-search-bench-"))
     folder = work / "fashion-mnist-png"
@@ -374,7 +375,7 @@ def section_search(args) -> dict:
 
         def full(name: str, fast: bool):
             started = time.perf_counter()
-            results = run_ablation(cfg, data, dataclasses.replace(spec, fast_path=fast), configs, name)
+            results = run_study(cfg, data, dataclasses.replace(spec, fast_path=fast), configs, name=name, storage=cfg.run.storage)
             return _finals(results), time.perf_counter() - started + decode_s
 
         fast_top1, fast_s = full("full-fast", True)
@@ -384,7 +385,7 @@ def section_search(args) -> dict:
                 tune.with_parameters(plain_trial, root=str(folder), image_size=args.image_size, max_epochs=args.epochs, model_name=args.model),
                 {"cpu": 1},
             ),
-            param_space={"variant": tune.grid_search(configs)},
+            param_space={"run": tune.grid_search(configs)},
             run_config=tune.RunConfig(name="plain", storage_path=str(work / "runs"), verbose=1),
         ).fit()
         plain_s = time.perf_counter() - started
@@ -424,39 +425,77 @@ def section_search(args) -> dict:
 # ---------------------------------------------------------------- verdicts
 
 PLANTED = """
-data: {source: planted, image_size: 32}
-space: {augmentations: [hflip, color, blur, brightness, contrast], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 0, batch_size: 32}
-budget: {num_samples: 6, max_epochs: 6, grace_period: 1}
-ablation: {seeds: 4, strength: 1.0}
+data: {source: planted, image_size: 32, train_size: 300, val_size: 300}
+space: {augmentations: [hflip, color, blur, brightness, contrast], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 3, batch_size: 32}
+budget: {num_samples: 3, max_epochs: 4, grace_period: 1}
+screen: {strength: 1.0, seeds: SEEDS}
+dose: {enabled: false}
+ablation: {seeds: 3, strength: 1.0}
 resources: {fast_path: FAST}
 """
 
 
-def section_verdicts(args) -> dict:
+def _planted_run(work: Path, name: str, *, fast: bool, seeds: int, flags=()) -> tuple[Path, float]:
     from search.cli import main
+
+    space = work / f"{name}.yaml"
+    space.write_text(PLANTED.replace("FAST", str(fast).lower()).replace("SEEDS", str(seeds)))
+    started = time.perf_counter()
+    assert main(["--space", str(space), "--storage", str(work), "--name", name, *flags]) == 0
+    return work / name, time.perf_counter() - started
+
+
+def section_verdicts(args) -> dict:
+    """The default run (search, then screen) on the planted-harm set, with and without the fast path."""
+    from trainable.planted import HARMLESS, PLANTED_HARMS
 
     work = Path(tempfile.mkdtemp(prefix="tune-search-verdicts-"))
     verdicts, walls = {}, {}
     for fast in (True, False):
-        space = work / f"planted-{fast}.yaml"
-        space.write_text(PLANTED.replace("FAST", str(fast).lower()))
-        started = time.perf_counter()
-        assert main(["--space", str(space), "--storage", str(work), "--name", f"fast-{fast}", "--ablate"]) == 0
-        walls[fast] = time.perf_counter() - started
-        verdicts[fast] = pd.read_parquet(work / f"fast-{fast}" / "ablation.parquet").set_index("augmentation")
+        folder, walls[fast] = _planted_run(work, f"fast-{fast}", fast=fast, seeds=args.planted_seeds)
+        verdicts[fast] = pd.read_parquet(folder / "effects.parquet").set_index("augmentation")
     rows = [
         {
             "augmentation": name,
-            "fast path": f"{verdicts[True].loc[name, 'verdict']} {100 * verdicts[True].loc[name, 'effect']:+.1f}",
-            "per-image v2, no cache": f"{verdicts[False].loc[name, 'verdict']} {100 * verdicts[False].loc[name, 'effect']:+.1f}",
+            "planted": "harm" if name in PLANTED_HARMS else "harmless" if name in HARMLESS else "",
+            **{label: f"{verdicts[fast].loc[name, 'verdict']} {100 * verdicts[fast].loc[name, 'effect']:+.1f} [{100 * verdicts[fast].loc[name, 'ci_low']:+.1f}, {100 * verdicts[fast].loc[name, 'ci_high']:+.1f}]" for fast, label in ((True, "fast path"), (False, "per-image v2, no cache"))},
         }
         for name in verdicts[True].index
     ]
     same = all(verdicts[True].loc[n, "verdict"] == verdicts[False].loc[n, "verdict"] for n in verdicts[True].index)
-    print("\n## Verdicts on the planted-harm set (search + ablation, 4 seeds, effect in top-1 points)\n")
-    print(table(rows, ["augmentation", "fast path", "per-image v2, no cache"]))
-    print(f"\nsame verdicts: {same}; wall {walls[True]:.0f} s with the fast path, {walls[False]:.0f} s without")
-    return {"rows": rows, "same": same, "wall_s": {str(k): v for k, v in walls.items()}}
+    right = {fast: all((v.loc[n, "verdict"] == "hurts") == (n in PLANTED_HARMS) for n in v.index) for fast, v in verdicts.items()}
+    print(f"\n## Verdicts on the planted-harm set (search + screen, {args.planted_seeds} seed(s), top-1 points)\n")
+    print(table(rows, ["augmentation", "planted", "fast path", "per-image v2, no cache"]))
+    print(f"\nsame verdicts: {same}; every planted harm hurts and nothing else: {right}; detectable harm {100 * verdicts[True]['detectable'].max():.1f} points")
+    print(f"wall {walls[True]:.0f} s with the fast path, {walls[False]:.0f} s without")
+    return {"rows": rows, "same": same, "right": right, "wall_s": {str(k): v for k, v in walls.items()}}
+
+
+def section_screen(args) -> dict:
+    """Precision per compute: the screen's interval half-width against the ablation's on the
+    same data, both at full budget, per trial-epoch spent."""
+    work = Path(tempfile.mkdtemp(prefix="tune-search-screen-"))
+    folder, wall = _planted_run(work, "both", fast=True, seeds=1, flags=("--ablate",))
+    screen_runs = pd.read_parquet(folder / "screen.parquet")
+    ablation_runs = pd.read_parquet(folder / "ablation_runs.parquet")
+    effects = pd.read_parquet(folder / "effects.parquet").set_index("augmentation")
+    ablation = pd.read_parquet(folder / "ablation.parquet").set_index("augmentation")
+    half = {
+        "screen": float(((effects["ci_high"] - effects["ci_low"]) / 2).mean()),
+        "ablation": float(((ablation["ci_high"] - ablation["ci_low"]) / 2).mean()),
+    }
+    runs = {"screen": int((screen_runs["design_row"] >= 0).sum()), "ablation": len(ablation_runs)}
+    # at equal compute: a half-width shrinks with the square root of the runs
+    equal = half["ablation"] / (half["screen"] * math.sqrt(runs["ablation"] / runs["screen"]))
+    rows = [
+        {"study": k, "runs": runs[k], "epochs each": int(screen_runs["epochs"].iloc[0]), "mean 95 % half-width, points": 100 * half[k]}
+        for k in half
+    ] + [{"study": "ratio ablation / screen at equal trial-epochs", "mean 95 % half-width, points": equal}]
+    print("\n## Precision per compute: screen against ablation (planted-harm set)\n")
+    print(table(rows, ["study", "runs", "epochs each", "mean 95 % half-width, points"]))
+    verdicts = {n: (effects.loc[n, "verdict"], ablation.loc[n, "verdict"]) for n in effects.index}
+    print(f"\nverdicts (screen, ablation): {verdicts}; wall {wall:.0f} s")
+    return {"half_width": half, "runs": runs, "ratio_equal_compute": equal, "verdicts": verdicts, "wall_s": wall}
 
 
 # ---------------------------------------------------------------- gpu
@@ -528,8 +567,8 @@ def section_gpu(args) -> dict:
     return {"device": name, "image_size": size, "batch": batch, "rows": rows}
 
 
-SECTIONS = {"steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "gpu": section_gpu}
-DEFAULT_SECTIONS = ("steps", "precision", "search", "verdicts")
+SECTIONS = {"steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "screen": section_screen, "gpu": section_gpu}
+DEFAULT_SECTIONS = ("steps", "precision", "search", "verdicts", "screen")
 
 
 def main() -> None:
@@ -545,6 +584,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--search-train-size", type=int, default=1000)
     p.add_argument("--search-val-size", type=int, default=500)
+    p.add_argument("--planted-seeds", type=int, default=1, help="screen replicates in the verdicts section")
     p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the fast-path-off search run")
     p.add_argument("--gpu-train-size", type=int, default=8000, help="training images for the gpu section")
     p.add_argument("--gpu-dry-run", action="store_true", help="run the gpu section on the CPU, small, where there is no GPU")

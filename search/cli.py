@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -19,11 +20,10 @@ from search.export import (
     markdown_table,
     records_from_results,
     write_exports,
-    write_parquet,
     write_text,
 )
-from search.analysis import search_effects
 from search.report import build_report
+from search.results import ResultsFolder
 from search.space import Space
 from trainable.augment import describe
 from trainable.data import DataError, DataSpec, Dataset, load_dataset
@@ -51,14 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tune-search",
         description="Search augmentations, freeze depth and learning rate for fine-tuning an image classifier.",
-        epilog="Also: `tune-search ablate|export|report RESULTS_DIR`.",
+        epilog="Also: `tune-search screen|ablate|export|report RESULTS_DIR`.",
     )
     p.add_argument("--space", metavar="FILE", help="YAML space file (see configs/default.yaml); defaults if omitted")
     p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table and exit")
     p.add_argument("--config-from", metavar="PARQUET", help="re-run one saved config for the full budget")
     p.add_argument("--row", type=int, default=0, help="row of --config-from to re-run (default 0, the best)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search STORAGE/NAME")
-    p.add_argument("--ablate", action="store_true", help="after the search, ablate the best config (see `ablate`)")
+    p.add_argument("--no-screen", action="store_true", help="skip the screening study after the search (see `screen`)")
+    p.add_argument("--ablate", action="store_true", help="after the screen, ablate the best config (see `ablate`)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--data", help="fashion-mnist, mnist, or an ImageFolder path")
     p.add_argument("--model", help="efficientnet_lite0 (bundled weights) or a torchvision model name")
@@ -147,36 +148,38 @@ def ray_session(address: str | None):
         ray.shutdown()
 
 
-def analyse(folder: Path, cfg: SearchConfig) -> None:
-    """effects.parquet from the search's trials, then the report."""
-    trials, history = pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "history.parquet")
-    try:
-        effects = search_effects(trials, history, list(cfg.space.augmentation_names), seed=cfg.run.seed)
-    except ValueError as exc:
-        print(f"no effects estimated: {exc}")
-    else:
-        write_parquet(effects, folder / "effects.parquet")
-    print(f"report: {build_report(folder)}")
+def verdict_table(effects: pd.DataFrame) -> str:
+    """The console's closing table: the screen's verdicts, most harmful first."""
+    screened = effects[effects["verdict"] != "not screened"].sort_values("effect")
+    if screened.empty:
+        return "no screen: run `tune-search screen RESULTS_DIR` for verdicts"
+    table = pd.DataFrame(
+        {
+            "augmentation": screened["augmentation"],
+            "top-1 effect, points": [f"{100 * e:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for e, lo, hi in zip(screened["effect"], screened["ci_low"], screened["ci_high"])],
+            "verdict": screened["verdict"],
+            "harmful above": ["" if math.isnan(v) else f"{v:.2f}" for v in screened["harmful_above"]],
+        }
+    )
+    reach = 100 * screened["detectable"].max()
+    return f"{markdown_table(table)}\n(unclear: smaller than {reach:.1f} points, if any; 80 % power, Holm-corrected)"
 
 
-def ablate(folder: Path, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset) -> None:
-    from search.ablation import affinity_diversity, paired_effects, per_class, runs_table, variants
-    from search.tuner import run_ablation
+def studies(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str, screen: bool, ablate: bool) -> None:
+    """The designed studies after a search, then the analysis of every table and the report."""
+    from search.studies import analyse, run_ablation, run_dose, run_screen
 
-    best_path = folder / "best_configs.parquet"
-    best = pd.read_parquet(best_path)
-    if best.empty:
-        raise ConfigError(f"{best_path} has no successful trial to ablate")
-    augs = list(space.augmentations)
-    configs = variants(config_from_row(best.iloc[0]), augs, strength=cfg.ablation.strength, seeds=cfg.ablation.seeds)
-    print(f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations, {cfg.ablation.seeds} seeds each)")
-    runs = runs_table(run_ablation(cfg, data, spec, configs, f"{folder.name}-ablation"))
-    if runs.empty:
-        raise RuntimeError("every ablation run failed; see Ray's log above")
-    effects = pd.read_parquet(folder / "effects.parquet") if (folder / "effects.parquet").is_file() else None
-    write_parquet(paired_effects(runs, augs, effects), folder / "ablation.parquet")
-    write_parquet(per_class(runs, augs, list(data.classes)), folder / "per_class.parquet")
-    write_parquet(affinity_diversity(runs, augs), folder / "affinity.parquet")
+    classes = list(data.classes)
+    if screen:
+        run_screen(folder, cfg, space, spec, data, storage=storage)
+        analyse(folder, cfg, classes)
+        if cfg.dose.enabled:
+            run_dose(folder, cfg, space, spec, data, storage=storage)
+    if ablate:
+        run_ablation(folder, cfg, space, spec, data, storage=storage)
+    effects = analyse(folder, cfg, classes)
+    print(f"\nreport: {build_report(folder.path)}")
+    print("\n" + verdict_table(effects))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -221,10 +224,8 @@ def run(args: argparse.Namespace) -> int:
         write_text(_summary(cfg, space, data), folder / "config.yaml")
         _print_outcome(tables, folder, elapsed)
         if rerun is None:
-            analyse(folder, cfg)
-        if args.ablate and rerun is None:
-            ablate(folder, cfg, space, spec, data)
-            print(f"report: {build_report(folder)}")
+            screen = cfg.screen.enabled and not args.no_screen
+            studies(ResultsFolder(folder), cfg, space, spec, data, storage=storage, screen=screen, ablate=args.ablate)
     if remote:
         publish(folder, f"{storage.rstrip('/')}/{name}")
     return 0
@@ -256,24 +257,43 @@ def _results_file(folder: Path, name: str) -> Path:
     return path
 
 
+def _study_command(command: str, description: str, argv: list[str], options, overrides) -> tuple[argparse.Namespace, SearchConfig, ResultsFolder]:
+    args, path = _results_args(command, description, argv, (*options, ("--address", str)))
+    cfg = load_config(_results_file(path, "config.yaml"), overrides(args))
+    _results_file(path, "best_configs.parquet")
+    return args, cfg, ResultsFolder(path)
+
+
+def run_screen_command(argv: list[str]) -> int:
+    options = (("--seeds", int), ("--strength", float), ("--base", str))
+    overrides = lambda a: {"screen.seeds": a.seeds, "screen.strength": a.strength, "screen.base": a.base}  # noqa: E731
+    args, cfg, folder = _study_command("screen", "Screen the augmentations of a finished search.", argv, options, overrides)
+    _results_file(folder.path, "trials.parquet")
+    space, spec, data = _prepare(cfg)
+    with ray_session(args.address):  # the runs land beside the folder, never in a storage named inside it
+        studies(folder, cfg, space, spec, data, storage=str(folder.path.parent), screen=True, ablate=False)
+    return 0
+
+
 def run_ablate(argv: list[str]) -> int:
-    options = (("--seeds", int), ("--strength", float), ("--address", str))
-    args, folder = _results_args("ablate", "Ablate the best config of a finished search.", argv, options)
-    overrides = {"ablation.seeds": args.seeds, "ablation.strength": args.strength}
-    cfg = load_config(_results_file(folder, "config.yaml"), overrides)
-    _results_file(folder, "best_configs.parquet")
+    options = (("--seeds", int), ("--strength", float))
+    overrides = lambda a: {"ablation.seeds": a.seeds, "ablation.strength": a.strength}  # noqa: E731
+    args, cfg, folder = _study_command("ablate", "Ablate the best config of a finished search.", argv, options, overrides)
     space, spec, data = _prepare(cfg)
     with ray_session(args.address):
-        ablate(folder, cfg, space, spec, data)
-    print(f"report: {build_report(folder)}")
+        studies(folder, cfg, space, spec, data, storage=str(folder.path.parent), screen=False, ablate=True)
     return 0
 
 
 def run_report(argv: list[str]) -> int:
-    _, folder = _results_args("report", "Rebuild effects.parquet and report.md from the Parquet files.", argv)
-    cfg = load_config(_results_file(folder, "config.yaml"))
-    _results_file(folder, "trials.parquet")
-    analyse(folder, cfg)
+    _, path = _results_args("report", "Rebuild the analysis tables and report.md from the Parquet files.", argv)
+    cfg = load_config(_results_file(path, "config.yaml"))
+    _results_file(path, "trials.parquet")
+    from search.studies import analyse
+
+    effects = analyse(ResultsFolder(path), cfg)
+    print(f"report: {build_report(path)}")
+    print("\n" + verdict_table(effects))
     return 0
 
 
@@ -288,11 +308,10 @@ def run_export(argv: list[str]) -> int:
         raise ConfigError(f"{folder} holds no readable Ray Tune experiment state: {exc}") from None
     tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
     print(f"{len(tables['trials'])} trials exported to {folder}")
-    analyse(folder, cfg)
-    return 0
+    return run_report([str(folder)])
 
 
-COMMANDS = {"ablate": run_ablate, "export": run_export, "report": run_report}
+COMMANDS = {"screen": run_screen_command, "ablate": run_ablate, "export": run_export, "report": run_report}
 
 
 def main(argv: list[str] | None = None) -> int:

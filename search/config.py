@@ -118,6 +118,37 @@ class ResourcesConfig(_Section):
     augment_kernel: bool = True
 
 
+Strength = Annotated[float, Field(gt=0, le=1)]
+
+
+class ScreenConfig(_Section):
+    """The screening study after the search: a two-level design over the searched
+    augmentations at fixed other settings."""
+
+    enabled: bool = True
+    base: Literal["best", "baseline"] = "best"  # the best config's settings, or the "all layers" baseline's
+    strength: Strength | dict[str, Strength] | None = None  # None: the baselines' strength
+    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicate until `detectable` is met
+    detectable: Annotated[float, Field(gt=0, lt=1)] = 0.015  # smallest harm to detect with 80 % power
+    max_seeds: PositiveInt = 3
+
+
+class DoseConfig(_Section):
+    """Dose-response of each augmentation the screen calls harmful."""
+
+    enabled: bool = True
+    strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
+    seeds: Annotated[int, Field(ge=2)] = 2
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.005  # harmful above: where it costs more than this
+
+    @field_validator("strengths")
+    @classmethod
+    def _levels(cls, value):
+        if len(set(value)) < 2:
+            raise ValueError("dose-response needs at least two different strengths")
+        return tuple(sorted(set(value)))
+
+
 class AblationConfig(_Section):
     seeds: Annotated[int, Field(ge=2)] = 3
     strength: Annotated[float, Field(gt=0, le=1)] = 0.5  # for augmentations the best config has off
@@ -135,8 +166,20 @@ class SearchConfig(_Section):
     space: SpaceConfig = SpaceConfig()
     budget: BudgetConfig = BudgetConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    screen: ScreenConfig = ScreenConfig()
+    dose: DoseConfig = DoseConfig()
     ablation: AblationConfig = AblationConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _screened(self):
+        strength = self.screen.strength
+        if isinstance(strength, dict):
+            searched = self.space.augmentation_names
+            stray = [n for n in strength if n not in searched]
+            if stray:
+                raise ValueError(f"screen.strength names {', '.join(stray)}, which the space does not search; searched: {', '.join(searched)}")
+        return self
 
     def dump(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -73,6 +73,33 @@ def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+RUN_METRICS = ("top1", "top5", "val_loss", "train_loss", "per_class_top1", "node_id")
+
+
+def runs_table(results: Iterable) -> pd.DataFrame:
+    """A designed study's runs from a Ray ResultGrid, one row per finished run: study,
+    design_row, seed, label, the config columns and the final metrics."""
+    rows = []
+    for result in results:
+        if result.error is not None or not result.metrics:
+            continue
+        config = result.config["run"]
+        rows.append(
+            {
+                "study": config["study"],
+                "design_row": int(config["design_row"]),
+                "seed": int(config["seed"]),
+                "label": str(config["label"]),
+                **config_columns(config),
+                "epochs": int(result.metrics.get("epoch", 0)),
+                **{k: result.metrics.get(k) for k in RUN_METRICS},
+                "trial_id": str(result.metrics.get("trial_id", "")),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["seed", "design_row", "label"], kind="stable").reset_index(drop=True) if len(frame) else frame
+
+
 def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFrame:
     rows = []
     for r in records:

@@ -13,11 +13,9 @@ import pandas as pd  # noqa: E402
 
 from search.analysis import common_fidelity  # noqa: E402
 from search.export import baseline_summary, best_configs, config_from_row, markdown_table, write_text  # noqa: E402
-
-
-def _read(folder: Path, name: str) -> pd.DataFrame | None:
-    path = folder / f"{name}.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
+from search.results import ResultsFolder  # noqa: E402
+from search.screen import additivity  # noqa: E402
+from search.space import BASELINE_AUGMENTATIONS, BASELINES  # noqa: E402
 
 
 def _pts(x: float) -> str:
@@ -30,29 +28,59 @@ def _interval(row) -> str:
     return f"{_pts(row['effect'])} [{_pts(row['ci_low'])}, {_pts(row['ci_high'])}]"
 
 
-def forest_plot(effects: pd.DataFrame, ablation: pd.DataFrame | None, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(effects) + 1.4))
+def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.DataFrame | None = None) -> None:
+    """Each augmentation's effect on top-1 with its 95 % interval, harmful ones in red."""
+    fig, ax = plt.subplots(figsize=(7, 0.42 * len(effects) + 1.6))
     names = list(effects["augmentation"])
-    y = range(len(names))
-    sets = [("search" if "n_on" in effects else "ablation", effects, 0.15, "tab:blue")]
-    if ablation is not None and len(ablation):
-        sets.append(("ablation", ablation.set_index("augmentation").reindex(names).reset_index(), -0.15, "tab:red"))
-    for label, frame, shift, colour in sets:
-        ys = [v + shift for v in y]
-        err = [(frame["effect"] - frame["ci_low"]) * 100, (frame["ci_high"] - frame["effect"]) * 100]
-        ax.errorbar(frame["effect"] * 100, ys, xerr=err, fmt="o", color=colour, label=label, capsize=3)
-    ax.axvline(0, color="grey", lw=1)
-    ax.set_yticks(list(y), names)
+    y = list(range(len(names)))
+    colours = {"hurts": "tab:red", "helps": "tab:green"}
+    shift = 0.15 if ablation is not None and len(ablation) else 0.0
+    for i, (_, row) in enumerate(effects.iterrows()):
+        colour = colours.get(row["verdict"], "tab:grey")
+        err = [[100 * (row["effect"] - row["ci_low"])], [100 * (row["ci_high"] - row["effect"])]]
+        ax.errorbar(100 * row["effect"], i - shift, xerr=err, fmt="o", color=colour, capsize=3, label="screen" if i == 0 else None)
+    if shift:
+        ab = ablation.set_index("augmentation").reindex(names)
+        err = [100 * (ab["effect"] - ab["ci_low"]), 100 * (ab["ci_high"] - ab["effect"])]
+        ax.errorbar(100 * ab["effect"], [v + shift for v in y], xerr=err, fmt="s", color="tab:blue", capsize=3, label="ablation of the best config")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(y, names)
     ax.invert_yaxis()
-    ax.set_xlabel("effect on top-1 (points), 95 % interval; < 0 hurts")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("change in top-1 when switched on (percentage points), 95 % interval")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, ylabel: str, logx: bool = False, labels=None) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
+    """Measured effect per strength (paired by seed) with the fitted curve's band."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    harmful = effects.set_index("augmentation")
+    for name, group in dose.groupby("augmentation", sort=False):
+        group = group.sort_values("strength")
+        line = ax.errorbar(group["strength"], 100 * group["effect"], yerr=[100 * (group["effect"] - group["ci_low"]), 100 * (group["ci_high"] - group["effect"])], fmt="o", capsize=3, label=name)
+        colour = line[0].get_color()
+        ax.plot([0, *group["strength"]], [0, *(100 * group["fitted"])], color=colour, lw=1)
+        ax.fill_between([0, *group["strength"]], [0, *(100 * group["fit_low"])], [0, *(100 * group["fit_high"])], color=colour, alpha=0.12)
+        start = harmful.at[name, "harmful_above"] if name in harmful.index else math.nan
+        if not math.isnan(start):
+            ax.axvline(start, color=colour, ls="--", lw=1)
+    ax.axhline(0, color="black", lw=1)
+    ax.set_xlabel("strength (0 = off)")
+    ax.set_ylabel("change in top-1 (points)")
+    ax.set_title("Dose-response: where each harmful augmentation starts to hurt (dashed)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, ylabel: str, title: str, logx: bool = False, labels=None) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.scatter(frame[x], frame[y], s=22, alpha=0.8)
     if labels is not None:
         for label, xv, yv in zip(frame[labels], frame[x], frame[y]):
@@ -61,77 +89,122 @@ def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, yla
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _sentence(row) -> str:
-    text = f"- **{row['augmentation']}** costs {-100 * row['effect']:.1f} points of top-1 (95 % interval {-100 * row['ci_high']:.1f} to {-100 * row['ci_low']:.1f})"
-    if not math.isnan(row.get("harmful_above", math.nan) or math.nan):
-        text += f", and turns harmful above strength {row['harmful_above']:.2f}"
+def _sentence(row, per_class: pd.DataFrame | None) -> str:
+    text = (
+        f"- **{row['augmentation']}** (strength {row['strength']:.2g}) costs {-100 * row['effect']:.1f} points of top-1 "
+        f"(95 % interval {-100 * row['ci_high']:.1f} to {-100 * row['ci_low']:.1f}; Holm-adjusted p = {row['p_holm']:.2g})"
+    )
+    if per_class is not None and len(per_class):
+        mine = per_class[per_class["augmentation"] == row["augmentation"]].nsmallest(3, "change")
+        text += "; most harmed classes: " + ", ".join(f"{r['class']} {_pts(r['change'])}" for _, r in mine.iterrows())
+    start = row.get("harmful_above", math.nan)
+    if isinstance(start, float) and not math.isnan(start):
+        low, high = row.get("harmful_above_low", math.nan), row.get("harmful_above_high", math.nan)
+        high_text = f"{high:.2f}" if not math.isnan(high) else "beyond the strengths tried"
+        text += f"; it costs more than the dose threshold above strength {start:.2f} (95 % interval {low:.2f} to {high_text})"
     return text + "."
+
+
+def _screen_section(folder: Path, effects: pd.DataFrame, per_class, ablation, trials: pd.DataFrame, screen_runs: pd.DataFrame | None) -> list[str]:
+    lines = ["## Verdicts", ""]
+    if effects["verdict"].eq("not screened").all():
+        return lines + ["No screen was run (`--no-screen`): run `tune-search screen RESULTS_DIR` for verdicts. The search's own estimates are below.", ""]
+    first = effects.iloc[0]
+    reach = effects["detectable"].max()
+    harmful = effects[effects["verdict"] == "hurts"]
+    helpful = effects[effects["verdict"] == "helps"]
+    lines += [
+        f"From the screen: {int(first['n_runs'])} runs at full budget in a two-level design (each augmentation on in half of them), "
+        f"main effects by least squares with {first['df']:.0f} residual degrees of freedom, Holm-corrected across "
+        f"{len(effects)} augmentations. This screen detects a harm of {100 * reach:.1f} points or more with 80 % power: "
+        f"`unclear` means smaller than that, if any.",
+        "",
+    ]
+    if len(harmful):
+        lines += ["Harmful:", ""] + [_sentence(r, per_class) for _, r in harmful.iterrows()] + [""]
+    else:
+        lines += [f"No augmentation is clearly harmful (none costs {100 * reach:.1f} points or more, at 80 % power).", ""]
+    if len(helpful):
+        lines += ["Helpful: " + ", ".join(f"**{r['augmentation']}** {_interval(r)}" for _, r in helpful.iterrows()) + " points.", ""]
+    table = pd.DataFrame(
+        {
+            "augmentation": effects["augmentation"],
+            "strength": effects["strength"].round(2),
+            "top-1 effect [95 %], points": [_interval(r) for _, r in effects.iterrows()],
+            "Holm p": effects["p_holm"].map(lambda p: f"{p:.2g}"),
+            "verdict": effects["verdict"],
+            "top-5 effect, points": effects["top5_effect"].map(_pts),
+            "harmful above strength": effects["harmful_above"].map(lambda v: "" if math.isnan(v) else f"{v:.2f}"),
+        }
+    )
+    order = effects["effect"].argsort().to_numpy()
+    forest_plot(effects.iloc[order], folder / "effects.png", title="Screen: what switching each augmentation on does to top-1", ablation=ablation)
+    lines += [markdown_table(table.iloc[order]), "", "![effects](effects.png)", ""]
+    if ablation is not None and len(ablation):
+        for _, r in ablation[ablation["agrees"] == False].iterrows():  # noqa: E712
+            lines.append(f"- The screen and the ablation of the best config disagree on **{r['augmentation']}**: screen says {r['screen_verdict']}, ablation says {r['verdict']} ({_interval(r)} points).")
+        lines.append("")
+    lines += _additivity(trials, screen_runs, effects)
+    return lines
+
+
+def _additivity(trials: pd.DataFrame, screen_runs: pd.DataFrame | None, effects: pd.DataFrame) -> list[str]:
+    """With the screen at the "all layers" baseline's settings: do the main effects add up to
+    the baseline table's all + aug drop?"""
+    if screen_runs is None:
+        return []
+    rows = {b: trials[trials["baseline"] == b] for b in BASELINES[1:]}
+    if any(not len(r) for r in rows.values()):
+        return []
+    plain, bundled = rows[BASELINES[1]].iloc[0], rows[BASELINES[2]].iloc[0]
+    first = screen_runs.iloc[0]
+    if not all(first[k] == plain[k] for k in ("lr", "freeze_depth", "weight_decay", "batch_size", "label_smoothing")):
+        return []
+    names = list(effects.loc[effects["verdict"] != "not screened", "augmentation"])
+    bundle = [n for n in BASELINE_AUGMENTATIONS if n in names and bool(bundled[f"aug_{n}"])]
+    result = additivity(screen_runs, names, bundle, float(bundled["top1"]))
+    verdict = "the effects add up" if result["adds_up"] else "the augmentations interact: the measured drop is not the sum of their effects"
+    return [
+        "### Do the effects add up to the baseline table's drop?",
+        "",
+        f"The screen ran at the all-layers baseline's settings. Its fit predicts top-1 {result['predicted']:.3f} with "
+        f"{', '.join(bundle)} on (95 % prediction interval for one run {result['prediction_low']:.3f} to {result['prediction_high']:.3f}) "
+        f"and {result['predicted_none']:.3f} with none on; the search's all + aug baseline measured {result['measured']:.3f} "
+        f"(all layers without augmentation: {float(plain['top1']):.3f}): {verdict}.",
+        "",
+    ]
 
 
 def build_report(folder: Path) -> Path:
     """Write report.md and its plots into `folder` from the Parquet files there."""
-    trials = pd.read_parquet(folder / "trials.parquet")
-    history = pd.read_parquet(folder / "history.parquet")
-    effects, ablation = _read(folder, "effects"), _read(folder, "ablation")
-    affinity, per_class = _read(folder, "affinity"), _read(folder, "per_class")
+    results = ResultsFolder(folder)
+    trials, history = results.read("trials"), results.read("history")
+    effects, ablation = results.read("effects"), results.read("ablation")
+    affinity, per_class, dose = results.read("affinity"), results.read("per_class"), results.read("dose")
     lines = [f"# tune-search report: {folder.name}", ""]
     statuses = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
-    lines += [f"{len(trials)} trials ({statuses}).", ""]
-    if (folder / "config.yaml").is_file():  # the resolved config's notes on the data and model
-        notes = [ln[2:] for ln in (folder / "config.yaml").read_text().splitlines() if ln.startswith("# ") and ln != "# resolved"]
+    lines += [f"Search: {len(trials)} trials ({statuses}).", ""]
+    if results.config.is_file():  # the resolved config's notes on the data and model
+        notes = [ln[2:] for ln in results.config.read_text().splitlines() if ln.startswith("# ") and ln != "# resolved"]
         lines += [f"    {ln}" for ln in notes] + [""]
 
-    lines += ["## Verdicts", ""]
-    has_ablation = ablation is not None and len(ablation) > 0
-    if effects is None and not has_ablation:
-        lines += ["No effects: the search has too few trials and no ablation was run (`tune-search ablate`).", ""]
-    else:
-        names = list(effects["augmentation"] if effects is not None else ablation["augmentation"])
-        table = pd.DataFrame({"augmentation": names})
-        if effects is not None:
-            table["search effect [95 %], points"] = [_interval(r) for _, r in effects.iterrows()]
-            table["search verdict"] = effects["verdict"].to_numpy()
-            table["on / off"] = [f"{a} / {b}" for a, b in zip(effects["n_on"], effects["n_off"])]
-            table["importance"] = effects["importance"].round(3).to_numpy()
-            table["harmful above strength"] = [f"{v:.2f}" if not math.isnan(v) else "" for v in effects["harmful_above"]]
-        if has_ablation:
-            ab = ablation.set_index("augmentation")
-            table["ablation effect [95 %], points"] = [_interval(ab.loc[n]) if n in ab.index else "" for n in names]
-            table["ablation verdict"] = [ab.loc[n, "verdict"] if n in ab.index else "" for n in names]
-        plotted = effects if effects is not None else ablation
-        forest_plot(plotted, ablation if effects is not None else None, folder / "effects.png")
-        lines += [markdown_table(table), "", "![effects](effects.png)", ""]
-        if effects is not None:
-            lines += [f"Search effects: {effects['method'].iloc[0]}.", ""]
-        else:
-            lines += ["The search had too few trials for its own effect estimates; the verdicts come from the ablation.", ""]
-        confirmed, source = (ablation, "the ablation") if has_ablation else (effects, "the search")
-        harmful = confirmed[confirmed["verdict"] == "hurts"]
-        if len(harmful):
-            lines += [f"Harmful according to {source}:", ""]
-            if effects is not None and confirmed is not effects:
-                harmful = harmful.merge(effects[["augmentation", "harmful_above"]], on="augmentation", how="left")
-            lines += [_sentence(r) for _, r in harmful.iterrows()] + [""]
-        else:
-            lines += [f"No augmentation is clearly harmful according to {source}.", ""]
-        if has_ablation:
-            for _, r in ablation[ablation["agrees"] == False].iterrows():  # noqa: E712
-                lines.append(
-                    f"- The search and the ablation disagree on **{r['augmentation']}**: "
-                    f"search says {r['search_verdict']}, ablation says {r['verdict']}."
-                )
-            lines.append("")
+    if effects is not None:
+        lines += _screen_section(folder, effects, per_class, ablation, trials, results.read("screen"))
+    if dose is not None and len(dose):
+        dose_plot(dose, effects, folder / "dose.png")
+        lines += ["## Where harm starts", "", markdown_table(dose.round(4)), "", "![dose-response](dose.png)", ""]
 
     if affinity is not None and affinity["affinity"].notna().any():
-        scatter(affinity, "affinity", "diversity", folder / "affinity.png", xlabel="affinity (top-1 change on augmented val)", ylabel="diversity (final train loss)", labels="augmentation")
+        scatter(affinity, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: top-1 change of the clean model on augmented validation images", ylabel="diversity: rise in final training loss", labels="augmentation", title="Why: how far each augmentation moves the images, and how much harder it makes training")
         lines += ["## Why: affinity and diversity", "", markdown_table(affinity.round(3)), "", "![affinity](affinity.png)", ""]
-        lines += ["Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out).", ""]
+        lines += ["Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out). Diversity: how much it raises the final training loss.", ""]
 
     if per_class is not None and len(per_class):
         lines += ["## For which classes", ""]
@@ -141,12 +214,18 @@ def build_report(folder: Path) -> Path:
             lines.append(f"- {name}: most harmed classes {cells} (points of per-class top-1)")
         lines.append("")
 
+    if effects is not None and effects["search_method"].notna().any():
+        own = ["effect", "ci_low", "ci_high", "verdict", "n_on", "n_off", "importance", "method"]
+        search = effects[["augmentation", *(f"search_{c}" for c in own)]].rename(columns=lambda c: c.removeprefix("search_"))
+        table = pd.DataFrame({"augmentation": search["augmentation"], "search effect [95 %], points": [_interval(r) for _, r in search.iterrows()], "search verdict": search["verdict"], "on / off": [f"{a} / {b}" for a, b in zip(search["n_on"], search["n_off"])], "importance": search["importance"].round(3)})
+        lines += ["## What the search saw", "", f"Not verdicts: the search samples where it expects good configs, not a design. {search['method'].iloc[0]}.", "", markdown_table(table), ""]
+
     epoch = common_fidelity(trials)
     at = history[history["epoch"] == epoch].merge(trials[["trial_id", "lr", "freeze_depth"]], on="trial_id")
     if len(at):
-        scatter(at, "freeze_depth", "top1", folder / "freeze_depth.png", xlabel="freeze depth", ylabel=f"top-1 at epoch {epoch}")
-        scatter(at, "lr", "top1", folder / "lr.png", xlabel="learning rate", ylabel=f"top-1 at epoch {epoch}", logx=True)
-        lines += ["## Learning rate and freeze depth", "", f"Every trial at epoch {epoch}:", "", "![freeze depth](freeze_depth.png) ![lr](lr.png)", ""]
+        scatter(at, "freeze_depth", "top1", folder / "freeze_depth.png", xlabel="freeze depth (backbone stages frozen)", ylabel=f"validation top-1 at epoch {epoch}", title="Search: top-1 by freeze depth, every trial")
+        scatter(at, "lr", "top1", folder / "lr.png", xlabel="learning rate (AdamW)", ylabel=f"validation top-1 at epoch {epoch}", title="Search: top-1 by learning rate, every trial", logx=True)
+        lines += ["## Learning rate and freeze depth", "", f"Every search trial at epoch {epoch}:", "", "![freeze depth](freeze_depth.png) ![lr](lr.png)", ""]
 
     best = best_configs(trials, 1)
     lines += ["## Baselines", "", markdown_table(baseline_summary(trials, best)), ""]
@@ -161,6 +240,5 @@ def build_report(folder: Path) -> Path:
             f"top-1 {best.iloc[0]['top1']:.4f} after {best.iloc[0]['epochs']} epochs.",
             "",
         ]
-    path = folder / "report.md"
-    write_text("\n".join(lines), path)
-    return path
+    write_text("\n".join(lines), results.report)
+    return results.report

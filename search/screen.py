@@ -23,6 +23,8 @@ import statsmodels.api as sm
 from scipy import optimize, stats
 from statsmodels.stats.multitest import multipletests
 
+from search.analysis import EFFECT_COLUMNS
+
 ALPHA = 0.05
 POWER = 0.8
 SCREEN_COLUMNS = (
@@ -217,6 +219,14 @@ def additivity(runs: pd.DataFrame, names: Sequence[str], bundle: Sequence[str], 
     }
 
 
+def paired_interval(diffs: np.ndarray) -> tuple[float, float]:
+    """95 % t-interval of the mean of paired differences; NaN with fewer than two."""
+    if len(diffs) < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+    return float(diffs.mean() - half), float(diffs.mean() + half)
+
+
 def dose_effects(runs: pd.DataFrame, name: str) -> pd.DataFrame:
     """Per strength of `name`: top-1 with it alone on minus the run with none on, paired by
     seed, with a t-interval over seeds."""
@@ -227,12 +237,9 @@ def dose_effects(runs: pd.DataFrame, name: str) -> pd.DataFrame:
         seeds = group.set_index("seed")["top1"]
         common = seeds.index.intersection(clean.index)
         diffs = (seeds.loc[common] - clean.loc[common]).to_numpy(float)
-        if len(diffs) >= 2:
-            half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
-        else:
-            half = math.nan
+        low, high = paired_interval(diffs)
         mean = float(diffs.mean()) if len(diffs) else math.nan
-        rows.append({"augmentation": name, "strength": float(strength), "effect": mean, "ci_low": mean - half, "ci_high": mean + half, "n_seeds": len(diffs)})
+        rows.append({"augmentation": name, "strength": float(strength), "effect": mean, "ci_low": low, "ci_high": high, "n_seeds": len(diffs)})
     return pd.DataFrame(rows)
 
 
@@ -295,3 +302,29 @@ def dose_table(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=list(DOSE_COLUMNS))
     return pd.concat(frames, ignore_index=True)
+
+
+DOSE_EFFECT_COLUMNS = ("harmful_above", "harmful_above_low", "harmful_above_high")
+
+
+def effects_table(
+    screen: pd.DataFrame | None,
+    search: pd.DataFrame | None,
+    names: Sequence[str],
+    harmful: dict[str, tuple[float, float, float]] | None = None,
+) -> pd.DataFrame:
+    """effects.parquet: the screen's columns first (verdict `not screened` without a screen),
+    the dose-response's harmful_above with its interval, then the search's estimates as
+    search_<column>."""
+    table = pd.DataFrame({"augmentation": list(names)})
+    if screen is not None:
+        table = table.merge(screen, on="augmentation", how="left")
+    else:
+        for column in SCREEN_COLUMNS[1:]:
+            table[column] = "not screened" if column == "verdict" else math.nan
+    for i, column in enumerate(DOSE_EFFECT_COLUMNS):
+        table[column] = [(harmful or {}).get(n, (math.nan,) * 3)[i] for n in names]
+    if search is None:  # the same columns, empty: the search had too few trials
+        search = pd.DataFrame({c: list(names) if c == "augmentation" else math.nan for c in EFFECT_COLUMNS})
+    renamed = search.rename(columns={c: f"search_{c}" for c in search.columns if c != "augmentation"})
+    return table.merge(renamed, on="augmentation", how="left")

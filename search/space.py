@@ -61,6 +61,11 @@ class Space:
             max_depth=max_depth,
         )
 
+    @property
+    def reference_strength(self) -> float:
+        """The baselines' strength, within the searched strength range."""
+        return min(max(self.baseline_strength, self.strength[0]), self.strength[1])
+
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         """Declare one trial's parameters; return the fixed values. No work happens here."""
         fixed: dict[str, Any] = {}
@@ -104,7 +109,7 @@ class Space:
                 common[key] = math.sqrt(value[0] * value[1]) if key == "weight_decay" else sum(value) / 2
         if isinstance(self.batch_size, tuple):
             common["batch_size"] = sorted(self.batch_size)[len(self.batch_size) // 2]
-        strength = min(max(self.baseline_strength, self.strength[0]), self.strength[1])
+        strength = self.reference_strength
 
         def point(depth: int, augs: tuple[str, ...]) -> dict[str, Any]:
             p = dict(common)

@@ -122,10 +122,10 @@ def reuse_actors() -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
-def _run_config(cfg: SearchConfig, name: str) -> tune.RunConfig:
+def _run_config(cfg: SearchConfig, name: str, storage: str | None = None) -> tune.RunConfig:
     return tune.RunConfig(
         name=name,
-        storage_path=storage_uri(cfg.run.storage),
+        storage_path=storage_uri(storage or cfg.run.storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=0),
         verbose=1,
@@ -187,17 +187,18 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: RunSpec, config: dict[str,
     return tuner.fit()
 
 
-def train_variant(config: dict, **kwargs) -> None:
-    """Ray trainable for the ablation: one variant, grid-searched as a whole flat config."""
-    train_trial(config["variant"], **kwargs)
+def train_fixed(config: dict, **kwargs) -> None:
+    """Ray trainable for designed studies: one fixed run, grid-searched as a whole flat config."""
+    train_trial(config["run"], **kwargs)
 
 
-def run_ablation(cfg: SearchConfig, data: Dataset, spec: RunSpec, variants: list[dict[str, Any]], name: str) -> tune.ResultGrid:
-    """Train every variant for the full budget, in parallel, with no early stopping."""
+def run_study(cfg: SearchConfig, data: Dataset, spec: RunSpec, configs: list[dict[str, Any]], *, name: str, storage: str) -> tune.ResultGrid:
+    """Train every config of a designed study for the full budget, in parallel, with no
+    early stopping, into STORAGE/NAME."""
     tuner = tune.Tuner(
-        _trainable(cfg, data, spec, train_variant),
-        param_space={"variant": tune.grid_search(variants)},
+        _trainable(cfg, data, spec, train_fixed),
+        param_space={"run": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, name),
+        run_config=_run_config(cfg, name, storage),
     )
     return tuner.fit()

@@ -43,8 +43,7 @@ class TrialSettings:
     label_smoothing: float = 0.0
     augmentations: tuple[tuple[str, float], ...] = ()  # switched-on (name, strength), registry order
     baseline: str = ""  # name of the fixed reference configuration this trial is, if any
-    seed: int | None = None  # overrides the run's seed (ablation repeats)
-    affinity: tuple[tuple[str, float], ...] = ()  # (name, strength) to measure affinity for at the end
+    seed: int | None = None  # overrides the run's seed (replicates of a designed study)
 
     @classmethod
     def from_config(cls, config: Mapping) -> TrialSettings:
@@ -58,7 +57,6 @@ class TrialSettings:
             augmentations=augs,
             baseline=str(config.get("baseline", "")),
             seed=None if config.get("seed") is None else int(config["seed"]),
-            affinity=tuple((str(n), float(v)) for n, v in dict(config.get("affinity") or {}).items()),
         )
 
 
@@ -106,28 +104,6 @@ def _on(device: torch.device, split: Split) -> Split:
     return Split(split.images.to(device), split.labels.to(device)) if device.type == "cuda" else split
 
 
-def affinity(
-    model: nn.Module,
-    val: Split,
-    strengths: tuple[tuple[str, float], ...],
-    clean_top1: float,
-    spec: RunSpec,
-    device: torch.device,
-    amp: torch.dtype | None,
-) -> dict[str, float]:
-    """Affinity (Gontijo-Lopes et al., 2021): top-1 on validation images passed through one
-    augmentation minus top-1 on the clean images, for a model trained without augmentation."""
-    out = {}
-    state = torch.get_rng_state()
-    for name, strength in strengths:
-        torch.manual_seed(spec.seed)  # every augmentation sees its own, repeatable draws
-        pipeline = build_pipeline({name: strength}, val.images.shape[-1], spec.fast_path, spec.augment_kernel)
-        logits = predict(model, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp, pipeline=pipeline)
-        out[f"affinity_{name}"] = classification_metrics(logits, val.labels)["top1"] - clean_top1
-    torch.set_rng_state(state)
-    return out
-
-
 def cached_features(model: StagedClassifier, split: Split, spec: RunSpec, device, amp) -> Split | None:
     """The frozen prefix's output for every image, computed once (frozen stages are
     deterministic: eval-mode BatchNorm, no dropout), or None when it would not fit."""
@@ -146,6 +122,45 @@ def cached_features(model: StagedClassifier, split: Split, spec: RunSpec, device
     return Split(torch.cat(parts).cpu(), split.labels)
 
 
+def _trial_model(settings: TrialSettings, spec: RunSpec, data: Dataset, device: torch.device) -> StagedClassifier:
+    model = build_model(spec.model, data.num_classes, settings.freeze_depth)
+    if spec.fast_path and len(data.train):
+        model.fold_frozen_batchnorm(data.train.images[:4])
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _frozen_prefixes(settings: TrialSettings) -> tuple[str, ...]:
+    return tuple(f"stages.{i}." for i in range(settings.freeze_depth))
+
+
+def _load_trained(model: nn.Module, state: dict, settings: TrialSettings) -> None:
+    """Load a checkpoint's weights: every trained one, none of the frozen (not saved)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(_frozen_prefixes(settings)) for k in missing):
+        raise ValueError(f"checkpoint does not fit this trial's model: missing {missing}, unexpected {unexpected}")
+
+
+def affinity(settings: TrialSettings, spec: RunSpec, data: Dataset, state: dict, strengths: Mapping[str, float]) -> dict[str, float]:
+    """Affinity (Gontijo-Lopes et al., 2021) of each augmentation at its strength: top-1 on
+    validation images passed through it minus top-1 on the clean images, for the model in
+    `state` (a checkpoint of a trial trained without augmentation). Its own evaluation step,
+    after training; each augmentation sees its own repeatable draws."""
+    device = _device(spec)
+    amp = amp_dtype(spec, device)
+    model = _trial_model(settings, spec, data, device)
+    _load_trained(model, state["model"], settings)
+    clean = classification_metrics(predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp), data.val.labels)["top1"]
+    out = {}
+    rng = torch.get_rng_state()
+    for name, strength in strengths.items():
+        torch.manual_seed(spec.seed)
+        pipeline = build_pipeline({name: strength}, data.val.images.shape[-1], spec.fast_path, spec.augment_kernel)
+        logits = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp, pipeline=pipeline)
+        out[name] = classification_metrics(logits, data.val.labels)["top1"] - clean
+    torch.set_rng_state(rng)
+    return out
+
+
 def fine_tune(
     settings: TrialSettings, spec: RunSpec, data: Dataset, resume: dict | None = None
 ) -> Iterator[tuple[dict[str, float], Callable[[], dict]]]:
@@ -155,10 +170,7 @@ def fine_tune(
     torch.manual_seed(seed)
     device = _device(spec)
     amp = amp_dtype(spec, device)
-    model = build_model(spec.model, data.num_classes, settings.freeze_depth)
-    if spec.fast_path and len(data.train):
-        model.fold_frozen_batchnorm(data.train.images[:4])
-    model = model.to(device, memory_format=torch.channels_last)
+    model = _trial_model(settings, spec, data, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
@@ -183,12 +195,10 @@ def fine_tune(
             if train_features is not None:
                 train, train_net = _on(device, train_features), FromFeatures(model)
 
-    frozen = tuple(f"stages.{i}." for i in range(settings.freeze_depth))
+    frozen = _frozen_prefixes(settings)
     start = 0
     if resume is not None:
-        missing, unexpected = model.load_state_dict(resume["model"], strict=False)
-        if unexpected or any(not k.startswith(frozen) for k in missing):
-            raise ValueError(f"checkpoint does not fit this trial's model: missing {missing}, unexpected {unexpected}")
+        _load_trained(model, resume["model"], settings)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
@@ -228,9 +238,11 @@ def fine_tune(
         metrics |= classification_metrics(logits, data.val.labels)
         metrics |= {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
         metrics["per_class_top1"] = per_class_accuracy(logits, data.val.labels, data.num_classes)
-        if epoch == spec.max_epochs and settings.affinity:
-            metrics |= affinity(model, data.val, settings.affinity, metrics["top1"], spec, device, amp)
         yield {"epoch": epoch, **metrics}, (lambda e=epoch: state(e))
+
+
+def load_checkpoint(folder: str | Path) -> dict:
+    return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
 def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:
@@ -246,7 +258,7 @@ def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:
     resume = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+            resume = load_checkpoint(folder)
     for metrics, state in fine_tune(TrialSettings.from_config(config), spec, data, resume):
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state(), Path(folder) / CHECKPOINT_FILE)

@@ -21,7 +21,7 @@ def search_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     space = root / "space.yaml"
     space.write_text(SMALL)
-    assert main(["--space", str(space), "--storage", str(root / "results"), "--name", "small", "--seed", "1"]) == 0
+    assert main(["--space", str(space), "--storage", str(root / "results"), "--name", "small", "--seed", "1", "--no-screen"]) == 0
     return space, root / "results"
 
 
@@ -89,6 +89,26 @@ def test_export_and_report_rebuild_from_ray_results(search_run):
     assert main(["report", str(folder)]) == 0 and "## Baselines" in (folder / "report.md").read_text()
 
 
+def test_no_screen_leaves_verdicts_to_the_screen_command(search_run, capsys):
+    _, results = search_run
+    folder = results / "small"
+    effects = pd.read_parquet(folder / "effects.parquet")
+    assert (effects["verdict"] == "not screened").all() and effects["search_effect"].isna().all()  # 6 trials: too few
+    assert "No screen was run" in (folder / "report.md").read_text()
+    assert main(["screen", str(folder), "--seeds", "1", "--strength", "0.8"]) == 0
+    screen = pd.read_parquet(folder / "screen.parquet")
+    assert len(screen) == 16 + 1 and (screen["epochs"] == 2).all()  # 7 augmentations: a folded 8-run design
+    assert len(screen[["lr", "freeze_depth"]].drop_duplicates()) == 1  # every run at the best config's settings
+    effects = pd.read_parquet(folder / "effects.parquet")
+    assert set(effects["verdict"]) <= {"hurts", "helps", "unclear"} and (effects["strength"] == 0.8).all()
+    assert effects["ci_low"].lt(effects["ci_high"]).all() and effects["detectable"].gt(0).all()
+    assert list(results.glob("small-screen/trial_*"))  # Ray's runs beside the folder
+    out = capsys.readouterr().out
+    assert "| augmentation | top-1 effect, points | verdict |" in out and "Holm-corrected" in out
+    assert main(["screen", str(folder), "--base", "worst"]) == 2
+    assert "screen.base" in capsys.readouterr().err
+
+
 def test_resume_without_a_previous_search_says_so(tmp_path, capsys):
     assert main(["--data", "mnist", "--storage", str(tmp_path), "--name", "none", "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
@@ -98,7 +118,7 @@ def test_storage_uri_gets_ray_results_and_the_exports(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # exports are staged in ./results/NAME
     (tmp_path / "space.yaml").write_text(SMALL)
     uri = f"file://{tmp_path}/remote"
-    assert main(["--space", "space.yaml", "--storage", uri, "--name", "uri", "--num-samples", "3", "--max-epochs", "1"]) == 0
+    assert main(["--space", "space.yaml", "--storage", uri, "--name", "uri", "--num-samples", "3", "--max-epochs", "1", "--no-screen"]) == 0
     remote = tmp_path / "remote" / "uri"
     assert len(pd.read_parquet(remote / "trials.parquet")) == 3
     assert list(remote.glob("experiment_state-*.json")) and list(remote.glob("trial_*"))

@@ -19,6 +19,7 @@ SMALL = """
 data: {source: mnist, image_size: 32, train_size: 200, val_size: 100}
 space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e+30], baseline_lr: 1.0e-3, freeze_depth: [0, max]}
 budget: {num_samples: 6, max_epochs: 2}
+screen: {enabled: false}
 run: {seed: 3}
 """
 
@@ -44,6 +45,7 @@ data: {source: mnist, image_size: 32, train_size: 300, val_size: 100}
 space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e-2], freeze_depth: [0, max]}
 budget: {num_samples: 6, max_epochs: 3, grace_period: 3}
 resources: {max_concurrent: 1}
+screen: {enabled: false}
 """
 
 

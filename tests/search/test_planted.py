@@ -1,5 +1,5 @@
-"""The proof that verdicts are right: a small search and its ablation on the planted-harm
-data set find every planted harm, call no harmless augmentation harmful, and blame the
+"""The proof that verdicts are right: a small search and its screen on the planted-harm data
+set call the large planted harms harmful, no harmless augmentation harmful, and blame the
 classes the harm was planted in."""
 
 import pandas as pd
@@ -10,31 +10,35 @@ from trainable.planted import CLASSES, HARMLESS, PLANTED_HARMS
 
 SEARCHED = ["hflip", "color", "blur", "brightness", "contrast"]
 SPACE = f"""
-data: {{source: planted, image_size: 32}}
-space: {{augmentations: [{", ".join(SEARCHED)}], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 0, batch_size: 32}}
-budget: {{num_samples: 6, max_epochs: 6, grace_period: 1}}
-ablation: {{seeds: 4, strength: 1.0}}
+data: {{source: planted, image_size: 32, train_size: 300, val_size: 300}}
+space: {{augmentations: [{", ".join(SEARCHED)}], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 3, batch_size: 32}}
+budget: {{num_samples: 3, max_epochs: 4, grace_period: 1}}
+screen: {{strength: 1.0, seeds: 1}}
+dose: {{enabled: false}}
 """
 # which pair of classes each planted harm was planted in
-TARGETS = {"hflip": {"L", "J"}, "color": {"red", "orange"}, "blur": {"checker", "flat"}}
+TARGETS = {"color": {"red", "orange"}, "blur": {"checker", "flat"}}
 
 
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     (root / "space.yaml").write_text(SPACE)
-    assert main(["--space", str(root / "space.yaml"), "--storage", str(root), "--name", "planted", "--ablate"]) == 0
+    assert main(["--space", str(root / "space.yaml"), "--storage", str(root), "--name", "planted"]) == 0
     return root / "planted"
 
 
-def test_every_planted_harm_hurts_and_no_harmless_one_does(planted_run):
-    ablation = pd.read_parquet(planted_run / "ablation.parquet").set_index("augmentation")
-    assert set(ablation.index) == set(SEARCHED)
-    for name in SEARCHED:
-        if name in PLANTED_HARMS:
-            assert ablation.loc[name, "verdict"] == "hurts", ablation.loc[name].to_dict()
-        else:
-            assert name in HARMLESS and ablation.loc[name, "verdict"] != "hurts", ablation.loc[name].to_dict()
+def test_the_screen_calls_planted_harms_harmful_and_no_harmless_one(planted_run):
+    screen = pd.read_parquet(planted_run / "screen.parquet")
+    assert len(screen) == 16 + 1 and screen["design_row"].max() == 15
+    effects = pd.read_parquet(planted_run / "effects.parquet").set_index("augmentation")
+    assert set(effects.index) == set(SEARCHED)
+    for name in TARGETS:  # the two large planted harms (hflip's is smaller at this budget)
+        assert effects.loc[name, "verdict"] == "hurts", effects.loc[name].to_dict()
+    assert effects.loc["hflip", "effect"] < 0 and "hflip" in PLANTED_HARMS
+    for name in HARMLESS:
+        assert effects.loc[name, "verdict"] != "hurts", effects.loc[name].to_dict()
+    assert effects["detectable"].notna().all() and effects["search_method"].isna().all()  # 3 trials: no search effects
 
 
 def test_the_harm_lands_in_the_classes_it_was_planted_in(planted_run):
@@ -42,14 +46,17 @@ def test_the_harm_lands_in_the_classes_it_was_planted_in(planted_run):
     assert set(per_class["class"]) == set(CLASSES)
     for name, classes in TARGETS.items():
         rows = per_class[per_class["augmentation"] == name]
-        worst = set(rows.nsmallest(2, "change")["class"])
-        assert worst & classes, (name, rows.to_dict("records"))
+        assert set(rows.nsmallest(2, "change")["class"]) & classes, (name, rows.to_dict("records"))
 
 
-def test_report_says_what_each_harm_costs(planted_run):
+def test_report_leads_with_verdicts_and_explains_them(planted_run):
     text = (planted_run / "report.md").read_text()
+    assert text.index("## Verdicts") < text.index("## Why") < text.index("## Baselines")
     for name in TARGETS:
-        assert f"- **{name}** costs" in text
+        assert f"- **{name}** (strength 1) costs" in text
     affinity = pd.read_parquet(planted_run / "affinity.parquet").set_index("augmentation")
-    assert affinity["affinity"].notna().all() and (affinity["diversity"] > 0).all()
+    assert affinity["affinity"].notna().all()
+    # the clean model loses more on blurred and recoloured images than on brightened ones
+    assert affinity.loc["blur", "affinity"] < affinity.loc["brightness", "affinity"]
+    assert affinity.loc["color", "affinity"] < affinity.loc["brightness", "affinity"]
     assert (planted_run / "effects.png").is_file() and (planted_run / "affinity.png").is_file()

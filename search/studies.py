@@ -1,0 +1,213 @@
+"""The designed studies that follow a search (screen, dose-response, ablation), and the
+analysis that turns a results folder's runs tables into effects.parquet and the report.
+
+Each study is a list of fixed configs (`search.design`) trained at full budget by one Ray
+Tune runner (`search.tuner.run_study`) into a runs table, then analysed by pure functions
+(`search.screen`, `search.ablation`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from search.ablation import paired_effects
+from search.analysis import search_effects
+from search.config import ConfigError, SearchConfig
+from search.design import CLEAN, ablation_configs, base_settings, dose_configs, screen_configs, screening_design
+from search.export import config_from_row, runs_table
+from search.results import ResultsFolder
+from search.screen import (
+    detectable_effect,
+    diversity,
+    dose_curve,
+    dose_table,
+    effects_table,
+    harmful_above,
+    main_effects,
+    per_class_effects,
+    screen_effects,
+)
+from search.space import BASELINES, Space
+from trainable.data import Dataset
+from trainable.trial import RunSpec, TrialSettings, affinity, load_checkpoint
+
+
+def study_base(folder: ResultsFolder, base: str) -> dict[str, Any]:
+    """The non-augmentation settings a study runs at: the best config's, or the "all
+    layers" baseline's."""
+    if base == "best":
+        best = folder.read("best_configs")
+        if best is None or best.empty:
+            raise ConfigError(f"{folder.file('best_configs')} has no successful trial to study")
+        return base_settings(config_from_row(best.iloc[0]))
+    trials = folder.read("trials")
+    match = trials[(trials["baseline"] == BASELINES[1]) & trials["status"].isin(["completed", "early_stopped"])] if trials is not None else []
+    if not len(match):
+        raise ConfigError(f"screen.base: baseline needs the search's '{BASELINES[1]}' baseline, which {folder.path} lacks")
+    return base_settings(config_from_row(match.iloc[0]))
+
+
+def screen_strengths(cfg: SearchConfig, space: Space) -> dict[str, float]:
+    """Each searched augmentation's strength in the screen: screen.strength (one value or
+    one per augmentation), else the baselines' strength."""
+    chosen = cfg.screen.strength
+    default = chosen if isinstance(chosen, float) else space.reference_strength
+    named = chosen if isinstance(chosen, dict) else {}
+    return {n: float(named.get(n, default)) for n in space.augmentations}
+
+
+def _estimate(folder: ResultsFolder, runs: int, freeze_depth: int, slots: int) -> str:
+    trials = folder.read("trials")
+    if trials is None:
+        return ""
+    done = trials[(trials["epochs"] > 0) & trials["status"].isin(["completed", "early_stopped"])]
+    same = done[done["freeze_depth"] == freeze_depth]
+    done = same if len(same) else done
+    if not len(done):
+        return ""
+    per_run = float((done["time_s"] / done["epochs"]).median()) * int(trials["epochs"].max())
+    return f", about {math.ceil(runs / max(slots, 1)) * per_run / 60:.0f} min"
+
+
+def _slots(cfg: SearchConfig) -> int:
+    import ray
+
+    from search.tuner import trial_resources
+
+    cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
+    by_cpu = int(ray.cluster_resources().get("CPU", 1) // cpus)
+    by_gpu = int(ray.cluster_resources().get("GPU", 0) // gpus) if gpus else by_cpu
+    return max(1, min(by_cpu, by_gpu, cfg.resources.max_concurrent or by_cpu))
+
+
+def _train(cfg: SearchConfig, data: Dataset, spec: RunSpec, configs: list[dict], name: str, storage: str):
+    from search.tuner import run_study
+
+    results = run_study(cfg, data, spec, configs, name=name, storage=storage)
+    runs = runs_table(results)
+    failed = len(configs) - len(runs)
+    if failed:
+        print(f"{name}: {failed} of {len(configs)} runs failed; see Ray's log above")
+    return results, runs
+
+
+def _clean_affinity(results, cfg: SearchConfig, spec: RunSpec, data: Dataset, strengths: dict[str, float]) -> dict[str, float]:
+    for result in results:
+        config = result.config["run"]
+        if config["label"] == CLEAN and result.error is None and result.checkpoint is not None:
+            with result.checkpoint.as_directory() as path:
+                state = load_checkpoint(path)
+            return affinity(TrialSettings.from_config(config), spec, data, state, strengths)
+    return {}
+
+
+def run_screen(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str) -> pd.DataFrame:
+    """Train the screen, replicated over seeds as screen.seeds says, measure affinity on its
+    clean run, and write screen.parquet."""
+    base = study_base(folder, cfg.screen.base)
+    strengths = screen_strengths(cfg, space)
+    names = list(strengths)
+    design_runs = len(screening_design(len(names)))
+    fixed = cfg.screen.seeds != "auto"
+    replicates = cfg.screen.seeds if fixed else 1
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in base.items())
+    print(
+        f"screen: {design_runs} runs per seed (folded Plackett-Burman over {len(names)} augmentations, resolution IV) "
+        f"+ 1 without augmentation, {cfg.budget.max_epochs} epochs each, at {cfg.screen.base} settings ({shown}); "
+        + (f"{replicates} seeds" if fixed else f"seeds added until a {100 * cfg.screen.detectable:.1f}-point harm is detectable (at most {cfg.screen.max_seeds})")
+        + _estimate(folder, design_runs * replicates + 1, int(base["freeze_depth"]), _slots(cfg))
+    )
+    configs = screen_configs(base, strengths, list(range(replicates)))
+    results, runs = _train(cfg, data, spec, configs, f"{folder.path.name}-screen", storage)
+    measured = _clean_affinity(results, cfg, spec, data, strengths)
+    for seed in range(replicates, cfg.screen.max_seeds if not fixed else replicates):
+        fit = main_effects(runs, names)
+        reach = max(detectable_effect(se, fit.df, len(names)) for se in fit.se)
+        print(f"screen: {seed} seed(s), residual SD {100 * fit.residual_sd:.2f} points, detectable harm {100 * reach:.2f} points")
+        if reach <= cfg.screen.detectable:
+            break
+        more = screen_configs(base, strengths, [seed], clean_seed=None)
+        _, extra = _train(cfg, data, spec, more, f"{folder.path.name}-screen-seed{seed}", storage)
+        runs = pd.concat([runs, extra], ignore_index=True)
+    for name, value in measured.items():
+        runs[f"affinity_{name}"] = runs["label"].eq(CLEAN).map({True: value, False: math.nan})
+    folder.write("screen", runs)
+    return runs
+
+
+def run_dose(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str) -> pd.DataFrame | None:
+    """Re-run each augmentation the screen calls harmful alone at dose.strengths, with
+    dose.seeds seeds, at the screen's settings; write dose_runs.parquet."""
+    effects, screen = folder.read("effects"), folder.read("screen")
+    if effects is None or screen is None:
+        return None
+    harmful = list(effects.loc[effects["verdict"] == "hurts", "augmentation"])
+    if not harmful:
+        return None
+    base = base_settings(config_from_row(screen.iloc[0]))
+    configs = dose_configs(base, harmful, cfg.dose.strengths, list(range(cfg.dose.seeds)), list(space.augmentations))
+    levels = ", ".join(f"{s:g}" for s in cfg.dose.strengths)
+    print(f"dose-response: {len(configs)} runs ({', '.join(harmful)} at strengths {levels}, and none on; {cfg.dose.seeds} seeds)")
+    _, runs = _train(cfg, data, spec, configs, f"{folder.path.name}-dose", storage)
+    folder.write("dose_runs", runs)
+    return runs
+
+
+def run_ablation(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str) -> pd.DataFrame:
+    """The best config and each augmentation switched the other way, ablation.seeds times;
+    write ablation_runs.parquet."""
+    best = folder.read("best_configs")
+    if best is None or best.empty:
+        raise ConfigError(f"{folder.file('best_configs')} has no successful trial to ablate")
+    augs = list(space.augmentations)
+    configs = ablation_configs(config_from_row(best.iloc[0]), augs, strength=cfg.ablation.strength, seeds=cfg.ablation.seeds)
+    print(f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations, {cfg.ablation.seeds} seeds each)")
+    _, runs = _train(cfg, data, spec, configs, f"{folder.path.name}-ablation", storage)
+    if runs.empty:
+        raise RuntimeError("every ablation run failed; see Ray's log above")
+    folder.write("ablation_runs", runs)
+    return runs
+
+
+def _known_classes(folder: ResultsFolder) -> list[str] | None:
+    per_class = folder.read("per_class")
+    return list(dict.fromkeys(per_class["class"])) if per_class is not None and len(per_class) else None
+
+
+def analyse(folder: ResultsFolder, cfg: SearchConfig, classes: list[str] | None = None) -> pd.DataFrame:
+    """Every analysis table from the runs tables present, without training: effects.parquet,
+    per_class.parquet, affinity.parquet, dose.parquet and ablation.parquet."""
+    names = list(cfg.space.augmentation_names)
+    search = None
+    trials, history = folder.read("trials"), folder.read("history")
+    if trials is not None and history is not None:
+        try:
+            search = search_effects(trials, history, names, seed=cfg.run.seed)
+        except ValueError as exc:
+            print(f"no search effects: {exc}")
+    screen_runs, screened = folder.read("screen"), None
+    if screen_runs is not None:
+        screened_names = [n for n in names if screen_runs[f"aug_{n}"].any()]
+        screened = screen_effects(screen_runs, screened_names)
+        classes = classes or _known_classes(folder) or [str(i) for i in range(len(screen_runs["per_class_top1"].iloc[0]))]
+        folder.write("per_class", per_class_effects(screen_runs, screened_names, classes))
+        table = diversity(screen_runs, screened_names)
+        table.insert(1, "strength", screened["strength"].to_numpy())
+        clean = screen_runs[screen_runs["label"] == CLEAN]
+        table.insert(2, "affinity", [float(clean[f"affinity_{n}"].iloc[0]) if f"affinity_{n}" in clean and len(clean) else math.nan for n in screened_names])
+        folder.write("affinity", table)
+    harmful = {}
+    dose_runs = folder.read("dose_runs")
+    if dose_runs is not None:
+        dosed = [n for n in names if (dose_runs["label"] == n).any()]
+        folder.write("dose", dose_table(dose_runs, dosed))
+        harmful = {n: harmful_above(dose_curve(dose_runs, n), cfg.dose.threshold, top=max(cfg.dose.strengths)) for n in dosed}
+    effects = effects_table(screened, search, names, harmful)
+    folder.write("effects", effects)
+    ablation_runs = folder.read("ablation_runs")
+    if ablation_runs is not None:
+        folder.write("ablation", paired_effects(ablation_runs, names, effects))
+    return effects
