@@ -33,7 +33,7 @@ def _ordered(value, key: str):
 
 class DataConfig(_Section):
     source: str = "fashion-mnist"
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 32
     train_size: PositiveInt | None = None
     val_size: PositiveInt | None = None
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -97,8 +97,8 @@ class SpaceConfig(_Section):
 
 
 class BudgetConfig(_Section):
-    num_samples: PositiveInt = 20
-    max_epochs: PositiveInt = 4
+    num_samples: PositiveInt = 8
+    max_epochs: PositiveInt = 3
     grace_period: PositiveInt = 1
     reduction_factor: Annotated[float, Field(ge=2)] = 2
     top_k: PositiveInt = 5
@@ -128,9 +128,9 @@ class ScreenConfig(_Section):
     enabled: bool = True
     base: Literal["best", "baseline"] = "best"  # the best config's settings, or the "all layers" baseline's
     strength: Strength | dict[str, Strength] | None = None  # None: the baselines' strength
-    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicate until `detectable` is met
+    seeds: PositiveInt | Literal["auto"] = 1  # auto: replicate until `detectable` is met
     detectable: Annotated[float, Field(gt=0, lt=1)] = 0.015  # smallest harm to detect with 80 % power
-    max_seeds: PositiveInt = 3
+    max_seeds: PositiveInt = 2
 
 
 class DoseConfig(_Section):
@@ -139,6 +139,7 @@ class DoseConfig(_Section):
     enabled: bool = True
     strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
     seeds: Annotated[int, Field(ge=2)] = 2
+    max_augmentations: PositiveInt = 2  # the most harmful ones first
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.005  # harmful above: where it costs more than this
 
     @field_validator("strengths")

@@ -56,13 +56,13 @@ def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.D
 
 
 def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
-    """Measured effect per strength (paired by seed) with the fitted curve's band."""
+    """Measured effect per strength (mean over seeds, paired) with the fitted curve and its band."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     harmful = effects.set_index("augmentation")
     for name, group in dose.groupby("augmentation", sort=False):
         group = group.sort_values("strength")
-        line = ax.errorbar(group["strength"], 100 * group["effect"], yerr=[100 * (group["effect"] - group["ci_low"]), 100 * (group["ci_high"] - group["effect"])], fmt="o", capsize=3, label=name)
-        colour = line[0].get_color()
+        # the points are means over seeds (their own intervals, on few seeds, are in the table)
+        colour = ax.plot(group["strength"], 100 * group["effect"], "o", label=name)[0].get_color()
         ax.plot([0, *group["strength"]], [0, *(100 * group["fitted"])], color=colour, lw=1)
         ax.fill_between([0, *group["strength"]], [0, *(100 * group["fit_low"])], [0, *(100 * group["fit_high"])], color=colour, alpha=0.12)
         start = harmful.at[name, "harmful_above"] if name in harmful.index else math.nan
@@ -71,7 +71,7 @@ def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
     ax.axhline(0, color="black", lw=1)
     ax.set_xlabel("strength (0 = off)")
     ax.set_ylabel("change in top-1 (points)")
-    ax.set_title("Dose-response: where each harmful augmentation starts to hurt (dashed)", fontsize=10)
+    ax.set_title("Dose-response: fitted curve with its 95 % band; dashed: where harm passes the threshold", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

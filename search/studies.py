@@ -144,9 +144,12 @@ def run_dose(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSp
     effects, screen = folder.read("effects"), folder.read("screen")
     if effects is None or screen is None:
         return None
-    harmful = list(effects.loc[effects["verdict"] == "hurts", "augmentation"])
+    harmful = list(effects[effects["verdict"] == "hurts"].sort_values("effect")["augmentation"])
     if not harmful:
         return None
+    if len(harmful) > cfg.dose.max_augmentations:
+        print(f"dose-response: the {cfg.dose.max_augmentations} most harmful of {len(harmful)} (dose.max_augmentations)")
+        harmful = harmful[: cfg.dose.max_augmentations]
     base = base_settings(config_from_row(screen.iloc[0]))
     configs = dose_configs(base, harmful, cfg.dose.strengths, list(range(cfg.dose.seeds)), list(space.augmentations))
     levels = ", ".join(f"{s:g}" for s in cfg.dose.strengths)

@@ -102,7 +102,7 @@ def _fashion_mnist() -> _Raw:
             ) from exc
         parts = [t for s in sets for t in (s.data.numpy(), s.targets.numpy())]
         origin = f"torchvision download ({cache})"
-    return _Raw(*parts, classes=FASHION_MNIST_CLASSES, origin=origin, demo_sizes=(2000, 1000))
+    return _Raw(*parts, classes=FASHION_MNIST_CLASSES, origin=origin, demo_sizes=(1000, 1000))
 
 
 def _mnist() -> _Raw:

