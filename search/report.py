@@ -80,7 +80,7 @@ def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
 
 
 def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, ylabel: str, title: str, logx: bool = False, labels=None) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.scatter(frame[x], frame[y], s=22, alpha=0.8)
     if labels is not None:
         for label, xv, yv in zip(frame[labels], frame[x], frame[y]):
@@ -202,7 +202,7 @@ def build_report(folder: Path) -> Path:
         lines += ["## Where harm starts", "", markdown_table(dose.round(4)), "", "![dose-response](dose.png)", ""]
 
     if affinity is not None and affinity["affinity"].notna().any():
-        scatter(affinity, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: top-1 change of the clean model on augmented validation images", ylabel="diversity: rise in final training loss", labels="augmentation", title="Why: how far each augmentation moves the images, and how much harder it makes training")
+        scatter(affinity, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images", ylabel="diversity: rise in final train loss", labels="augmentation", title="Why: how far it moves the images (x), how much harder it makes training (y)")
         lines += ["## Why: affinity and diversity", "", markdown_table(affinity.round(3)), "", "![affinity](affinity.png)", ""]
         lines += ["Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out). Diversity: how much it raises the final training loss.", ""]
 
