@@ -172,7 +172,6 @@ def studies(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpe
     classes = list(data.classes)
     if screen:
         run_screen(folder, cfg, space, spec, data, storage=storage)
-        analyse(folder, cfg, classes)
         if cfg.dose.enabled:
             run_dose(folder, cfg, space, spec, data, storage=storage)
     if ablate:

@@ -14,6 +14,7 @@ import numpy as np
 from pyDOE3 import fold, pbdesign
 
 CLEAN = "(no augmentation)"  # the label of a run with every augmentation off
+RUN_KEYS = ("baseline", "seed", "study", "design_row", "label")  # what a run is, not how it trains
 
 
 def screening_design(factors: int) -> np.ndarray:
@@ -40,8 +41,7 @@ def max_alias(design: np.ndarray) -> float:
 
 def base_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """A flat trial config's non-augmentation settings, every augmentation off."""
-    keep = {k: v for k, v in config.items() if not k.startswith("aug_") and k not in ("baseline", "seed", "study", "design_row", "label")}
-    return keep
+    return {k: v for k, v in config.items() if not k.startswith("aug_") and k not in RUN_KEYS}
 
 
 def with_augmentations(base: Mapping[str, Any], on: Mapping[str, float], names: Sequence[str]) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def dose_configs(base: Mapping[str, Any], names: Sequence[str], levels: Sequence
 def ablation_configs(best: Mapping[str, Any], augmentations: Sequence[str], *, strength: float, seeds: int) -> list[dict[str, Any]]:
     """The best config, and each augmentation switched the other way (off if it was on; on
     at `strength` if it was off), each over `seeds` seeds."""
-    base = {k: v for k, v in best.items() if k not in ("baseline", "seed", "study", "design_row", "label")}
+    base = {k: v for k, v in best.items() if k not in RUN_KEYS}
     out = []
     for seed in range(seeds):
         out.append({**base, "study": "ablation", "design_row": -1, "seed": seed, "label": ""})

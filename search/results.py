@@ -44,9 +44,6 @@ class ResultsFolder:
         write_parquet(frame, self.file(table))
         return self.file(table)
 
-    def remove(self, table: str) -> None:
-        self.file(table).unlink(missing_ok=True)
-
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"

@@ -51,6 +51,11 @@ class MainEffects:
         return self.effect - half, self.effect + half
 
 
+def screened(runs: pd.DataFrame, names: Sequence[str]) -> list[str]:
+    """The augmentations of `names` that the screen's runs switched on."""
+    return [n for n in names if runs[f"aug_{n}"].any()]
+
+
 def design_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs that belong to the design (not the extra clean run)."""
     return runs[runs["design_row"] >= 0]

@@ -29,6 +29,7 @@ from search.screen import (
     main_effects,
     per_class_effects,
     screen_effects,
+    screened,
 )
 from search.space import BASELINES, Space
 from trainable.data import Dataset
@@ -94,7 +95,7 @@ def _train(cfg: SearchConfig, data: Dataset, spec: RunSpec, configs: list[dict],
     return results, runs
 
 
-def _clean_affinity(results, cfg: SearchConfig, spec: RunSpec, data: Dataset, strengths: dict[str, float]) -> dict[str, float]:
+def _clean_affinity(results, spec: RunSpec, data: Dataset, strengths: dict[str, float]) -> dict[str, float]:
     for result in results:
         config = result.config["run"]
         if config["label"] == CLEAN and result.error is None and result.checkpoint is not None:
@@ -122,8 +123,8 @@ def run_screen(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: Run
     )
     configs = screen_configs(base, strengths, list(range(replicates)))
     results, runs = _train(cfg, data, spec, configs, f"{folder.path.name}-screen", storage)
-    measured = _clean_affinity(results, cfg, spec, data, strengths)
-    for seed in range(replicates, cfg.screen.max_seeds if not fixed else replicates):
+    measured = _clean_affinity(results, spec, data, strengths)
+    for seed in () if fixed else range(1, cfg.screen.max_seeds):
         fit = main_effects(runs, names)
         reach = max(detectable_effect(se, fit.df, len(names)) for se in fit.se)
         print(f"screen: {seed} seed(s), residual SD {100 * fit.residual_sd:.2f} points, detectable harm {100 * reach:.2f} points")
@@ -141,9 +142,10 @@ def run_screen(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: Run
 def run_dose(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str) -> pd.DataFrame | None:
     """Re-run each augmentation the screen calls harmful alone at dose.strengths, with
     dose.seeds seeds, at the screen's settings; write dose_runs.parquet."""
-    effects, screen = folder.read("effects"), folder.read("screen")
-    if effects is None or screen is None:
+    screen = folder.read("screen")
+    if screen is None:
         return None
+    effects = screen_effects(screen, screened(screen, list(space.augmentations)))
     harmful = list(effects[effects["verdict"] == "hurts"].sort_values("effect")["augmentation"])
     if not harmful:
         return None
@@ -191,14 +193,14 @@ def analyse(folder: ResultsFolder, cfg: SearchConfig, classes: list[str] | None 
             search = search_effects(trials, history, names, seed=cfg.run.seed)
         except ValueError as exc:
             print(f"no search effects: {exc}")
-    screen_runs, screened = folder.read("screen"), None
+    screen_runs, screen_table = folder.read("screen"), None
     if screen_runs is not None:
-        screened_names = [n for n in names if screen_runs[f"aug_{n}"].any()]
-        screened = screen_effects(screen_runs, screened_names)
+        screened_names = screened(screen_runs, names)
+        screen_table = screen_effects(screen_runs, screened_names)
         classes = classes or _known_classes(folder) or [str(i) for i in range(len(screen_runs["per_class_top1"].iloc[0]))]
         folder.write("per_class", per_class_effects(screen_runs, screened_names, classes))
         table = diversity(screen_runs, screened_names)
-        table.insert(1, "strength", screened["strength"].to_numpy())
+        table.insert(1, "strength", screen_table["strength"].to_numpy())
         clean = screen_runs[screen_runs["label"] == CLEAN]
         table.insert(2, "affinity", [float(clean[f"affinity_{n}"].iloc[0]) if f"affinity_{n}" in clean and len(clean) else math.nan for n in screened_names])
         folder.write("affinity", table)
@@ -208,7 +210,7 @@ def analyse(folder: ResultsFolder, cfg: SearchConfig, classes: list[str] | None 
         dosed = [n for n in names if (dose_runs["label"] == n).any()]
         folder.write("dose", dose_table(dose_runs, dosed))
         harmful = {n: harmful_above(dose_curve(dose_runs, n), cfg.dose.threshold, top=max(cfg.dose.strengths)) for n in dosed}
-    effects = effects_table(screened, search, names, harmful)
+    effects = effects_table(screen_table, search, names, harmful)
     folder.write("effects", effects)
     ablation_runs = folder.read("ablation_runs")
     if ablation_runs is not None:
