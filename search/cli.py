@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
     if rerun is not None and not args.name:  # beside the search it came from: NAME-rowN
         name = f"{Path(args.config_from).resolve().parent.name or name}-row{args.row}"
 
-    from search.tuner import resume_search, run_fixed, run_search, storage_uri
+    from search.storage import storage_uri
+    from search.tuner import resume_search, run_fixed, run_search
 
     storage = storage_uri(cfg.run.storage)
     # exports and the report are written locally; for a URI storage they are staged in

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,6 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.config import ResourcesConfig, SearchConfig
 from search.space import Space
+from search.storage import storage_filesystem, storage_uri
 from trainable.data import Dataset
 from trainable.trial import RunSpec, amp_dtype, train_trial
 
@@ -71,10 +71,6 @@ class BaselineFullBudgetASHA(AsyncHyperBandScheduler):
         return decision
 
 
-def storage_uri(storage: str) -> str:
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
-
-
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -123,9 +119,11 @@ def reuse_actors() -> bool:
 
 
 def _run_config(cfg: SearchConfig, name: str, storage: str | None = None) -> tune.RunConfig:
+    uri = storage_uri(storage or cfg.run.storage)
     return tune.RunConfig(
         name=name,
-        storage_path=storage_uri(storage or cfg.run.storage),
+        storage_path=uri,
+        storage_filesystem=storage_filesystem(uri),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=0),
         verbose=1,
@@ -170,10 +168,14 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space) ->
 def resume_search(cfg: SearchConfig, data: Dataset, spec: RunSpec) -> tune.ResultGrid:
     """Continue an interrupted search: finished trials are kept as they are, unfinished ones
     continue from their last checkpoint, the searcher and scheduler from their saved state."""
-    path = f"{storage_uri(cfg.run.storage).rstrip('/')}/{cfg.run.name}"
-    if not tune.Tuner.can_restore(path):
+    uri = storage_uri(cfg.run.storage)
+    path, filesystem = f"{uri.rstrip('/')}/{cfg.run.name}", storage_filesystem(uri)
+    if not tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         raise FileNotFoundError(f"nothing to resume in {path}: no Ray Tune experiment state there")
-    return tune.Tuner.restore(path, trainable=_trainable(cfg, data, spec), resume_unfinished=True).fit()
+    tuner = tune.Tuner.restore(
+        path, trainable=_trainable(cfg, data, spec), resume_unfinished=True, storage_filesystem=filesystem
+    )
+    return tuner.fit()
 
 
 def run_fixed(cfg: SearchConfig, data: Dataset, spec: RunSpec, config: dict[str, Any], name: str) -> tune.ResultGrid:
