@@ -8,16 +8,19 @@ import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
+from search.checks import check_resources, check_resumable, check_writable
 from search.config import ConfigError, SearchConfig, load_config
 from search.export import (
     baseline_summary,
     config_from_row,
     markdown_table,
+    records_from_folder,
     records_from_results,
     write_exports,
     write_text,
@@ -27,7 +30,7 @@ from search.results import ResultsFolder
 from search.space import Space
 from trainable.augment import describe
 from trainable.data import DataError, DataSpec, Dataset, load_dataset
-from trainable.models import ModelSpec, WeightsError, max_freeze_depth, weights_file
+from trainable.models import ModelSpec, WeightsError, max_freeze_depth, pretrained_backbone
 from trainable.trial import RunSpec
 
 # flag -> dotted key in the space file
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tune-search",
         description="Search augmentations, freeze depth and learning rate for fine-tuning an image classifier.",
-        epilog="Also: `tune-search screen|ablate|export|report RESULTS_DIR`.",
+        epilog="Also: `tune-search screen|ablate|export|report RESULTS_DIR`. --debug prints the traceback of a failure.",
     )
     p.add_argument("--space", metavar="FILE", help="YAML space file (see configs/default.yaml); defaults if omitted")
     p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table and exit")
@@ -83,7 +86,7 @@ def _prepare(cfg: SearchConfig) -> tuple[Space, RunSpec, Dataset]:
         space = Space.resolve(cfg.space, max_freeze_depth(model.name))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    weights_file(model)
+    pretrained_backbone(model)
     spec = RunSpec(
         model=model,
         max_epochs=cfg.budget.max_epochs,
@@ -135,17 +138,24 @@ def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float
 @contextlib.contextmanager
 def ray_session(address: str | None):
     import ray
+    from ray._private import ray_constants
 
     # with one kept checkpoint per trial Ray snapshots often; at this scale that is cheap
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    cluster_switch = ray_constants.ENABLE_RAY_CLUSTER
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
-    else:  # a local Ray: its dashboard must not be reachable from other machines
+    else:
+        # A local Ray listens on loopback only: with this switch off, Ray takes 127.0.0.1 as
+        # the node address and binds its GCS, raylet, workers and agents there (the switch
+        # is meant for laptops: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read when Ray is imported).
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(dashboard_host="127.0.0.1")
     try:
         yield
     finally:
         ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_switch
 
 
 def verdict_table(effects: pd.DataFrame) -> str:
@@ -181,47 +191,63 @@ def studies(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpe
     print("\n" + verdict_table(effects))
 
 
-def run(args: argparse.Namespace) -> int:
+def _rerun_config(args: argparse.Namespace) -> dict | None:
+    if not args.config_from:
+        return None
+    try:
+        saved = pd.read_parquet(args.config_from)
+    except Exception as exc:  # a missing or damaged file: pyarrow raises several kinds
+        raise ConfigError(f"cannot read --config-from {args.config_from} as Parquet: {str(exc).splitlines()[0]}") from None
+    if not 0 <= args.row < len(saved):
+        raise ConfigError(f"--row {args.row} is out of range: {args.config_from} has rows 0..{len(saved) - 1}")
+    try:
+        return config_from_row(saved.iloc[args.row])
+    except ValueError as exc:
+        raise ConfigError(f"--config-from {args.config_from} row {args.row} {exc}") from None
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, SearchConfig]:
+    """The flags and the space file, validated: a config or a ConfigError (argparse exits 2
+    on a malformed flag)."""
+    args = build_parser().parse_args(argv)
+    if args.row < 0:
+        raise ConfigError(f"--row {args.row}: rows count from 0")
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items()}
-    cfg = load_config(args.space, overrides)
-    rerun = None
-    if args.config_from:
-        try:
-            saved = pd.read_parquet(args.config_from)
-        except Exception as exc:
-            raise ConfigError(f"cannot read --config-from {args.config_from}: {exc}") from None
-        if not 0 <= args.row < len(saved):
-            raise ConfigError(f"--row {args.row} is out of range: {args.config_from} has rows 0..{len(saved) - 1}")
-        rerun = config_from_row(saved.iloc[args.row])
-    space, spec, data = _prepare(cfg)
-    if rerun is not None and not 0 <= rerun["freeze_depth"] <= space.max_depth:
-        raise ConfigError(f"saved freeze_depth {rerun['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
+    return args, load_config(args.space, overrides)
+
+
+def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
+    rerun = _rerun_config(args)
     name = cfg.run.name
     if rerun is not None and not args.name:  # beside the search it came from: NAME-rowN
         name = f"{Path(args.config_from).resolve().parent.name or name}-row{args.row}"
 
     from search.storage import storage_uri
-    from search.tuner import resume_search, run_fixed, run_search
+    from search.tuner import resumable, resume_search, run_fixed, run_search
 
     storage = storage_uri(cfg.run.storage)
     # exports and the report are written locally; for a URI storage they are staged in
     # results/NAME and copied beside Ray's results at the end
     remote = "://" in storage
     folder = (Path("results") / name).resolve() if remote else Path(storage) / name
+    check_resources(cfg, args.address)
+    if args.resume:
+        check_resumable(cfg, folder, resumable(cfg))
+    space, spec, data = _prepare(cfg)
+    if rerun is not None and not 0 <= rerun["freeze_depth"] <= space.max_depth:
+        raise ConfigError(f"saved freeze_depth {rerun['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
+    check_writable(folder, "results folder (run.storage / run.name)")
+    write_text(_summary(cfg, space, data), folder / "config.yaml")
     with ray_session(args.address):
         started = time.time()
         if args.resume:
-            try:
-                results = resume_search(cfg, data, spec)
-            except FileNotFoundError as exc:
-                raise ConfigError(f"--resume: {exc}") from None
+            results = resume_search(cfg, data, spec)
         elif rerun is None:
             results = run_search(cfg, data, spec, space)
         else:
             results = run_fixed(cfg, data, spec, {**rerun, "baseline": ""}, name)
         elapsed = time.time() - started
         tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
-        write_text(_summary(cfg, space, data), folder / "config.yaml")
         _print_outcome(tables, folder, elapsed)
         if rerun is None:
             screen = cfg.screen.enabled and not args.no_screen
@@ -260,15 +286,17 @@ def _results_file(folder: Path, name: str) -> Path:
 def _study_command(command: str, description: str, argv: list[str], options, overrides) -> tuple[argparse.Namespace, SearchConfig, ResultsFolder]:
     args, path = _results_args(command, description, argv, (*options, ("--address", str)))
     cfg = load_config(_results_file(path, "config.yaml"), overrides(args))
-    _results_file(path, "best_configs.parquet")
-    return args, cfg, ResultsFolder(path)
+    folder = ResultsFolder(path)
+    folder.require("trials", "best_configs")
+    check_resources(cfg, args.address)
+    check_writable(path.parent, "the folder beside the results (where the study's runs go)")
+    return args, cfg, folder
 
 
 def run_screen_command(argv: list[str]) -> int:
     options = (("--seeds", int), ("--strength", float), ("--base", str))
     overrides = lambda a: {"screen.seeds": a.seeds, "screen.strength": a.strength, "screen.base": a.base}  # noqa: E731
     args, cfg, folder = _study_command("screen", "Screen the augmentations of a finished search.", argv, options, overrides)
-    _results_file(folder.path, "trials.parquet")
     space, spec, data = _prepare(cfg)
     with ray_session(args.address):  # the runs land beside the folder, never in a storage named inside it
         studies(folder, cfg, space, spec, data, storage=str(folder.path.parent), screen=True, ablate=False)
@@ -288,7 +316,7 @@ def run_ablate(argv: list[str]) -> int:
 def run_report(argv: list[str]) -> int:
     _, path = _results_args("report", "Rebuild the analysis tables and report.md from the Parquet files.", argv)
     cfg = load_config(_results_file(path, "config.yaml"))
-    _results_file(path, "trials.parquet")
+    ResultsFolder(path).require("trials", "history")
     from search.studies import analyse
 
     effects = analyse(ResultsFolder(path), cfg)
@@ -298,15 +326,15 @@ def run_report(argv: list[str]) -> int:
 
 
 def run_export(argv: list[str]) -> int:
-    _, folder = _results_args("export", "Rebuild the Parquet exports from Ray's results.", argv)
+    _, folder = _results_args("export", "Rebuild the Parquet exports from the JSON Ray Tune wrote per trial.", argv)
     cfg = load_config(_results_file(folder, "config.yaml"))
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
     try:
-        results = ResultGrid(ExperimentAnalysis(str(folder)))
-    except Exception as exc:  # Ray says only that it found no state
-        raise ConfigError(f"{folder} holds no readable Ray Tune experiment state: {exc}") from None
-    tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
+        records = records_from_folder(folder)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not records:
+        raise ConfigError(f"{folder} holds no trial folders (trial_*/params.json) to export")
+    tables = write_exports(folder, records, max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
     print(f"{len(tables['trials'])} trials exported to {folder}")
     return run_report([str(folder)])
 
@@ -315,19 +343,31 @@ COMMANDS = {"screen": run_screen_command, "ablate": run_ablate, "export": run_ex
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success, 2 on bad input (one message naming the key, file or folder),
+    1 on any other failure (one line; --debug shows the traceback)."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         if argv and argv[0] in COMMANDS:
             return COMMANDS[argv[0]](argv[1:])
-        args = build_parser().parse_args(argv)
+        args, cfg = parse(argv)
         if args.list_augmentations:
             print(describe())
             return 0
-        return run(args)
+        return run(args, cfg)
     except (ConfigError, DataError, WeightsError) as exc:
+        if debug:
+            traceback.print_exc()
         print(f"tune-search: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"tune-search: error: {type(exc).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ CLI flags. Unknown keys and bad values are refused with the key and what is allo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +19,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -96,8 +97,11 @@ class SpaceConfig(_Section):
         return NAMES if self.augmentations == "all" else tuple(n for n in NAMES if n in self.augmentations)
 
 
+BASELINE_TRIALS = 3  # head only, all layers, all + aug: they always run
+
+
 class BudgetConfig(_Section):
-    num_samples: PositiveInt = 8
+    num_samples: Annotated[int, Field(ge=BASELINE_TRIALS)] = 8
     max_epochs: PositiveInt = 3
     grace_period: PositiveInt = 1
     reduction_factor: Annotated[float, Field(ge=2)] = 2
@@ -157,8 +161,15 @@ class AblationConfig(_Section):
 
 class RunConfig(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"
-    storage: str = "results"
-    seed: int = 0
+    storage: Annotated[str, Field(min_length=1)] = "results"
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, name: str) -> str:
+        if set(name) == {"."}:
+            raise ValueError("must name a folder inside the storage: letters, digits, '.', '_', '-', not only dots")
+        return name
 
 
 class SearchConfig(_Section):
@@ -195,6 +206,11 @@ def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _not_finite(value: Any) -> bool:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return any(isinstance(v, float) and not math.isfinite(v) for v in values)
+
+
 def _explain(error: ValidationError, origin: str) -> ConfigError:
     lines = []
     seen = set()
@@ -209,14 +225,33 @@ def _explain(error: ValidationError, origin: str) -> ConfigError:
             lines.append(f"unknown key {key!r}; valid keys here: {', '.join(_valid_keys(SearchConfig, loc))}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
+            if _not_finite(e.get("input")):
+                msg = "numbers must be finite (no .nan or .inf)"
             lines.append(f"{key}: {msg} (got {e.get('input')!r})")
     return ConfigError(f"{origin}: " + "; ".join(lines))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # the safe loader refuses unhashable keys itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is written twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def set_dotted(tree: dict, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     for part in parents:
-        tree = tree.setdefault(part, {})
+        if tree.get(part) is None:  # a section left empty reads as None
+            tree[part] = {}
+        tree = tree[part]
     tree[leaf] = value
 
 
@@ -227,15 +262,23 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         origin = f"space file {path}"
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read space file {path}: {exc.strerror}") from exc
+            raise ConfigError(f"cannot read space file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{origin} is not UTF-8 text (byte {exc.start}): write it as UTF-8 YAML") from None
         try:
-            tree = yaml.safe_load(text) or {}
+            tree = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{origin} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"{origin} is not valid YAML: {exc}") from None
+        tree = {} if tree is None else tree
+        sections = ", ".join(SearchConfig.model_fields)
         if not isinstance(tree, dict):
-            raise ConfigError(f"{origin} must be a mapping of sections ({', '.join(SearchConfig.model_fields)})")
+            raise ConfigError(f"{origin} must be a mapping of sections ({sections})")
+        for key, value in tree.items():
+            if value is not None and not isinstance(value, dict) and key in SearchConfig.model_fields:
+                raise ConfigError(f"{origin}: section {key!r} must be a mapping of keys, got {value!r}")
+        tree = {key: {} if value is None else value for key, value in tree.items()}
     for key, value in (overrides or {}).items():
         if value is not None:
             set_dotted(tree, key, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -19,12 +20,13 @@ from trainable.augment import NAMES
 
 EXTRAS = ("weight_decay", "batch_size", "label_smoothing")
 HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
+CONFIG_COLUMNS = ("lr", "freeze_depth", *EXTRAS, *(c for n in NAMES for c in (f"aug_{n}", f"aug_{n}_strength")))
 TRIAL_COLUMNS = (
     "trial_id", "status", "baseline", "epochs", "top1", "top5", "best_top1", "val_loss", "train_loss", "time_s", "node_id",
-    "lr", "freeze_depth", *EXTRAS,
-    *(c for n in NAMES for c in (f"aug_{n}", f"aug_{n}_strength")),
+    *CONFIG_COLUMNS,
     "error",
 )  # fmt: skip
+HISTORY_COLUMNS = ("trial_id", "epoch", *HISTORY_METRICS, "time_s", "train_s", "eval_s", "data_s")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,32 @@ def records_from_results(results: Iterable) -> list[TrialRecord]:
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
         error = None if result.error is None else f"{type(result.error).__name__}: {result.error}".strip()
         records.append(TrialRecord(str(trial_id), dict(result.config), history, error))
+    return records
+
+
+def records_from_folder(folder: Path) -> list[TrialRecord]:
+    """TrialRecords from the JSON Ray Tune writes in each trial folder (params.json,
+    result.json, error.txt), never from its pickles: a folder someone sent runs no code.
+    An error counts when it came after the trial's last result (a trial retried from its
+    checkpoint after a crash keeps the error file of the crash)."""
+    records = []
+    for trial in sorted(p for p in folder.glob("trial_*") if p.is_dir()):
+        try:
+            config = json.loads((trial / "params.json").read_text())
+            results = trial / "result.json"
+            lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{trial}: unreadable params.json or result.json ({exc})") from None
+        if not isinstance(config, dict) or not all(isinstance(line, dict) for line in lines):
+            raise ValueError(f"{trial}: params.json or result.json does not hold Ray Tune's records")
+        history = pd.DataFrame(lines)
+        error_file = trial / "error.txt"
+        error = None
+        if error_file.is_file() and (not lines or error_file.stat().st_mtime >= float(lines[-1].get("timestamp", 0))):
+            text = [line for line in error_file.read_text(errors="replace").splitlines() if line.strip()]
+            error = text[-1].strip() if text else "error (error.txt is empty)"
+        trial_id = str(lines[-1].get("trial_id", "")) if lines else ""
+        records.append(TrialRecord(trial_id or trial.name.removeprefix("trial_"), config, history, error))
     return records
 
 
@@ -126,7 +154,7 @@ def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFram
 def history_table(records: Iterable[TrialRecord]) -> pd.DataFrame:
     # train_s and eval_s split each epoch's time_s between training and validation; data_s
     # is the part of train_s spent preparing batches (indexing, augmentation)
-    columns = ["trial_id", "epoch", *HISTORY_METRICS, "time_s", "train_s", "eval_s", "data_s"]
+    columns = list(HISTORY_COLUMNS)
     frames = []
     for r in records:
         if r.history.empty or "epoch" not in r.history:
@@ -147,17 +175,33 @@ def best_configs(trials: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def config_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat trial config that re-runs one row of trials.parquet or best_configs.parquet."""
-    config: dict[str, Any] = {
-        "lr": float(row["lr"]),
-        "freeze_depth": int(row["freeze_depth"]),
-        **{k: (int(row[k]) if k == "batch_size" else float(row[k])) for k in EXTRAS},
-    }
-    for name in NAMES:
-        on = bool(row.get(f"aug_{name}", False))
-        config[f"aug_{name}"] = on
-        if on:
-            config[f"aug_{name}_strength"] = float(row[f"aug_{name}_strength"])
+    """The flat trial config that re-runs one row of trials.parquet or best_configs.parquet;
+    ValueError naming the column when the row cannot be one."""
+    missing = [c for c in CONFIG_COLUMNS if c not in row]
+    if missing:
+        raise ValueError(f"lacks the config columns {', '.join(missing)} (a trials.parquet or best_configs.parquet has them)")
+    try:
+        config: dict[str, Any] = {
+            "lr": float(row["lr"]),
+            "freeze_depth": int(row["freeze_depth"]),
+            **{k: (int(row[k]) if k == "batch_size" else float(row[k])) for k in EXTRAS},
+        }
+        for name in NAMES:
+            on = bool(row[f"aug_{name}"])
+            config[f"aug_{name}"] = on
+            if on:
+                config[f"aug_{name}_strength"] = float(row[f"aug_{name}_strength"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"holds a value that is not a number: {exc}") from None
+    bad = [
+        f"{k} {v}" for k, v in config.items()
+        if (k == "lr" and not (math.isfinite(v) and v > 0))
+        or (k == "batch_size" and v < 1)
+        or (k in ("weight_decay", "label_smoothing") and not (math.isfinite(v) and 0 <= v < (1 if k == "label_smoothing" else math.inf)))
+        or (k.endswith("_strength") and not 0 <= v <= 1)
+    ]  # fmt: skip
+    if bad:
+        raise ValueError(f"holds values a trial cannot train with: {', '.join(bad)}")
     return config
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from search.export import write_parquet
+from search.config import ConfigError
+from search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS, write_parquet
 
 TABLES = {
     "trials": "the search's trials",
@@ -23,6 +24,9 @@ TABLES = {
     "ablation": "the ablation's paired effects",
 }
 
+# columns the analysis and the studies read from the search's tables
+NEEDED = {"trials": TRIAL_COLUMNS, "best_configs": (*CONFIG_COLUMNS, "top1", "epochs"), "history": HISTORY_COLUMNS[:2]}
+
 
 @dataclass(frozen=True)
 class ResultsFolder:
@@ -37,7 +41,25 @@ class ResultsFolder:
         return self.file(table).is_file()
 
     def read(self, table: str) -> pd.DataFrame | None:
-        return pd.read_parquet(self.file(table)) if self.has(table) else None
+        """The table, None when absent; ConfigError naming the file when it is not a readable
+        Parquet file with the columns tune-search reads."""
+        if not self.has(table):
+            return None
+        try:
+            frame = pd.read_parquet(self.file(table))
+        except Exception as exc:  # pyarrow raises several kinds for a damaged file
+            raise ConfigError(f"{self.file(table)} is not a readable Parquet file ({type(exc).__name__}); `tune-search export` rebuilds the search's tables") from None
+        missing = [c for c in NEEDED.get(table, ()) if c not in frame.columns]
+        if missing:
+            raise ConfigError(f"{self.file(table)} lacks the columns {', '.join(missing)}")
+        return frame
+
+    def require(self, *tables: str) -> None:
+        """Refuse a folder that lacks one of these tables, or holds one that cannot be read."""
+        for table in tables:
+            if not self.has(table):
+                raise ConfigError(f"{self.path} is not a finished tune-search results folder: {self.file(table).name} is missing")
+            self.read(table)
 
     def write(self, table: str, frame: pd.DataFrame) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -165,13 +165,21 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space) ->
     return tuner.fit()
 
 
+def _experiment(cfg: SearchConfig) -> tuple[str, Any]:
+    uri = storage_uri(cfg.run.storage)
+    return f"{uri.rstrip('/')}/{cfg.run.name}", storage_filesystem(uri)
+
+
+def resumable(cfg: SearchConfig) -> bool:
+    """Whether STORAGE/NAME holds Ray Tune's state of an interrupted search (no Ray needed)."""
+    path, filesystem = _experiment(cfg)
+    return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
+
+
 def resume_search(cfg: SearchConfig, data: Dataset, spec: RunSpec) -> tune.ResultGrid:
     """Continue an interrupted search: finished trials are kept as they are, unfinished ones
     continue from their last checkpoint, the searcher and scheduler from their saved state."""
-    uri = storage_uri(cfg.run.storage)
-    path, filesystem = f"{uri.rstrip('/')}/{cfg.run.name}", storage_filesystem(uri)
-    if not tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        raise FileNotFoundError(f"nothing to resume in {path}: no Ray Tune experiment state there")
+    path, filesystem = _experiment(cfg)
     tuner = tune.Tuner.restore(
         path, trainable=_trainable(cfg, data, spec), resume_unfinished=True, storage_filesystem=filesystem
     )

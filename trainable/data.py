@@ -138,12 +138,18 @@ def _as_chw(images: np.ndarray) -> torch.Tensor:
     return t.unsqueeze(1) if t.ndim == 3 else t
 
 
-def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+def stratified_subset(labels: np.ndarray, size: int | None, seed: int, key: str = "size") -> np.ndarray:
     """Indices of a class-stratified random subset of `size` (all of them when None or larger)."""
     index = np.arange(len(labels))
     if size is None or size >= len(labels):
         return index
-    subset, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
+    classes = len(np.unique(labels))
+    if size < classes:
+        raise DataError(f"{key} {size} is below the {classes} classes: a stratified subset needs at least one image per class")
+    try:
+        subset, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
+    except ValueError as exc:
+        raise DataError(f"cannot take {key} {size} of {len(labels)} images stratified by class: {exc}") from None
     return np.sort(subset)
 
 
@@ -166,8 +172,8 @@ def _builtin(spec: DataSpec) -> Dataset:
         tx, ty, vx, vy = raw.train_images, raw.train_labels, raw.val_images, raw.val_labels
     n_train, n_val = spec.train_size or raw.demo_sizes[0], spec.val_size or raw.demo_sizes[1]
     splits = []
-    for x, y, n in ((tx, ty, n_train), (vx, vy, n_val)):
-        keep = stratified_subset(y, n, spec.seed)
+    for x, y, n, key in ((tx, ty, n_train, "data.train_size"), (vx, vy, n_val, "data.val_size")):
+        keep = stratified_subset(y, n, spec.seed, key)
         splits.append(Split(fit_images(_as_chw(x[keep]), spec.image_size), torch.as_tensor(y[keep], dtype=torch.int64)))
     return Dataset(splits[0], splits[1], raw.classes, raw.origin)
 
@@ -235,6 +241,7 @@ def _image_folder(spec: DataSpec) -> Dataset:
     decoded = [_load_split(p, spec.image_size, skipped) for p in parts]
     if separate:
         _require(decoded[0][1], classes, split_dirs[0], 1, "to train on")
+        _require(decoded[1][1], classes, split_dirs[1], 1, "to validate on")
         (train, _), (val, _) = decoded
     else:
         split, kept = decoded[0]
@@ -243,8 +250,8 @@ def _image_folder(spec: DataSpec) -> Dataset:
         train = Split(split.images[train_idx], split.labels[train_idx])
         val = Split(split.images[val_idx], split.labels[val_idx])
     chosen = []
-    for part, size in ((train, spec.train_size), (val, spec.val_size)):
-        keep = torch.from_numpy(stratified_subset(part.labels.numpy(), size, spec.seed))
+    for part, size, key in ((train, spec.train_size, "data.train_size"), (val, spec.val_size, "data.val_size")):
+        keep = torch.from_numpy(stratified_subset(part.labels.numpy(), size, spec.seed, key))
         chosen.append(Split(part.images[keep], part.labels[keep]))
     return Dataset(chosen[0], chosen[1], tuple(classes), f"image folder {root}", tuple(skipped))
 

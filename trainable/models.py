@@ -202,7 +202,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a bad file must be named, whatever torch raised
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
+        raise WeightsError(f"cannot read weights file {path} as plain tensors (weights_only): {str(exc).splitlines()[0]}") from None
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
@@ -255,19 +255,29 @@ def _backbone(spec: ModelSpec) -> nn.Module:
     return torchvision.models.get_model(spec.name, weights=None)
 
 
-def build_model(spec: ModelSpec, num_classes: int, freeze_depth: int = 0) -> StagedClassifier:
-    family = family_of(spec.name)
+def pretrained_backbone(spec: ModelSpec) -> nn.Module:
+    """The backbone with its weights loaded; raises WeightsError naming the file when the
+    file is not a state_dict of this model (checked before Ray starts, and in each trial)."""
     backbone = _backbone(spec)
     path = weights_file(spec)
-    if path is not None:
-        state = _read_state_dict(path)
-        if spec.name == BUNDLED and not set(state) <= set(backbone.state_dict()):
-            _load_by_order(backbone, state, path)
-        else:
-            try:
-                backbone.load_state_dict(state)
-            except RuntimeError as exc:
-                raise WeightsError(f"{path} does not fit {spec.name}: {exc}") from exc
+    if path is None:
+        return backbone
+    state = _read_state_dict(path)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise WeightsError(f"weights file {path} is not a state_dict (a mapping of parameter names to tensors)")
+    if spec.name == BUNDLED and not set(state) <= set(backbone.state_dict()):
+        _load_by_order(backbone, state, path)
+    else:
+        try:
+            backbone.load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsError(f"weights file {path} does not fit {spec.name}: {str(exc).splitlines()[0]} ...") from None
+    return backbone
+
+
+def build_model(spec: ModelSpec, num_classes: int, freeze_depth: int = 0) -> StagedClassifier:
+    family = family_of(spec.name)
+    backbone = pretrained_backbone(spec)
     model = StagedClassifier(family.stages(backbone), family.features(backbone), num_classes, family)
     return model.freeze(freeze_depth)
 

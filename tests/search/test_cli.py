@@ -1,6 +1,11 @@
 """The command line, end to end: a small real search on MNIST digits with the bundled
 pretrained EfficientNet-Lite0, then a re-run of its best config."""
 
+import json
+import os
+import pickle
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -76,9 +81,26 @@ def test_list_augmentations(capsys):
     assert all(name in out for name in NAMES)
 
 
-def test_export_and_report_rebuild_from_ray_results(search_run):
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_export_and_report_rebuild_from_ray_results_and_run_no_code(search_run, tmp_path):
     _, results = search_run
-    folder = results / "small"
+    folder = tmp_path / "sent"  # a folder someone sent, with Ray's pickles made to run a command
+    shutil.copytree(results / "small", folder)
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(RunsCode(marker))
+    assert pickle.loads(payload) == 0 and marker.exists()  # the payload does run when unpickled
+    marker.unlink()
+    for pkl in [*folder.rglob("*.pkl"), folder / next(folder.glob("trial_*")).name / "error.pkl"]:
+        pkl.write_bytes(payload)
+    for state in folder.glob("experiment_state-*.json"):
+        state.write_text(json.dumps({"runner_data": {"_type": "CLOUDPICKLE_FALLBACK", "value": payload.hex()}}))
     before = pd.read_parquet(folder / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
     for name in ("trials", "history", "best_configs"):
         (folder / f"{name}.parquet").unlink()
@@ -87,6 +109,7 @@ def test_export_and_report_rebuild_from_ray_results(search_run):
     after = pd.read_parquet(folder / "trials.parquet").sort_values("trial_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(before, after)
     assert main(["report", str(folder)]) == 0 and "## Baselines" in (folder / "report.md").read_text()
+    assert not marker.exists()
 
 
 def test_no_screen_leaves_verdicts_to_the_screen_command(search_run, capsys):

@@ -1,6 +1,7 @@
 """Faults: a diverging trial is recorded and the search goes on; a killed search resumes
 without losing or repeating trials."""
 
+import ipaddress
 import json
 import os
 import pickle
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -49,6 +51,20 @@ screen: {enabled: false}
 """
 
 
+def listening_addresses(root: int) -> set[str]:
+    """The addresses the processes of `root`'s session (the CLI, its local Ray) listen on."""
+    session = os.getsid(root)
+    pids = {p.pid for p in psutil.process_iter() if _session(p) == session}
+    return {c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
+def _session(process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:
+        return None
+
+
 def _result_lines(folder: Path) -> dict[str, int]:
     return {d.name: len((d / "result.json").read_text().splitlines()) for d in folder.glob("trial_*") if (d / "result.json").is_file()}
 
@@ -69,6 +85,8 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
             time.sleep(0.5)
         else:
             raise AssertionError(f"the search did not get far enough to kill: {lines}")
+        listening = listening_addresses(proc.pid)
+        assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
