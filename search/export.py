@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,15 +45,22 @@ def records_from_results(results: Iterable) -> list[TrialRecord]:
         history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
         error = None if result.error is None else f"{type(result.error).__name__}: {result.error}".strip()
-        records.append(TrialRecord(str(trial_id), dict(result.config), history, error))
+        records.append(TrialRecord(str(trial_id), dict(result.config), history, error or _diverged(history)))
     return records
+
+
+def _diverged(history: pd.DataFrame) -> str | None:
+    """A trial whose training loss became NaN reports why in its last result and ends."""
+    if "diverged" not in history or not history["diverged"].notna().any():
+        return None
+    return f"Diverged: {history['diverged'].dropna().iloc[-1]}"
 
 
 def records_from_folder(folder: Path) -> list[TrialRecord]:
     """TrialRecords from the JSON Ray Tune writes in each trial folder (params.json,
     result.json, error.txt), never from its pickles: a folder someone sent runs no code.
-    An error counts when it came after the trial's last result (a trial retried from its
-    checkpoint after a crash keeps the error file of the crash)."""
+    An error counts when it came after the trial's last result: a trial restarted from its
+    checkpoint after a crash keeps the error file of the crash."""
     records = []
     for trial in sorted(p for p in folder.glob("trial_*") if p.is_dir()):
         try:
@@ -64,14 +72,27 @@ def records_from_folder(folder: Path) -> list[TrialRecord]:
         if not isinstance(config, dict) or not all(isinstance(line, dict) for line in lines):
             raise ValueError(f"{trial}: params.json or result.json does not hold Ray Tune's records")
         history = pd.DataFrame(lines)
-        error_file = trial / "error.txt"
-        error = None
-        if error_file.is_file() and (not lines or error_file.stat().st_mtime >= float(lines[-1].get("timestamp", 0))):
-            text = [line for line in error_file.read_text(errors="replace").splitlines() if line.strip()]
-            error = text[-1].strip() if text else "error (error.txt is empty)"
+        error = _last_failure(trial / "error.txt", str(lines[-1].get("date", "")) if lines else "")
         trial_id = str(lines[-1].get("trial_id", "")) if lines else ""
-        records.append(TrialRecord(trial_id or trial.name.removeprefix("trial_"), config, history, error))
+        records.append(TrialRecord(trial_id or trial.name.removeprefix("trial_"), config, history, error or _diverged(history)))
     return records
+
+
+FAILURE = re.compile(r"^Failure # \d+ \(occurred at (\S+)\)$", re.M)
+
+
+def _last_failure(error_file: Path, last_result_date: str) -> str | None:
+    """The last failure Ray recorded in error.txt, when it came at or after the last result
+    (both stamped %Y-%m-%d_%H-%M-%S, so they compare as strings)."""
+    if not error_file.is_file():
+        return None
+    text = error_file.read_text(errors="replace")
+    failures = list(FAILURE.finditer(text))
+    if failures and failures[-1].group(1) < last_result_date:
+        return None
+    block = text[failures[-1].end():] if failures else text
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    return lines[-1] if lines else "error (error.txt holds no message)"
 
 
 def _status(record: TrialRecord, epochs: int, max_epochs: int) -> str:
@@ -109,7 +130,7 @@ def runs_table(results: Iterable) -> pd.DataFrame:
     design_row, seed, label, the config columns and the final metrics."""
     rows = []
     for result in results:
-        if result.error is not None or not result.metrics:
+        if result.error is not None or not result.metrics or result.metrics.get("diverged"):
             continue
         config = result.config["run"]
         rows.append(

@@ -22,6 +22,7 @@ from trainable.data import Dataset
 from trainable.trial import RunSpec, amp_dtype, train_trial
 
 METRIC, MODE = "top1", "max"
+MAX_FAILURES = 2  # restarts of one trial from its checkpoint before it counts as errored
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -29,7 +30,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
     Ray's OptunaSearch records a trial that the scheduler stopped early as COMPLETE with
     its last, low-fidelity score, which TPE then treats as a final result. Here such a
-    trial is PRUNED (Optuna keeps its intermediate values), an errored one FAILED, and only
+    trial is PRUNED (Optuna keeps its intermediate values), an errored or diverged one
+    FAILED, and only
     a trial that trained the full budget is COMPLETE. The baseline points are enqueued
     with their names as user attributes so the define-by-run space can tag them.
     """
@@ -46,7 +48,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         result = result or {}
         value = result.get(self.metric)
         finished = result.get(TRAINING_ITERATION, 0) >= self._max_t
-        if error:
+        if error or result.get("diverged"):
             state = TrialState.FAIL
         elif finished and value is not None and math.isfinite(value):
             state = TrialState.COMPLETE
@@ -125,7 +127,8 @@ def _run_config(cfg: SearchConfig, name: str, storage: str | None = None) -> tun
         storage_path=uri,
         storage_filesystem=storage_filesystem(uri),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=0),
+        # a trial whose process dies (OOM killer, a lost node) restarts from its last epoch
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
         verbose=1,
     )
 

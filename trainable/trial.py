@@ -28,10 +28,6 @@ from trainable.models import FromFeatures, ModelSpec, StagedClassifier, build_mo
 CHECKPOINT_FILE = "state.pt"
 
 
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
 @dataclass(frozen=True)
 class TrialSettings:
     """The hyperparameters one trial trains with, built once from Tune's flat config."""
@@ -231,13 +227,16 @@ def fine_tune(
             device=device,
             amp_dtype=amp,
         )
-        if not math.isfinite(metrics["train_loss"]):
-            raise Diverged(f"training loss became {metrics['train_loss']} in epoch {epoch} at lr {settings.lr:g}")
         trained = time.perf_counter()
         logits = predict(val_net, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
         metrics |= classification_metrics(logits, data.val.labels)
         metrics |= {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
         metrics["per_class_top1"] = per_class_accuracy(logits, data.val.labels, data.num_classes)
+        if not math.isfinite(metrics["train_loss"]):
+            # the trial's last report, not an exception: an error would make Ray retry it
+            # from its checkpoint (FailureConfig), and it would diverge again
+            yield {"epoch": epoch, **metrics, "diverged": f"training loss became {metrics['train_loss']} in epoch {epoch} at lr {settings.lr:g}"}, None
+            return
         yield {"epoch": epoch, **metrics}, (lambda e=epoch: state(e))
 
 
@@ -260,6 +259,9 @@ def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(folder)
     for metrics, state in fine_tune(TrialSettings.from_config(config), spec, data, resume):
+        if state is None:  # diverged: reported without a checkpoint, and the trial ends
+            tune.report({**metrics, "node_id": node_id})
+            return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state(), Path(folder) / CHECKPOINT_FILE)
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))

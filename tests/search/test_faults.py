@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,3 +104,45 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
         assert (folder / name / "result.json").read_text() == text
     epochs = [json.loads(line)["epoch"] for d in folder.glob("trial_*") for line in (d / "result.json").read_text().splitlines()]
     assert sorted(epochs) == sorted([1, 2, 3] * 6)
+
+
+WORKER = """
+data: {source: mnist, image_size: 32, train_size: 300, val_size: 100}
+space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e-2], freeze_depth: [0, max]}
+budget: {num_samples: 3, max_epochs: 3, grace_period: 3}
+resources: {max_concurrent: 1}
+screen: {enabled: false}
+"""
+
+
+def test_a_trial_whose_process_is_killed_restarts_from_its_last_epoch(tmp_path):
+    (tmp_path / "space.yaml").write_text(WORKER)
+    folder = tmp_path / "w"
+    killed: dict[str, int] = {}
+
+    def kill_the_first_trial_after_one_epoch():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            for name, n in (_result_lines(folder) if folder.is_dir() else {}).items():
+                if n == 1:
+                    pid = json.loads((folder / name / "result.json").read_text().splitlines()[0])["pid"]
+                    os.kill(pid, signal.SIGKILL)
+                    killed[name] = pid
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_first_trial_after_one_epoch)
+    killer.start()
+    assert main(["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "w"]) == 0
+    killer.join()
+    assert killed, "no trial was killed"
+    (name,) = killed
+    epochs = [json.loads(line)["epoch"] for line in (folder / name / "result.json").read_text().splitlines()]
+    assert epochs == [1, 2, 3]  # epoch 1 kept from its checkpoint, not trained again
+    pids = {json.loads(line)["pid"] for line in (folder / name / "result.json").read_text().splitlines()}
+    assert killed[name] in pids and len(pids) == 2  # a new process finished it
+    for rebuilt in (False, True):  # as the search wrote it, and rebuilt from the trial folders
+        if rebuilt:
+            assert (folder / name / "error.txt").is_file() and main(["export", str(folder)]) == 0
+        trials = pd.read_parquet(folder / "trials.parquet")
+        assert len(trials) == 3 and (trials["status"] == "completed").all() and trials["error"].isna().all()
