@@ -28,6 +28,7 @@ from search.export import (
 from search.report import build_report
 from search.results import ResultsFolder
 from search.space import Space
+from search.studies import Study
 from trainable.augment import describe
 from trainable.data import DataError, DataSpec, Dataset, load_dataset
 from trainable.models import ModelSpec, WeightsError, max_freeze_depth, pretrained_backbone
@@ -175,19 +176,18 @@ def verdict_table(effects: pd.DataFrame) -> str:
     return f"{markdown_table(table)}\n(unclear: smaller than {reach:.1f} points, if any; 80 % power, Holm-corrected)"
 
 
-def studies(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str, screen: bool, ablate: bool) -> None:
+def studies(study: Study, *, screen: bool, ablate: bool) -> None:
     """The designed studies after a search, then the analysis of every table and the report."""
     from search.studies import analyse, run_ablation, run_dose, run_screen
 
-    classes = list(data.classes)
     if screen:
-        run_screen(folder, cfg, space, spec, data, storage=storage)
-        if cfg.dose.enabled:
-            run_dose(folder, cfg, space, spec, data, storage=storage)
+        run_screen(study)
+        if study.cfg.dose.enabled:
+            run_dose(study)
     if ablate:
-        run_ablation(folder, cfg, space, spec, data, storage=storage)
-    effects = analyse(folder, cfg, classes)
-    print(f"\nreport: {build_report(folder.path)}")
+        run_ablation(study)
+    effects = analyse(study.folder, study.cfg, list(study.data.classes))
+    print(f"\nreport: {build_report(study.folder.path)}")
     print("\n" + verdict_table(effects))
 
 
@@ -251,7 +251,8 @@ def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
         _print_outcome(tables, folder, elapsed)
         if rerun is None:
             screen = cfg.screen.enabled and not args.no_screen
-            studies(ResultsFolder(folder), cfg, space, spec, data, storage=storage, screen=screen, ablate=args.ablate)
+            study = Study(ResultsFolder(folder), cfg, space, spec, data, storage=storage, resume=args.resume)
+            studies(study, screen=screen, ablate=args.ablate)
     if remote:
         publish(folder, f"{storage.rstrip('/')}/{name}")
     return 0
@@ -271,7 +272,10 @@ def _results_args(command: str, description: str, argv: list[str], options=()) -
     p = argparse.ArgumentParser(prog=f"tune-search {command}", description=description)
     p.add_argument("results", help="a results folder (STORAGE/NAME) with its config.yaml")
     for flag, kind in options:
-        p.add_argument(flag, type=kind)
+        if kind is bool:
+            p.add_argument(flag, action="store_true", help="continue this study where a killed run left it")
+        else:
+            p.add_argument(flag, type=kind)
     args = p.parse_args(argv)
     return args, Path(args.results).resolve()
 
@@ -294,22 +298,22 @@ def _study_command(command: str, description: str, argv: list[str], options, ove
 
 
 def run_screen_command(argv: list[str]) -> int:
-    options = (("--seeds", int), ("--strength", float), ("--base", str))
+    options = (("--seeds", int), ("--strength", float), ("--base", str), ("--resume", bool))
     overrides = lambda a: {"screen.seeds": a.seeds, "screen.strength": a.strength, "screen.base": a.base}  # noqa: E731
     args, cfg, folder = _study_command("screen", "Screen the augmentations of a finished search.", argv, options, overrides)
     space, spec, data = _prepare(cfg)
     with ray_session(args.address):  # the runs land beside the folder, never in a storage named inside it
-        studies(folder, cfg, space, spec, data, storage=str(folder.path.parent), screen=True, ablate=False)
+        studies(Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=args.resume), screen=True, ablate=False)
     return 0
 
 
 def run_ablate(argv: list[str]) -> int:
-    options = (("--seeds", int), ("--strength", float))
+    options = (("--seeds", int), ("--strength", float), ("--resume", bool))
     overrides = lambda a: {"ablation.seeds": a.seeds, "ablation.strength": a.strength}  # noqa: E731
     args, cfg, folder = _study_command("ablate", "Ablate the best config of a finished search.", argv, options, overrides)
     space, spec, data = _prepare(cfg)
     with ray_session(args.address):
-        studies(folder, cfg, space, spec, data, storage=str(folder.path.parent), screen=False, ablate=True)
+        studies(Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=args.resume), screen=False, ablate=True)
     return 0
 
 

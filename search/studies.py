@@ -9,6 +9,7 @@ Tune runner (`search.tuner.run_study`) into a runs table, then analysed by pure 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -34,6 +35,19 @@ from search.screen import (
 from search.space import BASELINES, Space
 from trainable.data import Dataset
 from trainable.trial import RunSpec, TrialSettings, affinity, load_checkpoint
+
+
+@dataclass(frozen=True)
+class Study:
+    """What the designed studies of one results folder train with."""
+
+    folder: ResultsFolder
+    cfg: SearchConfig
+    space: Space
+    spec: RunSpec
+    data: Dataset
+    storage: str  # where Ray's runs of each study go (STORAGE/NAME-screen, ...)
+    resume: bool = False  # continue the studies a killed driver left unfinished
 
 
 def study_base(folder: ResultsFolder, base: str) -> dict[str, Any]:
@@ -84,10 +98,11 @@ def _slots(cfg: SearchConfig) -> int:
     return max(1, min(by_cpu, by_gpu, cfg.resources.max_concurrent or by_cpu))
 
 
-def _train(cfg: SearchConfig, data: Dataset, spec: RunSpec, configs: list[dict], name: str, storage: str):
+def _train(study: Study, configs: list[dict], suffix: str):
     from search.tuner import run_study
 
-    results = run_study(cfg, data, spec, configs, name=name, storage=storage)
+    name = f"{study.folder.path.name}-{suffix}"
+    results = run_study(study.cfg, study.data, study.spec, configs, name=name, storage=study.storage, resume=study.resume)
     runs = runs_table(results)
     failed = len(configs) - len(runs)
     if failed:
@@ -105,9 +120,10 @@ def _clean_affinity(results, spec: RunSpec, data: Dataset, strengths: dict[str, 
     return {}
 
 
-def run_screen(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str) -> pd.DataFrame:
+def run_screen(study: Study) -> pd.DataFrame:
     """Train the screen, replicated over seeds as screen.seeds says, measure affinity on its
     clean run, and write screen.parquet."""
+    folder, cfg, space, spec, data = study.folder, study.cfg, study.space, study.spec, study.data
     base = study_base(folder, cfg.screen.base)
     strengths = screen_strengths(cfg, space)
     names = list(strengths)
@@ -122,7 +138,7 @@ def run_screen(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: Run
         + _estimate(folder, design_runs * replicates + 1, int(base["freeze_depth"]), _slots(cfg))
     )
     configs = screen_configs(base, strengths, list(range(replicates)))
-    results, runs = _train(cfg, data, spec, configs, f"{folder.path.name}-screen", storage)
+    results, runs = _train(study, configs, "screen")
     measured = _clean_affinity(results, spec, data, strengths)
     for seed in () if fixed else range(1, cfg.screen.max_seeds):
         fit = main_effects(runs, names)
@@ -131,7 +147,7 @@ def run_screen(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: Run
         if reach <= cfg.screen.detectable:
             break
         more = screen_configs(base, strengths, [seed], clean_seed=None)
-        _, extra = _train(cfg, data, spec, more, f"{folder.path.name}-screen-seed{seed}", storage)
+        _, extra = _train(study, more, f"screen-seed{seed}")
         runs = pd.concat([runs, extra], ignore_index=True)
     for name, value in measured.items():
         runs[f"affinity_{name}"] = runs["label"].eq(CLEAN).map({True: value, False: math.nan})
@@ -139,9 +155,10 @@ def run_screen(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: Run
     return runs
 
 
-def run_dose(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str) -> pd.DataFrame | None:
+def run_dose(study: Study) -> pd.DataFrame | None:
     """Re-run each augmentation the screen calls harmful alone at dose.strengths, with
     dose.seeds seeds, at the screen's settings; write dose_runs.parquet."""
+    folder, cfg, space = study.folder, study.cfg, study.space
     screen = folder.read("screen")
     if screen is None:
         return None
@@ -156,21 +173,22 @@ def run_dose(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSp
     configs = dose_configs(base, harmful, cfg.dose.strengths, list(range(cfg.dose.seeds)), list(space.augmentations))
     levels = ", ".join(f"{s:g}" for s in cfg.dose.strengths)
     print(f"dose-response: {len(configs)} runs ({', '.join(harmful)} at strengths {levels}, and none on; {cfg.dose.seeds} seeds)")
-    _, runs = _train(cfg, data, spec, configs, f"{folder.path.name}-dose", storage)
+    _, runs = _train(study, configs, "dose")
     folder.write("dose_runs", runs)
     return runs
 
 
-def run_ablation(folder: ResultsFolder, cfg: SearchConfig, space: Space, spec: RunSpec, data: Dataset, *, storage: str) -> pd.DataFrame:
+def run_ablation(study: Study) -> pd.DataFrame:
     """The best config and each augmentation switched the other way, ablation.seeds times;
     write ablation_runs.parquet."""
+    folder, cfg, space = study.folder, study.cfg, study.space
     best = folder.read("best_configs")
     if best is None or best.empty:
         raise ConfigError(f"{folder.file('best_configs')} has no successful trial to ablate")
     augs = list(space.augmentations)
     configs = ablation_configs(config_from_row(best.iloc[0]), augs, strength=cfg.ablation.strength, seeds=cfg.ablation.seeds)
     print(f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations, {cfg.ablation.seeds} seeds each)")
-    _, runs = _train(cfg, data, spec, configs, f"{folder.path.name}-ablation", storage)
+    _, runs = _train(study, configs, "ablation")
     if runs.empty:
         raise RuntimeError("every ablation run failed; see Ray's log above")
     folder.write("ablation_runs", runs)

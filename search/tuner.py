@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -15,7 +17,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from search.config import ResourcesConfig, SearchConfig
+from search.config import ConfigError, ResourcesConfig, SearchConfig
 from search.space import Space
 from search.storage import storage_filesystem, storage_uri
 from trainable.data import Dataset
@@ -205,11 +207,30 @@ def train_fixed(config: dict, **kwargs) -> None:
     train_trial(config["run"], **kwargs)
 
 
-def run_study(cfg: SearchConfig, data: Dataset, spec: RunSpec, configs: list[dict[str, Any]], *, name: str, storage: str) -> tune.ResultGrid:
+def _same_study(path: str, configs: list[dict[str, Any]]) -> None:
+    """Refuse to resume a study whose runs (their params.json, plain JSON) are not among the
+    configs asked for now: it was started with other settings."""
+    wanted = {json.dumps(c, sort_keys=True) for c in json.loads(json.dumps(configs))}
+    started = [json.loads(p.read_text()).get("run") for p in Path(path).glob("trial_*/params.json")] if "://" not in path else []
+    stray = [c for c in started if json.dumps(c, sort_keys=True) not in wanted]
+    if stray:
+        raise ConfigError(f"--resume: {path} holds a study started with other settings ({len(stray)} runs differ); remove it to run the study afresh")
+
+
+def run_study(cfg: SearchConfig, data: Dataset, spec: RunSpec, configs: list[dict[str, Any]], *, name: str, storage: str, resume: bool = False) -> tune.ResultGrid:
     """Train every config of a designed study for the full budget, in parallel, with no
-    early stopping, into STORAGE/NAME."""
+    early stopping, into STORAGE/NAME. With `resume`, a study a killed driver left there
+    continues: finished runs are kept, the others restart from their last checkpoint."""
+    uri = storage_uri(storage)
+    path, filesystem = f"{uri.rstrip('/')}/{name}", storage_filesystem(uri)
+    trainable = _trainable(cfg, data, spec, train_fixed)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        _same_study(path, configs)
+        print(f"{name}: resuming the runs left unfinished")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
+        return tuner.fit()
     tuner = tune.Tuner(
-        _trainable(cfg, data, spec, train_fixed),
+        trainable,
         param_space={"run": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
         run_config=_run_config(cfg, name, storage),

@@ -48,7 +48,7 @@ data: {source: mnist, image_size: 32, train_size: 300, val_size: 100}
 space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e-2], freeze_depth: [0, max]}
 budget: {num_samples: 6, max_epochs: 3, grace_period: 3}
 resources: {max_concurrent: 1}
-screen: {enabled: false}
+dose: {enabled: false}
 """
 
 
@@ -70,29 +70,39 @@ def _result_lines(folder: Path) -> dict[str, int]:
     return {d.name: len((d / "result.json").read_text().splitlines()) for d in folder.glob("trial_*") if (d / "result.json").is_file()}
 
 
-def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
-    (tmp_path / "space.yaml").write_text(RESUMABLE)
-    args = ["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "r"]
-    cli = [sys.executable, "-m", "search.cli", *args]
+def _kill_when(cli: list[str], folder: Path, what: str, check_loopback: bool = False) -> dict[str, str]:
+    """Start the CLI, SIGKILL it (and its local Ray) once two of `folder`'s trials finished
+    and a third is mid-way; the finished trials' result.json as they were."""
     proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    folder = tmp_path / "r"
     deadline = time.time() + 300
     try:
-        # kill the driver (and its local Ray) once two trials finished and a third is mid-way
         while time.time() < deadline:
             lines = _result_lines(folder) if folder.is_dir() else {}
             if sum(n == 3 for n in lines.values()) >= 2 and any(0 < n < 3 for n in lines.values()):
                 break
             time.sleep(0.5)
         else:
-            raise AssertionError(f"the search did not get far enough to kill: {lines}")
-        listening = listening_addresses(proc.pid)
-        assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
+            raise AssertionError(f"the {what} did not get far enough to kill: {lines}")
+        if check_loopback:
+            listening = listening_addresses(proc.pid)
+            assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    finished = {k for k, n in lines.items() if n == 3}
-    before = {k: (folder / k / "result.json").read_text() for k in finished}
+    return {k: (folder / k / "result.json").read_text() for k, n in lines.items() if n == 3}
+
+
+def _epochs(folder: Path) -> list[int]:
+    return sorted(json.loads(line)["epoch"] for d in folder.glob("trial_*") for line in (d / "result.json").read_text().splitlines())
+
+
+def test_a_killed_search_and_a_killed_screen_resume_without_losing_or_repeating_runs(tmp_path):
+    (tmp_path / "space.yaml").write_text(RESUMABLE)
+    args = ["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "r"]
+    cli = [sys.executable, "-m", "search.cli", *args]
+    folder, screen = tmp_path / "r", tmp_path / "r-screen"
+    searched = _kill_when(cli, folder, "search", check_loopback=True)
+    screened = _kill_when([*cli, "--resume"], screen, "screen")  # the search finishes, the screen is killed
 
     assert main([*args, "--resume"]) == 0
     trials = pd.read_parquet(folder / "trials.parquet")
@@ -100,10 +110,13 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
     assert (trials["epochs"] == 3).all() and (trials["status"] == "completed").all()
     history = pd.read_parquet(folder / "history.parquet")
     assert not history.duplicated(["trial_id", "epoch"]).any() and len(history) == 18
-    for name, text in before.items():  # finished trials were kept, not re-run
-        assert (folder / name / "result.json").read_text() == text
-    epochs = [json.loads(line)["epoch"] for d in folder.glob("trial_*") for line in (d / "result.json").read_text().splitlines()]
-    assert sorted(epochs) == sorted([1, 2, 3] * 6)
+    runs = pd.read_parquet(folder / "screen.parquet")
+    assert len(runs) == 8 + 1 and not runs.duplicated(["seed", "design_row", "label"]).any()
+    assert (runs["epochs"] == 3).all()
+    for where, before in ((folder, searched), (screen, screened)):
+        for name, text in before.items():  # finished runs were kept, not trained again
+            assert (where / name / "result.json").read_text() == text
+    assert _epochs(folder) == sorted([1, 2, 3] * 6) and _epochs(screen) == sorted([1, 2, 3] * 9)
 
 
 WORKER = """
