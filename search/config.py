@@ -101,7 +101,7 @@ BASELINE_TRIALS = 3  # head only, all layers, all + aug: they always run
 
 
 class BudgetConfig(_Section):
-    num_samples: Annotated[int, Field(ge=BASELINE_TRIALS)] = 8
+    num_samples: Annotated[int, Field(ge=BASELINE_TRIALS)] = 6
     max_epochs: PositiveInt = 3
     grace_period: PositiveInt = 1
     reduction_factor: Annotated[float, Field(ge=2)] = 2
@@ -143,7 +143,7 @@ class DoseConfig(_Section):
     enabled: bool = True
     strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
     seeds: Annotated[int, Field(ge=2)] = 2
-    max_augmentations: PositiveInt = 2  # the most harmful ones first
+    max_augmentations: PositiveInt = 1  # the most harmful ones first
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.005  # harmful above: where it costs more than this
 
     @field_validator("strengths")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from search.space import BASELINES
+from search.storage import ReplaceOnClose
 from trainable.augment import NAMES
 
 EXTRAS = ("weight_decay", "batch_size", "label_smoothing")
@@ -249,23 +248,14 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    """Write atomically: a reader never sees half a file, a crash never leaves one."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with ReplaceOnClose(str(path)) as out:
+        pq.write_table(table, out)
 
 
 def write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with ReplaceOnClose(str(path)) as out:
+        out.write(text.encode())
 
 
 def write_exports(folder: Path, records: list[TrialRecord], *, max_epochs: int, top_k: int) -> dict[str, pd.DataFrame]:

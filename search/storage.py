@@ -27,9 +27,10 @@ def storage_uri(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
-class _ReplaceOnClose(io.FileIO):
+class ReplaceOnClose(io.FileIO):
     """A file written under a temporary name in the target's folder, renamed over the target
-    when closed cleanly and removed when closed after an error."""
+    when closed cleanly and removed when closed after an error: a reader never sees half a
+    file, a crash never leaves one."""
 
     def __init__(self, path: str):
         folder, name = os.path.split(path)
@@ -60,7 +61,7 @@ class ReplacingLocalFileSystem(LocalFileSystem):
             return super()._open(path, mode, block_size, **kwargs)
         path = self._strip_protocol(path)
         self.makedirs(self._parent(path), exist_ok=True)
-        return _ReplaceOnClose(path)
+        return ReplaceOnClose(path)
 
 
 def storage_filesystem(uri: str) -> pyarrow.fs.FileSystem | None:
