@@ -13,6 +13,7 @@ from search.config import ConfigError, SearchConfig, load_config
 
 # sections that decide what a search trains; resources may differ on the machine that resumes
 SEARCH_SECTIONS = ("data", "model", "space", "budget", "run")
+NOT_COMPARED = ("verbose", "keep_checkpoints")  # how a run shows and keeps itself, not what it trains
 
 
 def check_resources(cfg: SearchConfig, address: str | None) -> None:
@@ -57,7 +58,7 @@ def check_resumable(cfg: SearchConfig, folder: Path, state_present: bool) -> Non
         f"{section}.{key} ({value!r} -> {getattr(getattr(cfg, section), key)!r})"
         for section in SEARCH_SECTIONS
         for key, value in getattr(before, section).model_dump().items()
-        if getattr(getattr(cfg, section), key) != value
+        if key not in NOT_COMPARED and getattr(getattr(cfg, section), key) != value
     ]
     if changed:
         raise ConfigError(

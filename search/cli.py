@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -28,6 +29,7 @@ from search.export import (
 from search.report import build_report
 from search.results import ResultsFolder
 from search.space import Space
+from search.storage import prune_checkpoints
 from search.studies import Study
 from trainable.augment import describe
 from trainable.data import DataError, DataSpec, Dataset, load_dataset
@@ -45,6 +47,8 @@ OVERRIDES = {
     "name": "run.name",
     "storage": "run.storage",
     "seed": "run.seed",
+    "verbose": "run.verbose",
+    "keep_checkpoints": "run.keep_checkpoints",
     "cpus_per_trial": "resources.cpus_per_trial",
     "gpus_per_trial": "resources.gpus_per_trial",
     "max_concurrent": "resources.max_concurrent",
@@ -74,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="experiment name: results go to STORAGE/NAME/")
     p.add_argument("--storage", help="results folder or a URI Ray understands")
     p.add_argument("--seed", type=int)
+    p.add_argument("--verbose", action="store_true", default=None, help="show Ray's trial tables and worker logs")
+    p.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep every trial's checkpoint (default: the top_k search trials')")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float)
     p.add_argument("--max-concurrent", type=int)
@@ -134,29 +140,50 @@ def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float
         print(f"  -> top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f} after {row['epochs']} epochs")
     print("\n" + markdown_table(baseline_summary(trials, best)))
     print(f"\nexports: {folder}/{{trials,history,best_configs}}.parquet, config.yaml")
+    journal = ResultsFolder(folder).journal
+    if journal.is_file():
+        print(f"live views: optuna-dashboard {journal}  |  tensorboard --logdir {folder}")
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None):
+def ray_session(address: str | None, verbose: bool = False):
+    """Ray for one command. Quiet unless `verbose`: Ray's own INFO and WARNING lines and the
+    trial processes' logs stay in Ray's log folder; tune-search prints what matters."""
     import ray
     from ray._private import ray_constants
 
     # with one kept checkpoint per trial Ray snapshots often; at this scale that is cheap
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    options: dict = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
+    loggers = {name: logging.getLogger(name) for name in ("ray.tune", "ray.train")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    if not verbose:  # trial errors are printed short by search.progress, with where the log is
+        for logger in loggers.values():
+            logger.setLevel(logging.CRITICAL)
+        # Ray Tune's newer console output prints its experiment heading even when silent;
+        # the older one, at verbose=0, prints nothing
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     cluster_switch = ray_constants.ENABLE_RAY_CLUSTER
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
+        ray.init(address=address, **options)
     else:
         # A local Ray listens on loopback only: with this switch off, Ray takes 127.0.0.1 as
         # the node address and binds its GCS, raylet, workers and agents there (the switch
         # is meant for laptops: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read when Ray is imported).
         ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(dashboard_host="127.0.0.1")
+        ray.init(dashboard_host="127.0.0.1", **options)
     try:
         yield
     finally:
         ray.shutdown()
         ray_constants.ENABLE_RAY_CLUSTER = cluster_switch
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+        if output is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = output
 
 
 def verdict_table(effects: pd.DataFrame) -> str:
@@ -238,16 +265,18 @@ def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
         raise ConfigError(f"saved freeze_depth {rerun['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
     check_writable(folder, "results folder (run.storage / run.name)")
     write_text(_summary(cfg, space, data), folder / "config.yaml")
-    with ray_session(args.address):
+    with ray_session(args.address, cfg.run.verbose):
         started = time.time()
         if args.resume:
             results = resume_search(cfg, data, spec)
         elif rerun is None:
-            results = run_search(cfg, data, spec, space)
+            results = run_search(cfg, data, spec, space, journal=ResultsFolder(folder).journal)
         else:
             results = run_fixed(cfg, data, spec, {**rerun, "baseline": ""}, name)
         elapsed = time.time() - started
         tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
+        if not remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k stay
+            prune_checkpoints(folder, set(tables["best_configs"]["trial_id"]))
         _print_outcome(tables, folder, elapsed)
         if rerun is None:
             screen = cfg.screen.enabled and not args.no_screen
@@ -302,7 +331,7 @@ def run_screen_command(argv: list[str]) -> int:
     overrides = lambda a: {"screen.seeds": a.seeds, "screen.strength": a.strength, "screen.base": a.base}  # noqa: E731
     args, cfg, folder = _study_command("screen", "Screen the augmentations of a finished search.", argv, options, overrides)
     space, spec, data = _prepare(cfg)
-    with ray_session(args.address):  # the runs land beside the folder, never in a storage named inside it
+    with ray_session(args.address, cfg.run.verbose):  # the runs land beside the folder, never in a storage named inside it
         studies(Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=args.resume), screen=True, ablate=False)
     return 0
 
@@ -312,7 +341,7 @@ def run_ablate(argv: list[str]) -> int:
     overrides = lambda a: {"ablation.seeds": a.seeds, "ablation.strength": a.strength}  # noqa: E731
     args, cfg, folder = _study_command("ablate", "Ablate the best config of a finished search.", argv, options, overrides)
     space, spec, data = _prepare(cfg)
-    with ray_session(args.address):
+    with ray_session(args.address, cfg.run.verbose):
         studies(Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=args.resume), screen=False, ablate=True)
     return 0
 

@@ -163,6 +163,8 @@ class RunConfig(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"
     storage: Annotated[str, Field(min_length=1)] = "results"
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    verbose: bool = False  # Ray's own trial tables, configuration boxes and worker logs
+    keep_checkpoints: bool = False  # false: after each phase only the top_k search trials' checkpoints stay
 
     @field_validator("name")
     @classmethod

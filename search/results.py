@@ -73,3 +73,8 @@ class ResultsFolder:
     @property
     def report(self) -> Path:
         return self.path / "report.md"
+
+    @property
+    def journal(self) -> Path:
+        """The search's Optuna study, written as it runs (optuna-dashboard reads it)."""
+        return self.path / "optuna.journal"

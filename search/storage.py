@@ -70,3 +70,19 @@ def storage_filesystem(uri: str) -> pyarrow.fs.FileSystem | None:
     if "://" in uri:
         return None
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(ReplacingLocalFileSystem(auto_mkdir=True)))
+
+
+def prune_checkpoints(experiment: Path, keep: set[str] = frozenset()) -> int:
+    """Delete the checkpoints of every trial in a finished local Ray experiment folder except
+    those of the trial ids in `keep`; the bytes freed. Checkpoints serve resume while a phase
+    runs; afterwards the best trials' are enough."""
+    import shutil
+
+    freed = 0
+    for trial in experiment.glob("trial_*"):
+        if trial.name.removeprefix("trial_") in keep:
+            continue
+        for checkpoint in trial.glob("checkpoint_*"):
+            freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+            shutil.rmtree(checkpoint)
+    return freed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,6 +21,7 @@ from search.config import ConfigError, SearchConfig
 from search.design import CLEAN, ablation_configs, base_settings, dose_configs, screen_configs, screening_design
 from search.export import config_from_row, runs_table
 from search.results import ResultsFolder
+from search.storage import prune_checkpoints
 from search.screen import (
     detectable_effect,
     diversity,
@@ -110,6 +112,14 @@ def _train(study: Study, configs: list[dict], suffix: str):
     return results, runs
 
 
+def _prune(study: Study, *suffixes: str) -> None:
+    """A finished study's checkpoints served its resume; they go unless run.keep_checkpoints."""
+    if study.cfg.run.keep_checkpoints or "://" in study.storage:
+        return
+    for suffix in suffixes:
+        prune_checkpoints(Path(study.storage) / f"{study.folder.path.name}-{suffix}")
+
+
 def _clean_affinity(results, spec: RunSpec, data: Dataset, strengths: dict[str, float]) -> dict[str, float]:
     for result in results:
         config = result.config["run"]
@@ -152,6 +162,7 @@ def run_screen(study: Study) -> pd.DataFrame:
     for name, value in measured.items():
         runs[f"affinity_{name}"] = runs["label"].eq(CLEAN).map({True: value, False: math.nan})
     folder.write("screen", runs)
+    _prune(study, "screen", *(f"screen-seed{seed}" for seed in range(1, cfg.screen.max_seeds)))
     return runs
 
 
@@ -175,6 +186,7 @@ def run_dose(study: Study) -> pd.DataFrame | None:
     print(f"dose-response: {len(configs)} runs ({', '.join(harmful)} at strengths {levels}, and none on; {cfg.dose.seeds} seeds)")
     _, runs = _train(study, configs, "dose")
     folder.write("dose_runs", runs)
+    _prune(study, "dose")
     return runs
 
 
@@ -192,6 +204,7 @@ def run_ablation(study: Study) -> pd.DataFrame:
     if runs.empty:
         raise RuntimeError("every ablation run failed; see Ray's log above")
     folder.write("ablation_runs", runs)
+    _prune(study, "ablation")
     return runs
 
 

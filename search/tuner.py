@@ -18,12 +18,14 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from search.config import ConfigError, ResourcesConfig, SearchConfig
+from search.progress import Progress
 from search.space import Space
 from search.storage import storage_filesystem, storage_uri
 from trainable.data import Dataset
 from trainable.trial import RunSpec, amp_dtype, train_trial
 
 METRIC, MODE = "top1", "max"
+STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal
 MAX_FAILURES = 2  # restarts of one trial from its checkpoint before it counts as errored
 
 
@@ -38,8 +40,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
     with their names as user attributes so the define-by-run space can tag them.
     """
 
-    def __init__(self, space: Space, *, max_t: int, seed: int, baselines: list[tuple[str, dict[str, Any]]]):
-        super().__init__(space, metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=seed))
+    def __init__(self, space: Space, *, max_t: int, seed: int, baselines: list[tuple[str, dict[str, Any]]], journal: Path | None = None):
+        storage = None
+        if journal is not None:  # the study on disk as it runs: optuna-dashboard reads it live
+            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        super().__init__(space, metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=STUDY_NAME)
         self._max_t = max_t
         for name, params in baselines:
             self._ot_study.enqueue_trial(params, user_attrs={"baseline": name})
@@ -122,7 +127,7 @@ def reuse_actors() -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
-def _run_config(cfg: SearchConfig, name: str, storage: str | None = None) -> tune.RunConfig:
+def _run_config(cfg: SearchConfig, name: str, trials: int, storage: str | None = None) -> tune.RunConfig:
     uri = storage_uri(storage or cfg.run.storage)
     return tune.RunConfig(
         name=name,
@@ -131,18 +136,23 @@ def _run_config(cfg: SearchConfig, name: str, storage: str | None = None) -> tun
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # a trial whose process dies (OOM killer, a lost node) restarts from its last epoch
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-        verbose=1,
+        # Ray's status tables and configuration boxes with --verbose, else one bar and a line per trial
+        verbose=1 if cfg.run.verbose else 0,
+        callbacks=[] if cfg.run.verbose else [Progress(name, trials, cfg.budget.max_epochs)],
     )
 
 
-def make_searcher(cfg: SearchConfig, space: Space) -> PruneAwareOptunaSearch:
+def make_searcher(cfg: SearchConfig, space: Space, journal: Path | None = None) -> PruneAwareOptunaSearch:
     return PruneAwareOptunaSearch(
-        space, max_t=cfg.budget.max_epochs, seed=cfg.run.seed, baselines=space.baseline_points()
+        space, max_t=cfg.budget.max_epochs, seed=cfg.run.seed, baselines=space.baseline_points(), journal=journal
     )
 
 
-def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space) -> tune.ResultGrid:
-    searcher = make_searcher(cfg, space)
+def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space, journal: Path | None = None) -> tune.ResultGrid:
+    """A new search; its Optuna study is kept in `journal` (a new file) when given."""
+    if journal is not None:
+        journal.unlink(missing_ok=True)  # a new search in a reused folder starts a new study
+    searcher = make_searcher(cfg, space, journal)
     search_alg = (
         ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent)
         if cfg.resources.max_concurrent
@@ -165,7 +175,7 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space) ->
             reuse_actors=reuse_actors(),
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=_run_config(cfg, cfg.run.name),
+        run_config=_run_config(cfg, cfg.run.name, cfg.budget.num_samples),
     )
     return tuner.fit()
 
@@ -197,7 +207,7 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: RunSpec, config: dict[str,
         _trainable(cfg, data, spec),
         param_space=config,
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, name),
+        run_config=_run_config(cfg, name, 1),
     )
     return tuner.fit()
 
@@ -233,6 +243,6 @@ def run_study(cfg: SearchConfig, data: Dataset, spec: RunSpec, configs: list[dic
         trainable,
         param_space={"run": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, name, storage),
+        run_config=_run_config(cfg, name, len(configs), storage),
     )
     return tuner.fit()

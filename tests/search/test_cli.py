@@ -1,16 +1,22 @@
 """The command line, end to end: a small real search on MNIST digits with the bundled
 pretrained EfficientNet-Lite0, then a re-run of its best config."""
 
+import contextlib
+import io
 import json
 import os
 import pickle
 import shutil
+from collections import Counter
 
+import optuna
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 from search.cli import main
 from search.space import BASELINES
+from search.tuner import STUDY_NAME
 from trainable.augment import NAMES
 
 SMALL = """
@@ -26,8 +32,42 @@ def search_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     space = root / "space.yaml"
     space.write_text(SMALL)
-    assert main(["--space", str(space), "--storage", str(root / "results"), "--name", "small", "--seed", "1", "--no-screen"]) == 0
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["--space", str(space), "--storage", str(root / "results"), "--name", "small", "--seed", "1", "--no-screen"]) == 0
+    (root / "console.txt").write_text(out.getvalue() + err.getvalue())
     return space, root / "results"
+
+
+def test_the_console_is_short_and_ends_with_the_tables(search_run):
+    _, results = search_run
+    console = (results.parent / "console.txt").read_text()
+    lines = [line for line in console.splitlines() if line.strip()]
+    assert len(lines) < 45, console
+    assert not any(mark in console for mark in ("╭", "Trial status", "Checkpoint successfully", "(train_trial pid="))
+    finished = [line for line in lines if line.strip().split(" ")[1:2] and line.split()[1] in ("completed", "stopped")]
+    assert len(finished) == 6  # one line per finished trial
+    assert "| best found |" in console and "optuna-dashboard" in console
+
+
+def test_the_optuna_study_is_on_disk_with_every_trial_and_its_state(search_run):
+    _, results = search_run
+    folder = results / "small"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    states = Counter(t.state for t in study.trials)
+    assert len(study.trials) == len(trials) == 6
+    assert states[TrialState.COMPLETE] == (trials["status"] == "completed").sum()
+    assert states[TrialState.PRUNED] == (trials["status"] == "early_stopped").sum() >= 1  # ASHA-stopped
+
+
+def test_only_the_best_trials_keep_their_checkpoints(search_run):
+    _, results = search_run
+    folder = results / "small"
+    best = set(pd.read_parquet(folder / "best_configs.parquet")["trial_id"])
+    kept = {d.name.removeprefix("trial_") for d in folder.glob("trial_*") if any(d.glob("checkpoint_*"))}
+    assert kept == best and len(best) == 3
 
 
 def test_search_writes_complete_exports(search_run, capsys):

@@ -4,7 +4,6 @@ without losing or repeating trials."""
 import ipaddress
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -12,11 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import psutil
 from optuna.trial import TrialState
 
 from search.cli import main
+from search.tuner import STUDY_NAME
 
 SMALL = """
 data: {source: mnist, image_size: 32, train_size: 200, val_size: 100}
@@ -37,9 +38,9 @@ def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path):
     diverged = trials[trials["status"] == "diverged"]
     assert len(diverged) >= 1 and (diverged["lr"] > 1e10).all()
     assert diverged["error"].str.contains("training loss became nan").all()
-    # Optuna was told these trials failed
-    state = pickle.loads(next((tmp_path / "div").glob("searcher-state-*.pkl")).read_bytes())
-    study = state["_ot_study"]
+    # Optuna was told these trials failed (its study, as optuna-dashboard reads it)
+    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "div" / "optuna.journal"))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=optuna.storages.JournalStorage(journal))
     assert sum(t.state == TrialState.FAIL for t in study.trials) == len(diverged)
 
 
