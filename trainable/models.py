@@ -239,12 +239,26 @@ def weights_file(spec: ModelSpec) -> str | None:
         return _bundled_lite0_path()
     path = hub_checkpoint_path(spec.name)
     if not path.is_file():
-        raise WeightsError(
-            f"pretrained weights for {spec.name} are not available offline: expected {path.name} "
-            f"in the torch hub cache ({path.parent}). Copy the file there, pass a state_dict file "
-            "with --weights FILE, or use --weights none for random init."
-        )
+        _download(spec.name, path)
     return str(path)
+
+
+def _download(name: str, path: Path) -> None:
+    """Fetch torchvision's default ImageNet weights for `name` into the torch hub cache with
+    torchvision's own loader (progress bar, hash check); offline, say where the file goes."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    print(f"downloading {name}'s ImageNet weights into the torch hub cache {path.parent}")
+    try:
+        weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # offline: URLError; also a proxy, HTTP or hash failure
+        reason = (str(exc).splitlines() or [""])[0]
+        raise WeightsError(
+            f"pretrained weights for {name} are not in the torch hub cache and could not be downloaded "
+            f"({type(exc).__name__}: {reason}). Put {path.name} from {weights.url} into {path.parent}, "
+            "pass a state_dict file with --weights FILE, or use --weights none for random init."
+        ) from None
+    if not path.is_file():
+        raise WeightsError(f"torchvision's loader did not leave {path.name} in {path.parent}")
 
 
 def _backbone(spec: ModelSpec) -> nn.Module:

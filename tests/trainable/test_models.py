@@ -104,9 +104,24 @@ def test_torchvision_weights_load_from_a_local_file(tmp_path):
     assert torch.equal(model.stages[2][0].conv1.weight, reference.layer2[0].conv1.weight)
 
 
-def test_missing_weights_say_how_to_provide_them(hub_dir):
-    with pytest.raises(WeightsError, match=r"resnet34-.*\.pth.*--weights FILE.*--weights none"):
+@pytest.fixture
+def offline(monkeypatch):
+    """Downloads fail as on a machine without a network: every request goes to a closed port."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_missing_weights_offline_say_which_file_from_where_goes_where(hub_dir, offline):
+    url = torchvision.models.ResNet34_Weights.DEFAULT.url
+    cache = hub_dir / "torch" / "hub" / "checkpoints"
+    with pytest.raises(WeightsError) as error:
         build_model(ModelSpec("resnet34", "auto"), num_classes=4)
+    message = str(error.value)
+    assert "could not be downloaded" in message and f"Put {url.rsplit('/', 1)[-1]} from {url} into {cache}" in message
+    assert "--weights FILE" in message and "--weights none" in message
+    assert not cache.exists() or not any(cache.iterdir())  # nothing half-written left behind
 
 
 def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
