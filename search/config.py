@@ -272,7 +272,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         try:
             tree = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{origin} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{origin} is not valid YAML: {problem}{where}") from None
         tree = {} if tree is None else tree
         sections = ", ".join(SearchConfig.model_fields)
         if not isinstance(tree, dict):

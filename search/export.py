@@ -199,7 +199,8 @@ def config_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     ValueError naming the column when the row cannot be one."""
     missing = [c for c in CONFIG_COLUMNS if c not in row]
     if missing:
-        raise ValueError(f"lacks the config columns {', '.join(missing)} (a trials.parquet or best_configs.parquet has them)")
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ValueError(f"lacks the config columns {shown} (a trials.parquet or best_configs.parquet has them)")
     try:
         config: dict[str, Any] = {
             "lr": float(row["lr"]),

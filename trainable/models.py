@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,9 +201,12 @@ def hub_checkpoint_path(name: str) -> Path:
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     # cached so a reused Ray actor keeps the pretrained weights in memory across trials
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a bad file must be named, whatever torch raised
-        raise WeightsError(f"cannot read weights file {path} as plain tensors (weights_only): {str(exc).splitlines()[0]}") from None
+        kind = "it holds Python objects, not only tensors" if "Weights only load failed" in str(exc) else (str(exc).splitlines() or [""])[0]
+        raise WeightsError(f"cannot read weights file {path} as plain tensors (torch.load with weights_only=True): {kind}") from None
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
