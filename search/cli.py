@@ -106,6 +106,7 @@ def _prepare(cfg: SearchConfig) -> tuple[Space, RunSpec, Dataset]:
     )
     d = cfg.data
     data = load_dataset(DataSpec(d.source, d.image_size, d.train_size, d.val_size, d.val_fraction, cfg.run.seed))
+    print(f"data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, {data.num_classes} classes, {d.image_size} px")
     if data.skipped:
         shown = "".join(f"\n  {line}" for line in data.skipped[:10])
         more = f"\n  ... and {len(data.skipped) - 10} more (all listed in config.yaml)" if len(data.skipped) > 10 else ""
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
         name = f"{Path(args.config_from).resolve().parent.name or name}-row{args.row}"
 
     from search.storage import storage_uri
-    from search.tuner import resumable, resume_search, run_fixed, run_search
+    from search.tuner import resources_line, resumable, resume_search, run_fixed, run_search
 
     storage = storage_uri(cfg.run.storage)
     # exports and the report are written locally; for a URI storage they are staged in
@@ -266,6 +267,7 @@ def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
     check_writable(folder, "results folder (run.storage / run.name)")
     write_text(_summary(cfg, space, data), folder / "config.yaml")
     with ray_session(args.address, cfg.run.verbose):
+        print(resources_line(cfg, spec))
         started = time.time()
         if args.resume:
             results = resume_search(cfg, data, spec)
@@ -327,21 +329,27 @@ def _study_command(command: str, description: str, argv: list[str], options, ove
 
 
 def run_screen_command(argv: list[str]) -> int:
+    from search.tuner import resources_line
+
     options = (("--seeds", int), ("--strength", float), ("--base", str), ("--resume", bool))
     overrides = lambda a: {"screen.seeds": a.seeds, "screen.strength": a.strength, "screen.base": a.base}  # noqa: E731
     args, cfg, folder = _study_command("screen", "Screen the augmentations of a finished search.", argv, options, overrides)
     space, spec, data = _prepare(cfg)
     with ray_session(args.address, cfg.run.verbose):  # the runs land beside the folder, never in a storage named inside it
+        print(resources_line(cfg, spec))
         studies(Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=args.resume), screen=True, ablate=False)
     return 0
 
 
 def run_ablate(argv: list[str]) -> int:
+    from search.tuner import resources_line
+
     options = (("--seeds", int), ("--strength", float), ("--resume", bool))
     overrides = lambda a: {"ablation.seeds": a.seeds, "ablation.strength": a.strength}  # noqa: E731
     args, cfg, folder = _study_command("ablate", "Ablate the best config of a finished search.", argv, options, overrides)
     space, spec, data = _prepare(cfg)
     with ray_session(args.address, cfg.run.verbose):
+        print(resources_line(cfg, spec))
         studies(Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=args.resume), screen=False, ablate=True)
     return 0
 

@@ -111,9 +111,17 @@ def _trainable(cfg: SearchConfig, data: Dataset, spec: RunSpec, fn=train_trial):
 
     cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
     spec = dataclasses.replace(spec, cpus_per_trial=cpus, gpus_per_trial=gpus)
-    precision = amp_dtype(spec, torch.device("cuda" if gpus else "cpu"))
-    print(f"each trial: {cpus:g} CPU, {gpus:g} GPU, {'bf16 autocast' if precision else 'fp32'}")
     return tune.with_resources(tune.with_parameters(fn, data=data, spec=spec), {"cpu": cpus, "gpu": gpus})
+
+
+def resources_line(cfg: SearchConfig, spec: RunSpec) -> str:
+    """What each trial gets on the running Ray, in one line."""
+    import ray
+
+    cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
+    precision = amp_dtype(dataclasses.replace(spec, gpus_per_trial=gpus), torch.device("cuda" if gpus else "cpu"))
+    total = ray.cluster_resources()
+    return f"each trial: {cpus:g} CPU, {gpus:g} GPU, {'bf16 autocast' if precision else 'fp32'} (Ray has {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU)"
 
 
 def reuse_actors() -> bool:
