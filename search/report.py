@@ -55,6 +55,41 @@ def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.D
     plt.close(fig)
 
 
+def _affinity_readable(affinity: pd.DataFrame) -> pd.DataFrame:
+    """Affinity in points of top-1, diversity as the rise in final train loss with its interval."""
+    return pd.DataFrame(
+        {
+            "augmentation": affinity["augmentation"],
+            "strength": affinity["strength"].map(lambda v: f"{v:g}"),
+            "affinity, points of top-1": [f"{100 * v:+.1f}" for v in affinity["affinity"]],
+            "diversity: train-loss rise [95 %]": [
+                f"{d:+.3f}" + ("" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]")
+                for d, lo, hi in zip(
+                    affinity["diversity"],
+                    affinity.get("diversity_ci_low", pd.Series(math.nan, index=affinity.index)),
+                    affinity.get("diversity_ci_high", pd.Series(math.nan, index=affinity.index)),
+                )
+            ],
+        }
+    ).sort_values("affinity, points of top-1", key=lambda c: c.map(float))
+
+
+def _dose_points(dose: pd.DataFrame) -> pd.DataFrame:
+    """The dose table as a person reads it: effects in points with their intervals."""
+    def span(mid: str, low: str, high: str) -> list[str]:
+        return [f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for m, lo, hi in zip(dose[mid], dose[low], dose[high])]
+
+    return pd.DataFrame(
+        {
+            "augmentation": dose["augmentation"],
+            "strength": dose["strength"].map(lambda v: f"{v:g}"),
+            "measured effect [95 %], points": span("effect", "ci_low", "ci_high"),
+            "fitted [95 % band], points": span("fitted", "fit_low", "fit_high"),
+            "seeds": dose["n_seeds"],
+        }
+    )
+
+
 def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
     """Measured effect per strength (mean over seeds, paired) with the fitted curve and its band."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -71,7 +106,7 @@ def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
     ax.axhline(0, color="black", lw=1)
     ax.set_xlabel("strength (0 = off)")
     ax.set_ylabel("change in top-1 (points)")
-    ax.set_title("Dose-response: fitted curve with its 95 % band; dashed: where harm passes the threshold", fontsize=9)
+    ax.set_title("Dose-response: measured effect (dots), fitted curve with its 95 % band;\ndashed line: the strength where the harm passes the threshold", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -199,11 +234,12 @@ def build_report(folder: Path) -> Path:
         lines += _screen_section(folder, effects, per_class, ablation, trials, results.read("screen"))
     if dose is not None and len(dose):
         dose_plot(dose, effects, folder / "dose.png")
-        lines += ["## Where harm starts", "", markdown_table(dose.round(4)), "", "![dose-response](dose.png)", ""]
+        lines += ["## Where harm starts", "", markdown_table(_dose_points(dose)), "", "![dose-response](dose.png)", ""]
 
     if affinity is not None and affinity["affinity"].notna().any():
-        scatter(affinity, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images", ylabel="diversity: rise in final train loss", labels="augmentation", title="Why: how far it moves the images (x), how much harder it makes training (y)")
-        lines += ["## Why: affinity and diversity", "", markdown_table(affinity.round(3)), "", "![affinity](affinity.png)", ""]
+        in_points = affinity.assign(affinity=100 * affinity["affinity"])
+        scatter(in_points, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images (points)", ylabel="diversity: rise in final train loss", labels="augmentation", title="Why: how far it moves the images (x), how much harder it makes training (y)")
+        lines += ["## Why: affinity and diversity", "", markdown_table(_affinity_readable(affinity)), "", "![affinity](affinity.png)", ""]
         lines += ["Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out). Diversity: how much it raises the final training loss.", ""]
 
     if per_class is not None and len(per_class):
