@@ -38,7 +38,6 @@ class TrialSettings:
     batch_size: int = 64
     label_smoothing: float = 0.0
     augmentations: tuple[tuple[str, float], ...] = ()  # switched-on (name, strength), registry order
-    baseline: str = ""  # name of the fixed reference configuration this trial is, if any
     seed: int | None = None  # overrides the run's seed (replicates of a designed study)
 
     @classmethod
@@ -51,7 +50,6 @@ class TrialSettings:
             batch_size=int(config.get("batch_size", 64)),
             label_smoothing=float(config.get("label_smoothing", 0.0)),
             augmentations=augs,
-            baseline=str(config.get("baseline", "")),
             seed=None if config.get("seed") is None else int(config["seed"]),
         )
 
