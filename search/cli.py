@@ -127,7 +127,7 @@ def _summary(cfg: SearchConfig, space: Space, data: Dataset) -> str:
     )
 
 
-def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float) -> None:
+def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float, baselines: bool) -> None:
     trials, best = tables["trials"], tables["best_configs"]
     print(f"\n{len(trials)} trials in {seconds:.0f} s: " + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items()))
     if len(best):
@@ -139,7 +139,8 @@ def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float
         augs = [f"{k[4:-9]} {v:.2f}" for k, v in config.items() if k.endswith("_strength")]
         print(f"  augmentations: {', '.join(augs) or 'none'}")
         print(f"  -> top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f} after {row['epochs']} epochs")
-    print("\n" + markdown_table(baseline_summary(trials, best)))
+    if baselines:  # otherwise they close the run, after the verdicts
+        print("\n" + markdown_table(baseline_summary(trials, best)))
     print(f"\nexports: {folder}/{{trials,history,best_configs}}.parquet, config.yaml")
     journal = ResultsFolder(folder).journal
     if journal.is_file():
@@ -215,8 +216,12 @@ def studies(study: Study, *, screen: bool, ablate: bool) -> None:
     if ablate:
         run_ablation(study)
     effects = analyse(study.folder, study.cfg, list(study.data.classes))
-    print(f"\nreport: {build_report(study.folder.path)}")
+    report = build_report(study.folder.path)
     print("\n" + verdict_table(effects))
+    trials, best = study.folder.read("trials"), study.folder.read("best_configs")
+    if trials is not None and best is not None:
+        print("\n" + markdown_table(baseline_summary(trials, best)))
+    print(f"\nreport: {report}")
 
 
 def _rerun_config(args: argparse.Namespace) -> dict | None:
@@ -279,7 +284,7 @@ def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
         tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
         if not remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k stay
             prune_checkpoints(folder, set(tables["best_configs"]["trial_id"]))
-        _print_outcome(tables, folder, elapsed)
+        _print_outcome(tables, folder, elapsed, baselines=rerun is not None)
         if rerun is None:
             screen = cfg.screen.enabled and not args.no_screen
             study = Study(ResultsFolder(folder), cfg, space, spec, data, storage=storage, resume=args.resume)

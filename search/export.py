@@ -44,8 +44,16 @@ def records_from_results(results: Iterable) -> list[TrialRecord]:
         history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
         error = None if result.error is None else f"{type(result.error).__name__}: {result.error}".strip()
-        records.append(TrialRecord(str(trial_id), dict(result.config), history, error or _diverged(history)))
+        records.append(_record(str(trial_id), dict(result.config), history, error))
     return records
+
+
+def _record(trial_id: str, config: Mapping[str, Any], history: pd.DataFrame, error: str | None) -> TrialRecord:
+    """One trial as the tables count it: an epoch trained again after its process died (it
+    restarts from the checkpoint before) counts once, as it was last trained."""
+    if "epoch" in history:
+        history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    return TrialRecord(trial_id, config, history, error or _diverged(history))
 
 
 def _diverged(history: pd.DataFrame) -> str | None:
@@ -73,7 +81,7 @@ def records_from_folder(folder: Path) -> list[TrialRecord]:
         history = pd.DataFrame(lines)
         error = _last_failure(trial / "error.txt", str(lines[-1].get("date", "")) if lines else "")
         trial_id = str(lines[-1].get("trial_id", "")) if lines else ""
-        records.append(TrialRecord(trial_id or trial.name.removeprefix("trial_"), config, history, error or _diverged(history)))
+        records.append(_record(trial_id or trial.name.removeprefix("trial_"), config, history, error))
     return records
 
 

@@ -129,7 +129,7 @@ screen: {enabled: false}
 """
 
 
-def test_a_trial_whose_process_is_killed_restarts_from_its_last_epoch(tmp_path):
+def test_a_trial_whose_process_is_killed_loses_at_most_the_epoch_in_flight(tmp_path):
     (tmp_path / "space.yaml").write_text(WORKER)
     folder = tmp_path / "w"
     killed: dict[str, int] = {}
@@ -151,10 +151,14 @@ def test_a_trial_whose_process_is_killed_restarts_from_its_last_epoch(tmp_path):
     killer.join()
     assert killed, "no trial was killed"
     (name,) = killed
-    epochs = [json.loads(line)["epoch"] for line in (folder / name / "result.json").read_text().splitlines()]
-    assert epochs == [1, 2, 3]  # epoch 1 kept from its checkpoint, not trained again
-    pids = {json.loads(line)["pid"] for line in (folder / name / "result.json").read_text().splitlines()}
-    assert killed[name] in pids and len(pids) == 2  # a new process finished it
+    reports = [json.loads(line) for line in (folder / name / "result.json").read_text().splitlines()]
+    before = [r["epoch"] for r in reports if r["pid"] == killed[name]]
+    after = [r["epoch"] for r in reports if r["pid"] != killed[name]]
+    assert before[0] == 1 and after and after[-1] == 3  # a new process finished it
+    # it restarted from its last checkpoint: at most the epoch in flight at the kill is trained again
+    assert before[-1] <= after[0] <= before[-1] + 1 and after == list(range(after[0], 4))
+    history = pd.read_parquet(folder / "history.parquet")
+    assert not history.duplicated(["trial_id", "epoch"]).any() and len(history) == 9
     for rebuilt in (False, True):  # as the search wrote it, and rebuilt from the trial folders
         if rebuilt:
             assert (folder / name / "error.txt").is_file() and main(["export", str(folder)]) == 0
