@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,6 @@ def prune_checkpoints(experiment: Path, keep: set[str] = frozenset()) -> int:
     """Delete the checkpoints of every trial in a finished local Ray experiment folder except
     those of the trial ids in `keep`; the bytes freed. Checkpoints serve resume while a phase
     runs; afterwards the best trials' are enough."""
-    import shutil
-
     freed = 0
     for trial in experiment.glob("trial_*"):
         if trial.name.removeprefix("trial_") in keep:
