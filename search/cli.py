@@ -34,7 +34,7 @@ from search.studies import Study
 from trainable.augment import describe
 from trainable.data import DataError, DataSpec, Dataset, load_dataset
 from trainable.models import ModelSpec, WeightsError, max_freeze_depth, pretrained_backbone
-from trainable.trial import RunSpec
+from trainable.trial import RunSpec, keep_weights_only
 
 # flag -> dotted key in the space file
 OVERRIDES = {
@@ -109,22 +109,25 @@ def _prepare(cfg: SearchConfig) -> tuple[Space, RunSpec, Dataset]:
     print(f"data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, {data.num_classes} classes, {d.image_size} px")
     if data.skipped:
         shown = "".join(f"\n  {line}" for line in data.skipped[:10])
-        more = f"\n  ... and {len(data.skipped) - 10} more (all listed in config.yaml)" if len(data.skipped) > 10 else ""
+        more = f"\n  ... and {len(data.skipped) - 10} more (all listed in facts.json)" if len(data.skipped) > 10 else ""
         print(f"skipped {len(data.skipped)} files in {d.source}:{shown}{more}")
     return space, spec, data
 
 
-def _summary(cfg: SearchConfig, space: Space, data: Dataset) -> str:
-    counts = data.train.class_counts(data.num_classes).tolist()
-    return (
-        cfg.dump()
-        + "# resolved\n"
-        + f"# data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, "
-        + f"{data.num_classes} classes, {data.train.images.shape[-1]} px; train images per class {counts}\n"
-        + f"# model: {cfg.model.name}, freeze depths 0..{space.max_depth} ({space.max_depth} = classifier only)\n"
-        + (f"# skipped {len(data.skipped)} files:\n" if data.skipped else "")
-        + "".join(f"#   {line}\n" for line in data.skipped)
-    )
+def _facts(cfg: SearchConfig, space: Space, data: Dataset) -> dict:
+    """What the config resolved to on this data and model, for the report."""
+    return {
+        "data": {
+            "origin": data.origin,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "image_size": cfg.data.image_size,
+            "classes": list(data.classes),
+            "train_per_class": data.train.class_counts(data.num_classes).tolist(),
+            "skipped": list(data.skipped),
+        },
+        "model": {"name": cfg.model.name, "weights": cfg.model.weights, "max_freeze_depth": space.max_depth},
+    }
 
 
 def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float, baselines: bool) -> None:
@@ -141,7 +144,7 @@ def _print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float
         print(f"  -> top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f} after {row['epochs']} epochs")
     if baselines:  # otherwise they close the run, after the verdicts
         print("\n" + markdown_table(baseline_summary(trials, best)))
-    print(f"\nexports: {folder}/{{trials,history,best_configs}}.parquet, config.yaml")
+    print(f"\nexports: {folder}/{{trials,history,best_configs}}.parquet, config.yaml, facts.json")
     journal = ResultsFolder(folder).journal
     if journal.is_file():
         print(f"live views: optuna-dashboard {journal}  |  tensorboard --logdir {folder}")
@@ -270,7 +273,8 @@ def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
     if rerun is not None and not 0 <= rerun["freeze_depth"] <= space.max_depth:
         raise ConfigError(f"saved freeze_depth {rerun['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
     check_writable(folder, "results folder (run.storage / run.name)")
-    write_text(_summary(cfg, space, data), folder / "config.yaml")
+    write_text(cfg.dump(), folder / "config.yaml")
+    ResultsFolder(folder).write_facts(_facts(cfg, space, data))
     with ray_session(args.address, cfg.run.verbose):
         print(resources_line(cfg, spec))
         started = time.time()
@@ -282,8 +286,8 @@ def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
             results = run_fixed(cfg, data, spec, {**rerun, "baseline": ""}, name)
         elapsed = time.time() - started
         tables = write_exports(folder, records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
-        if not remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k stay
-            prune_checkpoints(folder, set(tables["best_configs"]["trial_id"]))
+        if not remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k's weights stay
+            prune_checkpoints(folder, set(tables["best_configs"]["trial_id"]), slim=keep_weights_only)
         _print_outcome(tables, folder, elapsed, baselines=rerun is not None)
         if rerun is None:
             screen = cfg.screen.enabled and not args.no_screen

@@ -105,7 +105,7 @@ class BudgetConfig(_Section):
     max_epochs: PositiveInt = 3
     grace_period: PositiveInt = 1
     reduction_factor: Annotated[float, Field(ge=2)] = 2
-    top_k: PositiveInt = 5
+    top_k: PositiveInt = 3
 
     @model_validator(mode="after")
     def _grace(self):

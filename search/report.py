@@ -35,15 +35,18 @@ def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.D
     y = list(range(len(names)))
     colours = {"hurts": "tab:red", "helps": "tab:green"}
     shift = 0.15 if ablation is not None and len(ablation) else 0.0
+    labelled = set()
     for i, (_, row) in enumerate(effects.iterrows()):
-        colour = colours.get(row["verdict"], "tab:grey")
+        verdict = row["verdict"]
         err = [[100 * (row["effect"] - row["ci_low"])], [100 * (row["ci_high"] - row["effect"])]]
-        ax.errorbar(100 * row["effect"], i - shift, xerr=err, fmt="o", color=colour, capsize=3, label="screen" if i == 0 else None)
+        label = None if verdict in labelled else f"screen: {verdict}"
+        labelled.add(verdict)
+        ax.errorbar(100 * row["effect"], i - shift, xerr=err, fmt="o", color=colours.get(verdict, "tab:grey"), capsize=3, label=label)
     if shift:
         ab = ablation.set_index("augmentation").reindex(names)
         err = [100 * (ab["effect"] - ab["ci_low"]), 100 * (ab["ci_high"] - ab["effect"])]
         ax.errorbar(100 * ab["effect"], [v + shift for v in y], xerr=err, fmt="s", color="tab:blue", capsize=3, label="ablation of the best config")
-        ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(y, names)
     ax.invert_yaxis()
@@ -131,6 +134,28 @@ def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, yla
     plt.close(fig)
 
 
+def _facts_lines(facts: dict) -> list[str]:
+    """The data and model the search ran on, in words."""
+    lines = []
+    if data := facts.get("data"):
+        counts = data["train_per_class"]
+        if len(set(counts)) == 1:
+            per_class = f"{counts[0]} each"
+        else:
+            fewest = data["classes"][counts.index(min(counts))]
+            per_class = f"{min(counts)} ({fewest}) to {max(counts)}"
+        lines.append(
+            f"- data: {data['origin']}; {data['train_images']} train / {data['val_images']} validation images, "
+            f"{len(data['classes'])} classes, {data['image_size']} px; train images per class: {per_class}"
+        )
+        if data["skipped"]:
+            lines.append(f"- skipped {len(data['skipped'])} files (listed in facts.json), e.g. `{data['skipped'][0]}`")
+    if model := facts.get("model"):
+        depth = model["max_freeze_depth"]
+        lines.append(f"- model: {model['name']} (weights: {model['weights']}), freeze depths 0 to {depth} ({depth} trains the classifier only)")
+    return lines + [""] if lines else []
+
+
 def _sentence(row, per_class: pd.DataFrame | None) -> str:
     text = (
         f"- **{row['augmentation']}** (strength {row['strength']:.2g}) costs {-100 * row['effect']:.1f} points of top-1 "
@@ -153,7 +178,7 @@ def _screen_section(folder: Path, effects: pd.DataFrame, per_class, ablation, tr
         return lines + ["No screen was run (`--no-screen`): run `tune-search screen RESULTS_DIR` for verdicts. The search's own estimates are below.", ""]
     first = effects.iloc[0]
     reach = effects["detectable"].max()
-    harmful = effects[effects["verdict"] == "hurts"]
+    harmful = effects[effects["verdict"] == "hurts"].sort_values("effect")
     helpful = effects[effects["verdict"] == "helps"]
     lines += [
         f"From the screen: {int(first['n_runs'])} runs at full budget in a two-level design (each augmentation on in half of them), "
@@ -226,9 +251,7 @@ def build_report(folder: Path) -> Path:
     lines = [f"# tune-search report: {folder.name}", ""]
     statuses = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
     lines += [f"Search: {len(trials)} trials ({statuses}).", ""]
-    if results.config.is_file():  # the resolved config's notes on the data and model
-        notes = [ln[2:] for ln in results.config.read_text().splitlines() if ln.startswith("# ") and ln != "# resolved"]
-        lines += [f"    {ln}" for ln in notes] + [""]
+    lines += _facts_lines(results.read_facts())
 
     if effects is not None:
         lines += _screen_section(folder, effects, per_class, ablation, trials, results.read("screen"))
@@ -244,10 +267,13 @@ def build_report(folder: Path) -> Path:
 
     if per_class is not None and len(per_class):
         lines += ["## For which classes", ""]
-        for name, group in per_class.groupby("augmentation", sort=False):
-            worst = group.nsmallest(3, "change")
+        verdicts = effects.set_index("augmentation")["verdict"] if effects is not None else pd.Series(dtype=str)
+        order = list(effects.sort_values("effect")["augmentation"]) if effects is not None else []
+        groups = dict(list(per_class.groupby("augmentation", sort=False)))
+        for name in [n for n in order if n in groups] + [n for n in groups if n not in order]:
+            worst = groups[name].nsmallest(3, "change")
             cells = ", ".join(f"{r['class']} {_pts(r['change'])}" for _, r in worst.iterrows())
-            lines.append(f"- {name}: most harmed classes {cells} (points of per-class top-1)")
+            lines.append(f"- {name} ({verdicts.get(name, 'not screened')}): most harmed classes {cells} (points of per-class top-1)")
         lines.append("")
 
     if effects is not None and effects["search_method"].notna().any():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from search.config import ConfigError
-from search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS, write_parquet
+from search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS, write_parquet, write_text
 
 TABLES = {
     "trials": "the search's trials",
@@ -69,6 +70,22 @@ class ResultsFolder:
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def facts(self) -> Path:
+        """What the search resolved about its data and model, as JSON (the report reads it)."""
+        return self.path / "facts.json"
+
+    def write_facts(self, facts: dict) -> None:
+        write_text(json.dumps(facts, indent=1) + "\n", self.facts)
+
+    def read_facts(self) -> dict:
+        """The facts, {} when absent or unreadable (a folder from before they were written)."""
+        try:
+            facts = json.loads(self.facts.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return facts if isinstance(facts, dict) else {}
 
     @property
     def report(self) -> Path:

@@ -26,6 +26,7 @@ from trainable.loop import (
 from trainable.models import FromFeatures, ModelSpec, StagedClassifier, build_model, family_of
 
 CHECKPOINT_FILE = "state.pt"
+WEIGHTS_ONLY = ("epoch", "model")  # what a finished trial's kept checkpoint holds
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,21 @@ def fine_tune(
 
 def load_checkpoint(folder: str | Path) -> dict:
     return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def keep_weights_only(folder: str | Path) -> int:
+    """Reduce a finished trial's checkpoint to its epoch and trained weights; the bytes freed.
+    Ray never resumes a finished trial, so its optimizer, scheduler and random states (AdamW's
+    two moments are twice the trained weights) only served a resume that cannot happen now."""
+    path = Path(folder) / CHECKPOINT_FILE
+    state = load_checkpoint(folder)
+    if set(state) <= set(WEIGHTS_ONLY):
+        return 0
+    before = path.stat().st_size
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save({k: state[k] for k in WEIGHTS_ONLY}, partial)
+    partial.replace(path)  # a kill mid-write leaves the whole old checkpoint
+    return before - path.stat().st_size
 
 
 def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:

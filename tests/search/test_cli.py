@@ -18,6 +18,7 @@ from search.cli import main
 from search.space import BASELINES
 from search.tuner import STUDY_NAME
 from trainable.augment import NAMES
+from trainable.trial import WEIGHTS_ONLY, load_checkpoint
 
 SMALL = """
 data: {source: mnist, image_size: 32, train_size: 240, val_size: 120}
@@ -68,6 +69,10 @@ def test_only_the_best_trials_keep_their_checkpoints(search_run):
     best = set(pd.read_parquet(folder / "best_configs.parquet")["trial_id"])
     kept = {d.name.removeprefix("trial_") for d in folder.glob("trial_*") if any(d.glob("checkpoint_*"))}
     assert kept == best and len(best) == 3
+    for trial_id in kept:  # a finished trial cannot resume: its weights stay, its optimizer goes
+        (checkpoint,) = (folder / f"trial_{trial_id}").glob("checkpoint_*")
+        state = load_checkpoint(checkpoint)
+        assert set(state) == set(WEIGHTS_ONLY) and state["model"] and state["epoch"] >= 1
 
 
 def test_search_writes_complete_exports(search_run, capsys):

@@ -30,7 +30,13 @@ def test_report_from_parquet_files_only(tmp_path):
     runs = runs_with({"hflip": -0.10, "blur": 0.0, "contrast": 0.0})
     folder.write("ablation", paired_effects(runs, AUGS, effects))
     folder.write("affinity", pd.DataFrame({"augmentation": AUGS, "strength": [0.7, 0.3, 0.7], "affinity": [-0.4, -0.1, 0.0], "diversity": [0.5, 0.3, 0.3], "clean_train_loss": [0.3] * 3}))
+    data = {"origin": "a folder", "train_images": 9, "val_images": 6, "image_size": 32, "classes": ["ant", "bee", "cat"], "train_per_class": [4, 2, 3], "skipped": ["x.txt: not an image"]}
+    folder.write_facts({"data": data, "model": {"name": "resnet18", "weights": "auto", "max_freeze_depth": 4}})
     text = build_report(tmp_path).read_text()
+    assert "train images per class: 2 (bee) to 4" in text and "skipped 1 files" in text and "freeze depths 0 to 4 (4 trains" in text
+    harmful = [line for line in text.splitlines() if line.startswith("- **")]
+    assert [h.split("**")[1] for h in harmful] == ["hflip", "blur"]  # most harmful first
+    assert text.index("- hflip (hurts): most harmed") < text.index("- blur (hurts): most harmed")
     verdicts = text.index("## Verdicts")
     assert verdicts < text.index("## Why") < text.index("## What the search saw") < text.index("## Baselines")
     assert "- **hflip** (strength 0.5) costs 5." in text and "most harmed classes: ant" in text

@@ -7,7 +7,7 @@ from trainable.augment import NAMES
 from trainable.data import Dataset, Split
 from trainable.models import ModelSpec
 from trainable.loop import cpu_has_bf16
-from trainable.trial import RunSpec, TrialSettings, amp_dtype, fine_tune
+from trainable.trial import CHECKPOINT_FILE, RunSpec, TrialSettings, affinity, amp_dtype, fine_tune, keep_weights_only, load_checkpoint
 
 
 def planted(n: int, seed: int) -> Split:
@@ -74,6 +74,20 @@ def test_resume_continues_after_the_checkpointed_epoch(halves):
     assert [m["epoch"] for m in rest] == [2, 3]
     straight = [m for m, _ in fine_tune(settings, SPEC, halves)]
     assert rest[-1]["top1"] == pytest.approx(straight[-1]["top1"], abs=0.02)
+
+
+def test_a_finished_checkpoint_keeps_exactly_its_weights(halves, tmp_path):
+    settings = TrialSettings(lr=3e-3, freeze_depth=3, batch_size=32)
+    *_, (_, state) = fine_tune(settings, replace(SPEC, max_epochs=1), halves)
+    full = state()
+    torch.save(full, tmp_path / CHECKPOINT_FILE)
+    size = (tmp_path / CHECKPOINT_FILE).stat().st_size
+    freed = keep_weights_only(tmp_path)
+    slim = load_checkpoint(tmp_path)
+    assert set(slim) == {"epoch", "model"} and slim["epoch"] == 1 and freed == size - (tmp_path / CHECKPOINT_FILE).stat().st_size > 0
+    assert slim["model"].keys() == full["model"].keys() and all(torch.equal(slim["model"][k], v) for k, v in full["model"].items())
+    assert keep_weights_only(tmp_path) == 0 and [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]
+    assert affinity(settings, SPEC, halves, slim, {"hflip": 1.0}) == affinity(settings, SPEC, halves, full, {"hflip": 1.0})
 
 
 def test_same_seed_same_result(halves):
