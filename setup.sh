@@ -25,5 +25,3 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".${EXTRAS}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import search, trainable, torch, torchvision, ray, optuna" \
   || { echo "setup: the install failed (see pip's messages above)" >&2; exit 1; }
-# build the augmentation kernel for this CPU now, not in the first trials (cached per CPU)
-.venv/bin/python -c "from trainable import native; print('setup: augmentation kernel ' + ('built' if native.available() else 'not built: no working C compiler, augmentation runs as torch operations'))"

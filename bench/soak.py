@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 
-from search.cli import _prepare, ray_session
+from search.pipeline import prepare, ray_session
 from search.config import load_config
 from search.export import records_from_results
 from search.tuner import run_search
@@ -67,7 +67,7 @@ def main() -> None:
             "run.name": "soak", "run.storage": storage,
         },
     )  # fmt: skip
-    space, spec, data = _prepare(cfg)
+    space, spec, data = prepare(cfg)
     samples: list = []
     stop = threading.Event()
     with ray_session(None):

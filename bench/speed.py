@@ -2,15 +2,15 @@
 Ray Tune search written the usual way. Not a test: it takes ~45 minutes on 2 cores and its
 figures depend on the machine.
 
-    .venv/bin/python bench/speed.py [--sections steps,precision,search,verdicts,screen]
+    .venv/bin/python bench/speed.py [--sections augment,steps,precision,search,verdicts,screen]
 
 Sections (each prints a markdown table; all figures also go to results/bench/speed.json):
+  augment    each augmentation step alone, the six and all twelve, back to back: the batch form
+             against kornia.augmentation (the `bench` extra) at the same registry ranges
   steps      per-trial training images/s against the bare forward+backward+optimizer step of the
              same model, size and freeze depth (0, middle, max), without and with augmentation,
              and the trial's own split of its training time (batch preparation against the rest);
-             each augmentation step alone, back to back, in the C kernel and in torch
-             operations; epoch time classifier-only against full fine-tuning; GFLOP/s against
-             matmul peak
+             epoch time classifier-only against full fine-tuning; GFLOP/s against matmul peak
   precision  top-1 and speed, fp32 against bf16 autocast, per model
   search     one search three ways on the same image folder, same configs, seeds and epochs:
              tune-search (ASHA), its trainable at full budget, the plain baseline; and the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -40,12 +41,12 @@ from PIL import Image
 
 from search.config import load_config
 from search.export import config_from_row, records_from_results, trials_table
-from trainable import native
-from trainable.augment import NAMES
+from search.results import ResultsFolder
+from trainable.augment import NAMES, REGISTRY, build_pipeline
 from trainable.data import Dataset, DataSpec, load_dataset
-from trainable.loop import autocast, keep_freed_memory
+from trainable.loop import autocast
 from trainable.models import ModelSpec, build_model, max_freeze_depth
-from trainable.trial import RunSpec, TrialSettings, amp_dtype, fine_tune
+from trainable.trial import TrialSettings, TrialSpec, amp_dtype, fine_tune, keep_freed_memory
 
 # the motivating case's six augmentations; the search's baseline "all + aug" uses them too
 SIX = ("crop", "hflip", "affine", "blur", "sharpen", "contrast")
@@ -102,7 +103,7 @@ def bare_rate(
     return steps * batch / best
 
 
-def trial_run(data: Dataset, spec: RunSpec, freeze: int, augs: tuple[str, ...], strength=0.5, batch=64) -> dict:
+def trial_run(data: Dataset, spec: TrialSpec, freeze: int, augs: tuple[str, ...], strength=0.5, batch=64) -> dict:
     """One real trial (fine_tune, as Ray runs it), timed from the start. Rates come from the
     epochs after the first (warm caches, no set-up)."""
     settings = TrialSettings(lr=1e-3, freeze_depth=freeze, batch_size=batch, augmentations=tuple((a, strength) for a in augs))
@@ -142,26 +143,56 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
 
 
-def pipeline_costs(size: int, batch: int = 64, reps: int = 20, rounds: int = 5) -> list[dict]:
-    """Milliseconds per batch of each augmentation step alone (the six's, the crop with its
-    flip, and the rest), of the six and of all twelve, back to back at strength 0.5, in the C
-    kernel and in torch operations; the step rows net of what a pipeline costs with no step
-    (to float, to the model's layout). Variants take turns, `rounds` times, and each keeps
-    its fastest round, so drift hits all alike."""
-    from trainable.augment import build_pipeline
+def kornia_pipeline(strengths: dict[str, float], side: int):
+    """The same steps at the same registry ranges as kornia.augmentation modules (per-sample
+    parameters, float images in [0, 1]), uint8 in and the model's float input out."""
+    import kornia.augmentation as K
 
-    if not native.available():
-        raise SystemExit("the augmentation kernel could not be built here (see the warning above); the steps section compares it")
+    made = {
+        "crop": lambda r: K.RandomResizedCrop((side, side), scale=r["area"], ratio=r["aspect"], p=1.0),
+        "hflip": lambda r: K.RandomHorizontalFlip(p=r["p"]),
+        "vflip": lambda r: K.RandomVerticalFlip(p=r["p"]),
+        "affine": lambda r: K.RandomAffine(r["degrees"], translate=(r["shift"], r["shift"]), scale=r["scale"], shear=r["shear_degrees"], p=1.0),
+        "rotate": lambda r: K.RandomRotation(r["degrees"], p=1.0),
+        "blur": lambda r: K.RandomGaussianBlur((r["kernel_px"],) * 2, r["sigma_px"], p=1.0),
+        "sharpen": lambda r: K.RandomSharpness(r["factor"], p=r["p"]),
+        "contrast": lambda r: K.ColorJitter(contrast=r["factor"], p=1.0),
+        "brightness": lambda r: K.ColorJitter(brightness=r["factor"], p=1.0),
+        "color": lambda r: K.ColorJitter(saturation=r["saturation"], hue=r["hue_turns"], p=1.0),
+        "grayscale": lambda r: K.RandomGrayscale(p=r["p"]),
+        "erasing": lambda r: K.RandomErasing(scale=r["area"], p=r["p"]),
+    }
+    missing = [n for n in strengths if n not in made]
+    if missing:  # a registry entry newer than this comparison
+        raise SystemExit(f"no kornia counterpart written for {', '.join(missing)}: add one to bench/speed.py kornia_pipeline")
+    sequence = K.AugmentationSequential(*(made[n](REGISTRY[n].ranges(strengths[n], side)) for n in NAMES if n in strengths))
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return sequence(images.float().div_(255)).mul_(255).contiguous(memory_format=torch.channels_last)
+
+    return run
+
+
+def pipeline_costs(size: int, batch: int = 64, reps: int = 20, rounds: int = 5) -> list[dict]:
+    """Milliseconds per batch of each augmentation step alone (the crop with its flip, and the
+    rest), of the six and of all twelve, back to back at strength 0.5: the batch form
+    (trainable/batched.py) against kornia.augmentation; the step rows net of what each costs
+    with no step (to float, to the model's layout). Variants take turns, `rounds` times, and
+    each keeps its fastest round, so drift hits all alike."""
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     steps = [("crop + hflip", ("crop", "hflip"))] + [(n, (n,)) for n in NAMES if n not in ("crop", "hflip")]
     steps += [("six", SIX), ("all 12", NAMES)]
-    variants = {("conversions", "torch ops"): lambda: images.float().contiguous(memory_format=torch.channels_last)}
-    # the kernel's floor: its uint8-to-float copy into the model's layout, through an empty program
-    variants[("conversions", "kernel")] = lambda: native.augment(images, [])
+    forms = {"batch form": lambda names: build_pipeline(dict.fromkeys(names, 0.5), size)}
+    if importlib.util.find_spec("kornia"):  # the `bench` extra
+        forms["kornia"] = lambda names: kornia_pipeline(dict.fromkeys(names, 0.5), size)
+    else:
+        print("kornia is not installed (pip install -e '.[bench]'): the batch form alone")
+    floors = {"batch form": lambda: images.float().contiguous(memory_format=torch.channels_last)}
+    floors["kornia"] = lambda: images.float().div_(255).mul_(255).contiguous(memory_format=torch.channels_last)
+    variants = {("conversions", form): floors[form] for form in forms}
     for label, names in steps:
-        for kernel in ("kernel", "torch ops"):
-            pipeline = build_pipeline({n: 0.5 for n in names}, size, kernel=kernel == "kernel")
-            variants[(label, kernel)] = lambda p=pipeline: p(images)
+        for form, make in forms.items():
+            variants[(label, form)] = lambda p=make(names): p(images)
     best = dict.fromkeys(variants, math.inf)
     for round_ in range(rounds + 1):
         for key, run in variants.items():
@@ -174,19 +205,29 @@ def pipeline_costs(size: int, batch: int = 64, reps: int = 20, rounds: int = 5) 
     rows = []
     for label in ["conversions"] + [label for label, _ in steps]:
         row = {"step": label}
-        for kernel in ("kernel", "torch ops"):
-            net = 0.0 if label in whole else best[("conversions", kernel)]
-            row[f"{kernel} ms"] = best[(label, kernel)] - net
-        row["ratio"] = row["torch ops ms"] / row["kernel ms"] if row["kernel ms"] > 0 else math.nan
+        for form in forms:
+            net = 0.0 if label in whole else best[("conversions", form)]
+            row[f"{form} ms"] = best[(label, form)] - net
+        if "kornia" in forms:
+            row["kornia / batch form"] = row["kornia ms"] / row["batch form ms"] if row["batch form ms"] > 0 else math.nan
         rows.append(row)
     return rows
+
+
+def section_augment(args) -> dict:
+    torch.set_num_threads(args.threads)
+    costs = pipeline_costs(args.image_size)
+    print(f"\n## Batch augmentation back to back, {args.image_size} px, batch 64, strength 0.5, {args.threads} thread(s), "
+          f"ms per batch (steps net of the conversions)\n")  # fmt: skip
+    print(table(costs, ["step", "batch form ms", "kornia ms", "kornia / batch form"]) + "\n")
+    return {"augmentation_ms": costs}
 
 
 def section_steps(args) -> dict:
     torch.set_num_threads(args.threads)
     model = ModelSpec(args.model, "auto")
-    data = load_dataset(DataSpec("fashion-mnist", args.image_size, args.step_train_size, 500, seed=0))
-    spec = RunSpec(model, max_epochs=3, cpus_per_trial=args.threads)
+    data = load_dataset(DataSpec(source="fashion-mnist", image_size=args.image_size, train_size=args.step_train_size, val_size=500))
+    spec = TrialSpec(model, max_epochs=3, cpus_per_trial=args.threads)
     amp = amp_dtype(spec, torch.device("cpu"))
     top = max_freeze_depth(args.model)
     depths = {"0": 0, "middle": top // 2, "max": top}
@@ -195,20 +236,11 @@ def section_steps(args) -> dict:
         bare = bare_rate(model, data.num_classes, freeze, args.image_size, 64, amp, args.steps)
         if freeze:
             unfolded[label] = (bare_rate(model, data.num_classes, freeze, args.image_size, 64, amp, args.steps, fold=False), bare)
-        variants = (
-            ("none", (), True, True),
-            ("six", SIX, True, True),
-            ("all 12", NAMES, True, True),
-            ("six, torch ops", SIX, True, False),
-            ("all 12, torch ops", NAMES, True, False),
-            ("six, per-image v2", SIX, False, False),
-        )
-        for aug_label, augs, fast, kernel in variants:
-            # the references where they tell something: v2 per image at freeze 0, the batch
-            # form in torch operations where augmentation weighs most (classifier only)
-            if (not fast and freeze != 0) or (fast and not kernel and freeze != top):
+        variants = (("none", (), True), ("six", SIX, True), ("all 12", NAMES, True), ("six, per-image v2", SIX, False))
+        for aug_label, augs, fast in variants:
+            if not fast and freeze != 0:  # the per-image reference where it tells something
                 continue
-            run = trial_run(data, dataclasses.replace(spec, fast_path=fast, augment_kernel=kernel), freeze, augs)
+            run = trial_run(data, dataclasses.replace(spec, fast_path=fast), freeze, augs)
             rows.append(
                 {
                     "freeze": f"{label} ({freeze})",
@@ -222,7 +254,6 @@ def section_steps(args) -> dict:
                 }
             )
             print(rows[-1], flush=True)
-    costs = pipeline_costs(args.image_size)
     flops = training_flops_per_image(model, data.num_classes, args.image_size)
     peak = {str(d): matmul_peak(d) for d in (torch.float32, torch.bfloat16)}
     full = next(r for r in rows if r["freeze"].startswith("0") and r["augmentation"] == "none")
@@ -238,16 +269,13 @@ def section_steps(args) -> dict:
     print(table(rows, ["freeze", "augmentation", "bare img/s", "trial img/s", "vs bare %", "data+aug % of step", "epoch s", "wall/epoch s"]))
     print(f"\nclassifier-only vs full fine-tuning, wall time per epoch: {ratios['none']:.1f}x faster without "
           f"augmentation, {ratios['six']:.1f}x with the six")  # fmt: skip
-    print(f"\nbatch augmentation back to back, {args.image_size} px, batch 64, strength 0.5, ms per batch "
-          f"(steps net of the conversions):\n")  # fmt: skip
-    print(table(costs, ["step", "kernel ms", "torch ops ms", "ratio"]) + "\n")
     for label, (before, after) in unfolded.items():
         print(f"frozen BatchNorm folded into its convolutions, bare step at freeze {label}: "
               f"{before:.0f} -> {after:.0f} img/s ({after / before:.2f}x)")  # fmt: skip
     print(f"training FLOPs per image {flops / 1e9:.2f} GFLOP; bare step at freeze 0 {achieved:.1f} GFLOP/s = "
           f"{100 * achieved / peak[used]:.0f} % of the measured {used[6:]} matmul peak {peak[used]:.0f} GFLOP/s "
           f"({args.threads} thread(s); fp32 {peak['torch.float32']:.0f}, bf16 {peak['torch.bfloat16']:.0f})")  # fmt: skip
-    return {"rows": rows, "augmentation_ms": costs, "classifier_only_speedup": ratios, "bare_unfolded_vs_folded": unfolded, "gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_peak_gflops": peak}
+    return {"rows": rows, "classifier_only_speedup": ratios, "bare_unfolded_vs_folded": unfolded, "gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_peak_gflops": peak}
 
 
 # ---------------------------------------------------------------- precision
@@ -255,12 +283,12 @@ def section_steps(args) -> dict:
 
 def section_precision(args) -> dict:
     torch.set_num_threads(args.threads)
-    data = load_dataset(DataSpec("fashion-mnist", args.image_size, args.step_train_size, 500, seed=0))
+    data = load_dataset(DataSpec(source="fashion-mnist", image_size=args.image_size, train_size=args.step_train_size, val_size=500))
     rows = []
     for name, weights in (("resnet18", "none"), (args.model, "auto")):
         for precision in ("fp32", "bf16"):
             for seed in range(args.precision_seeds):
-                spec = RunSpec(ModelSpec(name, weights), max_epochs=3, seed=seed, precision=precision, cpus_per_trial=args.threads)
+                spec = TrialSpec(ModelSpec(name, weights), max_epochs=3, seed=seed, precision=precision, cpus_per_trial=args.threads)
                 run = trial_run(data, spec, 0, ())
                 rows.append({"model": f"{name} ({'pretrained' if weights == 'auto' else 'random init'})", "precision": precision, "seed": seed,
                              "top1": run["top1"], "train img/s": run["train_ips"]})  # fmt: skip
@@ -281,7 +309,7 @@ def section_precision(args) -> dict:
 
 def write_image_folder(root: Path, train_size: int, val_size: int) -> None:
     """The Fashion-MNIST subset as 28 px grayscale PNG files: the kind of folder people have."""
-    data = load_dataset(DataSpec("fashion-mnist", 28, train_size, val_size, seed=0))
+    data = load_dataset(DataSpec(source="fashion-mnist", image_size=28, train_size=train_size, val_size=val_size))
     for part, split in (("train", data.train), ("val", data.val)):
         for i, (image, label) in enumerate(zip(split.images, split.labels.tolist())):
             folder = root / part / data.classes[label].replace("/", "-")
@@ -302,12 +330,12 @@ def plain_trial(config: dict, *, root: str, image_size: int, max_epochs: int, mo
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    from trainable.augment import NAMES, REGISTRY
+    from trainable.augment import REGISTRY, strengths_in
     from trainable.models import ModelSpec, build_model
 
     config = config["run"]
     torch.manual_seed(0)
-    augs = [REGISTRY[n].build(float(config[f"aug_{n}_strength"]), image_size) for n in NAMES if config.get(f"aug_{n}")]
+    augs = [REGISTRY[n].v2(s, image_size) for n, s in strengths_in(config).items()]
     on_pil = [t for t in augs if not isinstance(t, v2.RandomErasing)]  # erasing needs a tensor
     on_tensor = [t for t in augs if isinstance(t, v2.RandomErasing)]
     resize = [v2.Resize(image_size), v2.CenterCrop(image_size)]
@@ -351,7 +379,7 @@ def section_search(args) -> dict:
     import ray
     from ray import tune
 
-    from search.cli import _prepare, ray_session
+    from search.pipeline import prepare, ray_session
     from search.tuner import run_search, run_study
 
     work = Path(tempfile.mkdtemp(prefix="tune-search-bench-"))
@@ -365,7 +393,7 @@ def section_search(args) -> dict:
     cfg = load_config(None, overrides)
     with ray_session(None):
         started = time.perf_counter()
-        space, spec, data = _prepare(cfg)  # decodes the folder once, in the driver
+        space, spec, data = prepare(cfg)  # decodes the folder once, in the driver
         decode_s = time.perf_counter() - started
         started = time.perf_counter()
         asha = trials_table(records_from_results(run_search(cfg, data, spec, space)), args.epochs)
@@ -453,7 +481,7 @@ def section_verdicts(args) -> dict:
     verdicts, walls = {}, {}
     for fast in (True, False):
         folder, walls[fast] = _planted_run(work, f"fast-{fast}", fast=fast, seeds=args.planted_seeds)
-        verdicts[fast] = pd.read_parquet(folder / "effects.parquet").set_index("augmentation")
+        verdicts[fast] = ResultsFolder(folder).read("effects").set_index("augmentation")
     rows = [
         {
             "augmentation": name,
@@ -476,10 +504,10 @@ def section_screen(args) -> dict:
     same data, both at full budget, per trial-epoch spent."""
     work = Path(tempfile.mkdtemp(prefix="tune-search-screen-"))
     folder, wall = _planted_run(work, "both", fast=True, seeds=1, flags=("--ablate",))
-    screen_runs = pd.read_parquet(folder / "screen.parquet")
-    ablation_runs = pd.read_parquet(folder / "ablation_runs.parquet")
-    effects = pd.read_parquet(folder / "effects.parquet").set_index("augmentation")
-    ablation = pd.read_parquet(folder / "ablation.parquet").set_index("augmentation")
+    results = ResultsFolder(folder)
+    screen_runs, ablation_runs = results.read("screen"), results.read("ablation_runs")
+    effects = results.read("effects").set_index("augmentation")
+    ablation = results.read("ablation").set_index("augmentation")
     half = {
         "screen": float(((effects["ci_high"] - effects["ci_low"]) / 2).mean()),
         "ablation": float(((ablation["ci_high"] - ablation["ci_low"]) / 2).mean()),
@@ -548,8 +576,8 @@ def section_gpu(args) -> dict:
         return {"skipped": "no GPU"}
     size, batch, train = (224, 128, args.gpu_train_size) if device.type == "cuda" else (64, 32, 256)
     model = ModelSpec("resnet18", "none")  # random init: throughput does not depend on the weights
-    data = load_dataset(DataSpec("fashion-mnist", size, train, 500, seed=0))
-    spec = RunSpec(model, max_epochs=3, cpus_per_trial=args.threads, gpus_per_trial=1.0 if device.type == "cuda" else 0.0)
+    data = load_dataset(DataSpec(source="fashion-mnist", image_size=size, train_size=train, val_size=500))
+    spec = TrialSpec(model, max_epochs=3, cpus_per_trial=args.threads, gpus_per_trial=1.0 if device.type == "cuda" else 0.0)
     amp = amp_dtype(spec, device)
     bare = bare_rate(model, data.num_classes, 0, size, batch, amp, args.steps, device=device)
     rows = []
@@ -567,8 +595,8 @@ def section_gpu(args) -> dict:
     return {"device": name, "image_size": size, "batch": batch, "rows": rows}
 
 
-SECTIONS = {"steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "screen": section_screen, "gpu": section_gpu}
-DEFAULT_SECTIONS = ("steps", "precision", "search", "verdicts", "screen")
+SECTIONS = {"augment": section_augment, "steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "screen": section_screen, "gpu": section_gpu}
+DEFAULT_SECTIONS = ("augment", "steps", "precision", "search", "verdicts", "screen")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from search.analysis import verdict
 from search.screen import paired_interval
+from trainable.augment import strength_key, switch_key
 
 ABLATION_COLUMNS = (
     "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "verdict", "n_seeds",
@@ -29,7 +30,7 @@ def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.Data
         seeds = base.index.intersection(flipped.index)
         if not len(seeds):
             continue
-        was_on = bool(base[f"aug_{name}"].iloc[0])
+        was_on = bool(base[switch_key(name)].iloc[0])
         with_aug, without = (base, flipped) if was_on else (flipped, base)
         diffs = (with_aug.loc[seeds, "top1"] - without.loc[seeds, "top1"]).to_numpy(float)
         low, high = paired_interval(diffs)
@@ -39,7 +40,7 @@ def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.Data
             {
                 "augmentation": name,
                 "switched": "off" if was_on else "on",
-                "strength": float(with_aug[f"aug_{name}_strength"].iloc[0]),
+                "strength": float(with_aug[strength_key(name)].iloc[0]),
                 "effect": float(diffs.mean()),
                 "ci_low": low,
                 "ci_high": high,

@@ -15,10 +15,12 @@ import optuna
 import pandas as pd
 from sklearn.linear_model import Ridge
 
+from trainable.augment import strength_key, switch_key
+from trainable.hyperparameters import BY_NAME, HYPERPARAMETERS, Hyperparameter
+
 OK_STATUSES = ("completed", "early_stopped")
 MIN_TRIALS = 10  # fewer trials than this say nothing about a dozen switches
 MIN_FOR_SLOPE = 10  # trials with the switch on before a strength slope is fitted
-CONTROLS = (("lr", True), ("freeze_depth", False), ("weight_decay", True), ("batch_size", True), ("label_smoothing", False))
 EFFECT_COLUMNS = (
     "augmentation", "effect", "ci_low", "ci_high", "verdict", "n_on", "n_off", "method", "importance",
     "mean_strength", "slope", "slope_ci_low", "slope_ci_high", "harmful_above",
@@ -52,12 +54,13 @@ def _varies(column: pd.Series) -> bool:
 
 
 def control_features(table: pd.DataFrame) -> pd.DataFrame:
-    """lr and weight decay on a log scale, freeze depth, batch size, label smoothing: centred,
-    each with a square term (an optimum inside the range is the usual shape), when they vary."""
+    """Every hyperparameter that varies (on a log scale where the table says so): centred,
+    each with a square term (an optimum inside the range is the usual shape)."""
     x = pd.DataFrame(index=table.index)
-    for column, log in CONTROLS:
+    for h in HYPERPARAMETERS:  # every searched one is a control
+        column = h.name
         if column in table and _varies(table[column]):
-            values = np.log10(table[column].clip(lower=1e-12)) if log else table[column].astype(float)
+            values = np.log10(table[column].clip(lower=1e-12)) if h.log else table[column].astype(float)
             centred = values - values.mean()
             x[column], x[f"{column}^2"] = centred, centred**2
     return x
@@ -66,10 +69,10 @@ def control_features(table: pd.DataFrame) -> pd.DataFrame:
 def augmentation_features(table: pd.DataFrame, name: str, with_slope: bool) -> pd.DataFrame:
     """The switch, and switch x (strength - mean strength when on): the switch's coefficient
     is then the effect at the mean strength, the slope's the change per unit strength."""
-    on = table[f"aug_{name}"].astype(float)
+    on = table[switch_key(name)].astype(float)
     x = pd.DataFrame({f"on_{name}": on}, index=table.index)
     if with_slope:
-        strength = table[f"aug_{name}_strength"].astype(float)
+        strength = table[strength_key(name)].astype(float)
         mean = strength[on == 1].mean()
         x[f"slope_{name}"] = on * (strength.fillna(mean) - mean)
     return x
@@ -110,7 +113,7 @@ def estimate_effects(
     y = table["score"].to_numpy(float)
     controls = control_features(table)
     slopes = {
-        n: bool(table[f"aug_{n}"].sum() >= MIN_FOR_SLOPE and _varies(table[f"aug_{n}_strength"])) for n in augmentations
+        n: bool(table[switch_key(n)].sum() >= MIN_FOR_SLOPE and _varies(table[strength_key(n)])) for n in augmentations
     }
     blocks = {n: augmentation_features(table, n, slopes[n]) for n in augmentations}
     samples = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
@@ -121,13 +124,14 @@ def estimate_effects(
     else:
         fits = {n: _bootstrap(pd.concat([blocks[n], controls], axis=1), y, samples, alpha) for n in augmentations}
         method = "per-augmentation ridge regression"
-    method += f" on lr and freeze depth, bootstrap over {len(y)} trials" + (f", {fidelity}" if fidelity else "")
+    searched = [h.label for h in HYPERPARAMETERS if h.name in controls.columns]
+    method += f" on {' and '.join(searched) or 'no other setting'}, bootstrap over {len(y)} trials" + (f", {fidelity}" if fidelity else "")
     rows = []
     for name in augmentations:
-        fit, on = fits[name], table[f"aug_{name}"].astype(bool)
+        fit, on = fits[name], table[switch_key(name)].astype(bool)
         get = lambda key, row: float(fit.at[row, key]) if key in fit else math.nan  # noqa: E731
         key, slope_key = f"on_{name}", f"slope_{name}"
-        mean_strength = float(table.loc[on, f"aug_{name}_strength"].mean()) if on.any() else math.nan
+        mean_strength = float(table.loc[on, strength_key(name)].mean()) if on.any() else math.nan
         rows.append(
             {
                 "augmentation": name,
@@ -158,21 +162,28 @@ def harmful_above(effect: float, slope: float, slope_ci_high: float, mean_streng
     return float(np.clip(crossing, 0.0, 1.0)) if crossing <= 1.0 else math.nan
 
 
+def _distribution(h: Hyperparameter, values: pd.Series) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution spanning a hyperparameter's observed values."""
+    if h.choices:
+        return optuna.distributions.CategoricalDistribution(sorted(h.cast(v) for v in values.unique()))
+    if h.integer:
+        return optuna.distributions.IntDistribution(int(values.min()), int(values.max()), log=h.log and values.min() > 0)
+    return optuna.distributions.FloatDistribution(float(values.min()), float(values.max()), log=h.log and values.min() > 0)
+
+
 def importance(table: pd.DataFrame, augmentations: list[str]) -> dict[str, float]:
     """Optuna's PED-ANOVA importance (it handles conditional parameters) of each
     augmentation, its switch and strength together, for `score`. NaN where it cannot say."""
     dists: dict[str, optuna.distributions.BaseDistribution] = {}
-    if _varies(table["lr"]):
-        dists["lr"] = optuna.distributions.FloatDistribution(table["lr"].min(), table["lr"].max(), log=True)
-    if _varies(table["freeze_depth"]):
-        dists["freeze_depth"] = optuna.distributions.IntDistribution(
-            int(table["freeze_depth"].min()), int(table["freeze_depth"].max())
-        )
+    for h in HYPERPARAMETERS:  # every searched one competes for the importance
+        if h.name in table and _varies(table[h.name]):
+            dists[h.name] = _distribution(h, table[h.name])
     for name in augmentations:
-        dists[f"aug_{name}"] = optuna.distributions.CategoricalDistribution([False, True])
-        strengths = table[f"aug_{name}_strength"].dropna()
+        dists[switch_key(name)] = optuna.distributions.CategoricalDistribution([False, True])
+        strengths = table[strength_key(name)].dropna()
         if _varies(strengths):
-            dists[f"aug_{name}_strength"] = optuna.distributions.FloatDistribution(strengths.min(), strengths.max())
+            dists[strength_key(name)] = optuna.distributions.FloatDistribution(strengths.min(), strengths.max())
+    switches = {switch_key(n) for n in augmentations}
     study = optuna.create_study(direction="maximize")
     for _, row in table.iterrows():
         params = {}
@@ -180,9 +191,10 @@ def importance(table: pd.DataFrame, augmentations: list[str]) -> dict[str, float
             value = row[key]
             if isinstance(value, float) and math.isnan(value):
                 continue
-            params[key] = bool(value) if key.startswith("aug_") and not key.endswith("_strength") else value
-            if isinstance(dist, optuna.distributions.IntDistribution):
-                params[key] = int(value)
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                params[key] = bool(value) if key in switches else BY_NAME[key].cast(value)
+            else:
+                params[key] = int(value) if isinstance(dist, optuna.distributions.IntDistribution) else float(value)
         used = {k: dists[k] for k in params}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=used, value=float(row["score"])))
     try:
@@ -191,7 +203,7 @@ def importance(table: pd.DataFrame, augmentations: list[str]) -> dict[str, float
         )
     except (ValueError, RuntimeError, ZeroDivisionError):
         return {name: math.nan for name in augmentations}
-    return {name: scores.get(f"aug_{name}", 0.0) + scores.get(f"aug_{name}_strength", 0.0) for name in augmentations}
+    return {name: scores.get(switch_key(name), 0.0) + scores.get(strength_key(name), 0.0) for name in augmentations}
 
 
 def search_effects(trials: pd.DataFrame, history: pd.DataFrame, augmentations: list[str], *, seed: int = 0) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from search.config import ConfigError, SearchConfig, load_config
+from search.results import ResultsFolder
 
 # sections that decide what a search trains; resources may differ on the machine that resumes
 SEARCH_SECTIONS = ("data", "model", "space", "budget", "run")
@@ -50,7 +51,7 @@ def check_resumable(cfg: SearchConfig, folder: Path, state_present: bool) -> Non
     same settings (its config.yaml), and with that state present."""
     if not state_present:
         raise ConfigError(f"--resume: nothing to resume in {cfg.run.storage}/{cfg.run.name}: no Ray Tune experiment state there")
-    saved = folder / "config.yaml"
+    saved = ResultsFolder(folder).config
     if not saved.is_file():
         raise ConfigError(f"--resume: {folder} has no config.yaml; resume only a search tune-search started")
     before = load_config(saved)

@@ -11,7 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainable.augment import NAMES, unknown_names
-from trainable.models import BUNDLED, available_models
+from trainable.hyperparameters import BY_NAME, HYPERPARAMETERS
+from trainable.data import DataSpec
+from trainable.models import ModelSpec, available_models
+from trainable.trial import TrialSpec
 
 
 class ConfigError(ValueError):
@@ -37,15 +40,15 @@ class DataConfig(_Section):
     image_size: Annotated[int, Field(ge=16, le=1024)] = 32
     train_size: PositiveInt | None = None
     val_size: PositiveInt | None = None
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    balance: Literal["none", "oversample", "weighted"] = "none"
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = DataSpec.val_fraction
+    balance: Literal["none", "oversample", "weighted"] = TrialSpec.balance
     oversample_to: PositiveInt | None = None
 
 
 class ModelConfig(_Section):
-    name: str = BUNDLED
-    weights: str = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    name: str = ModelSpec.name
+    weights: str = ModelSpec.weights
+    precision: Literal["auto", "fp32", "bf16"] = TrialSpec.precision
 
     @field_validator("name")
     @classmethod
@@ -62,9 +65,9 @@ class SpaceConfig(_Section):
     strength: Range = (0.0, 1.0)
     lr: Annotated[float, Field(gt=0)] | Range = (1e-4, 1e-2)
     freeze_depth: int | Literal["max"] | tuple[int | Literal["max"], int | Literal["max"]] = (0, "max")
-    weight_decay: Annotated[float, Field(ge=0)] | Range = 0.0
-    batch_size: PositiveInt | tuple[PositiveInt, ...] = 64
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Range = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] | Range = BY_NAME["weight_decay"].default
+    batch_size: PositiveInt | tuple[PositiveInt, ...] = BY_NAME["batch_size"].default
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Range = BY_NAME["label_smoothing"].default
     baseline_strength: Annotated[float, Field(ge=0, le=1)] = 0.5
     baseline_lr: Annotated[float, Field(gt=0)] | None = None
 
@@ -84,12 +87,14 @@ class SpaceConfig(_Section):
         _ordered(self.strength, "strength")
         if not 0 <= self.strength[0] <= self.strength[1] <= 1:
             raise ValueError(f"strength range {list(self.strength)} must lie within [0, 1]")
-        for key in ("lr", "weight_decay", "label_smoothing"):
-            _ordered(getattr(self, key), key)
-        if isinstance(self.lr, tuple) and self.lr[0] <= 0:
-            raise ValueError("lr range must be positive (it is searched on a log scale)")
-        if isinstance(self.weight_decay, tuple) and self.weight_decay[0] <= 0:
-            raise ValueError("weight_decay range must be positive (it is searched on a log scale); use 0 to fix it at 0")
+        for h in HYPERPARAMETERS:
+            value = getattr(self, h.name)
+            if h.choices or h.integer:  # a set of choices; freeze depths resolve against the model
+                continue
+            _ordered(value, h.name)
+            if h.log and isinstance(value, tuple) and value[0] <= 0:
+                fix = "; use 0 to fix it at 0" if h.default == 0 else ""
+                raise ValueError(f"{h.name} range must be positive (it is searched on a log scale){fix}")
         return self
 
     @property
@@ -118,8 +123,7 @@ class ResourcesConfig(_Section):
     cpus_per_trial: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     gpus_per_trial: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     max_concurrent: PositiveInt | None = None
-    fast_path: bool = True
-    augment_kernel: bool = True
+    fast_path: bool = TrialSpec.fast_path
 
 
 Strength = Annotated[float, Field(gt=0, le=1)]
@@ -159,7 +163,7 @@ class AblationConfig(_Section):
     strength: Annotated[float, Field(gt=0, le=1)] = 0.5  # for augmentations the best config has off
 
 
-class RunConfig(_Section):
+class RunSection(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"
     storage: Annotated[str, Field(min_length=1)] = "results"
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
@@ -183,7 +187,7 @@ class SearchConfig(_Section):
     screen: ScreenConfig = ScreenConfig()
     dose: DoseConfig = DoseConfig()
     ablation: AblationConfig = AblationConfig()
-    run: RunConfig = RunConfig()
+    run: RunSection = RunSection()
 
     @model_validator(mode="after")
     def _screened(self):

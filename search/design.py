@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from pyDOE3 import fold, pbdesign
 
+from trainable.augment import strength_key, switch_key
+
 CLEAN = "(no augmentation)"  # the label of a run with every augmentation off
 RUN_KEYS = ("baseline", "seed", "study", "design_row", "label")  # what a run is, not how it trains
 
@@ -47,9 +49,9 @@ def base_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 def with_augmentations(base: Mapping[str, Any], on: Mapping[str, float], names: Sequence[str]) -> dict[str, Any]:
     config = dict(base)
     for name in names:
-        config[f"aug_{name}"] = name in on
+        config[switch_key(name)] = name in on
         if name in on:
-            config[f"aug_{name}_strength"] = float(on[name])
+            config[strength_key(name)] = float(on[name])
     return config
 
 
@@ -95,10 +97,10 @@ def ablation_configs(best: Mapping[str, Any], augmentations: Sequence[str], *, s
         out.append({**base, "study": "ablation", "design_row": -1, "seed": seed, "label": ""})
         for name in augmentations:
             flipped = dict(base)
-            if best.get(f"aug_{name}"):
-                flipped[f"aug_{name}"] = False
-                flipped.pop(f"aug_{name}_strength", None)
+            if best.get(switch_key(name)):
+                flipped[switch_key(name)] = False
+                flipped.pop(strength_key(name), None)
             else:
-                flipped[f"aug_{name}"], flipped[f"aug_{name}_strength"] = True, strength
+                flipped[switch_key(name)], flipped[strength_key(name)] = True, strength
             out.append({**flipped, "study": "ablation", "design_row": -1, "seed": seed, "label": name})
     return out

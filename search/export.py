@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from search.space import BASELINES
-from search.storage import ReplaceOnClose
-from trainable.augment import NAMES
+from trainable.augment import NAMES, strength_key, strengths_in, switch_key
+from trainable.hyperparameters import HYPERPARAMETERS, settings_in
+from trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
 
-EXTRAS = ("weight_decay", "batch_size", "label_smoothing")
 HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
-CONFIG_COLUMNS = ("lr", "freeze_depth", *EXTRAS, *(c for n in NAMES for c in (f"aug_{n}", f"aug_{n}_strength")))
+CONFIG_COLUMNS = (*HYPERPARAMETER_KEYS, *(c for n in NAMES for c in (switch_key(n), strength_key(n))))
 TRIAL_COLUMNS = (
     "trial_id", "status", "baseline", "epochs", "top1", "top5", "best_top1", "val_loss", "train_loss", "time_s", "node_id",
     *CONFIG_COLUMNS,
@@ -115,17 +113,11 @@ def _last(history: pd.DataFrame, column: str) -> float:
 
 
 def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "lr": float(config.get("lr", math.nan)),
-        "freeze_depth": int(config.get("freeze_depth", -1)),
-        "weight_decay": float(config.get("weight_decay", 0.0)),
-        "batch_size": int(config.get("batch_size", 64)),
-        "label_smoothing": float(config.get("label_smoothing", 0.0)),
-    }
+    row: dict[str, Any] = settings_in(config)
     for name in NAMES:
-        on = bool(config.get(f"aug_{name}", False))
-        row[f"aug_{name}"] = on
-        row[f"aug_{name}_strength"] = float(config[f"aug_{name}_strength"]) if on else math.nan
+        on = bool(config.get(switch_key(name), False))
+        row[switch_key(name)] = on
+        row[strength_key(name)] = float(config[strength_key(name)]) if on else math.nan
     return row
 
 
@@ -176,7 +168,7 @@ def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFram
             }
         )
     frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
-    return frame.astype({"epochs": "int64", "freeze_depth": "int64", "batch_size": "int64"})
+    return frame.astype({"epochs": "int64", **{h.name: "int64" for h in HYPERPARAMETERS if h.integer}})
 
 
 def history_table(records: Iterable[TrialRecord]) -> pd.DataFrame:
@@ -210,25 +202,16 @@ def config_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise ValueError(f"lacks the config columns {shown} (a trials.parquet or best_configs.parquet has them)")
     try:
-        config: dict[str, Any] = {
-            "lr": float(row["lr"]),
-            "freeze_depth": int(row["freeze_depth"]),
-            **{k: (int(row[k]) if k == "batch_size" else float(row[k])) for k in EXTRAS},
-        }
+        config: dict[str, Any] = settings_in(row)
         for name in NAMES:
-            on = bool(row[f"aug_{name}"])
-            config[f"aug_{name}"] = on
+            on = bool(row[switch_key(name)])
+            config[switch_key(name)] = on
             if on:
-                config[f"aug_{name}_strength"] = float(row[f"aug_{name}_strength"])
+                config[strength_key(name)] = float(row[strength_key(name)])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"holds a value that is not a number: {exc}") from None
-    bad = [
-        f"{k} {v}" for k, v in config.items()
-        if (k == "lr" and not (math.isfinite(v) and v > 0))
-        or (k == "batch_size" and v < 1)
-        or (k in ("weight_decay", "label_smoothing") and not (math.isfinite(v) and 0 <= v < (1 if k == "label_smoothing" else math.inf)))
-        or (k.endswith("_strength") and not 0 <= v <= 1)
-    ]  # fmt: skip
+    bad = [f"{h.name} {config[h.name]}" for h in HYPERPARAMETERS if not h.valid(config[h.name])]
+    bad += [f"{strength_key(n)} {s}" for n, s in strengths_in(config).items() if not 0 <= s <= 1]
     if bad:
         raise ValueError(f"holds values a trial cannot train with: {', '.join(bad)}")
     return config
@@ -256,21 +239,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    with ReplaceOnClose(str(path)) as out:
-        pq.write_table(table, out)
-
-
-def write_text(text: str, path: Path) -> None:
-    with ReplaceOnClose(str(path)) as out:
-        out.write(text.encode())
-
-
-def write_exports(folder: Path, records: list[TrialRecord], *, max_epochs: int, top_k: int) -> dict[str, pd.DataFrame]:
-    folder.mkdir(parents=True, exist_ok=True)
+def search_tables(records: list[TrialRecord], *, max_epochs: int, top_k: int) -> dict[str, pd.DataFrame]:
+    """The search's tables (trials, history, best_configs) from its trial records."""
     trials = trials_table(records, max_epochs)
-    tables = {"trials": trials, "history": history_table(records), "best_configs": best_configs(trials, top_k)}
-    for name, frame in tables.items():
-        write_parquet(frame, folder / f"{name}.parquet")
-    return tables
+    return {"trials": trials, "history": history_table(records), "best_configs": best_configs(trials, top_k)}

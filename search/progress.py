@@ -10,14 +10,13 @@ from typing import Any
 from ray import tune
 from tqdm import tqdm
 
-from trainable.augment import NAMES
+from trainable.augment import strengths_in
 
 
 def describe(config: dict[str, Any]) -> str:
     """The settings that tell one trial from another, in a few words."""
     run = config.get("run", config)
-    augs = [n for n in NAMES if run.get(f"aug_{n}")]
-    shown = ",".join(f"{n} {run[f'aug_{n}_strength']:.2f}" for n in augs) or "no augmentation"
+    shown = ",".join(f"{n} {s:.2f}" for n, s in strengths_in(run).items()) or "no augmentation"
     where = run.get("baseline") or (f"{run['study']} seed {run['seed']}" if "study" in run else "")
     return f"{where + ': ' if where else ''}lr {run.get('lr', math.nan):.2g}, freeze {run.get('freeze_depth')}, {shown}"
 

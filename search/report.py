@@ -12,10 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from search.analysis import common_fidelity  # noqa: E402
-from search.export import baseline_summary, best_configs, config_from_row, markdown_table, write_text  # noqa: E402
+from search.export import baseline_summary, best_configs, config_from_row, markdown_table  # noqa: E402
 from search.results import ResultsFolder  # noqa: E402
 from search.screen import additivity  # noqa: E402
+from search.storage import write_text  # noqa: E402
 from search.space import BASELINE_AUGMENTATIONS, BASELINES  # noqa: E402
+from trainable.augment import strengths_in, switch_key  # noqa: E402
+from trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS  # noqa: E402
+from trainable.hyperparameters import describe_settings  # noqa: E402
 
 
 def _pts(x: float) -> str:
@@ -225,10 +229,10 @@ def _additivity(trials: pd.DataFrame, screen_runs: pd.DataFrame | None, effects:
         return []
     plain, bundled = rows[BASELINES[1]].iloc[0], rows[BASELINES[2]].iloc[0]
     first = screen_runs.iloc[0]
-    if not all(first[k] == plain[k] for k in ("lr", "freeze_depth", "weight_decay", "batch_size", "label_smoothing")):
+    if not all(first[k] == plain[k] for k in HYPERPARAMETER_KEYS):
         return []
     names = list(effects.loc[effects["verdict"] != "not screened", "augmentation"])
-    bundle = [n for n in BASELINE_AUGMENTATIONS if n in names and bool(bundled[f"aug_{n}"])]
+    bundle = [n for n in BASELINE_AUGMENTATIONS if n in names and bool(bundled[switch_key(n)])]
     result = additivity(screen_runs, names, bundle, float(bundled["top1"]))
     verdict = "the effects add up" if result["adds_up"] else "the augmentations interact: the measured drop is not the sum of their effects"
     return [
@@ -293,12 +297,11 @@ def build_report(folder: Path) -> Path:
     lines += ["## Baselines", "", markdown_table(baseline_summary(trials, best)), ""]
     if len(best):
         config = config_from_row(best.iloc[0])
-        augs = ", ".join(f"{k[4:-9]} {v:.2f}" for k, v in config.items() if k.endswith("_strength")) or "none"
+        augs = ", ".join(f"{n} {s:.2f}" for n, s in strengths_in(config).items()) or "none"
         lines += [
             "## Best config",
             "",
-            f"lr {config['lr']:.3g}, freeze depth {config['freeze_depth']}, weight decay {config['weight_decay']:g}, "
-            f"batch size {config['batch_size']}, label smoothing {config['label_smoothing']:g}; augmentations: {augs}. "
+            f"{describe_settings(config)}; augmentations: {augs}. "
             f"top-1 {best.iloc[0]['top1']:.4f} after {best.iloc[0]['epochs']} epochs.",
             "",
         ]

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from search.config import ConfigError
-from search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS, write_parquet, write_text
+from search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS
+from search.storage import write_parquet, write_text
 
 TABLES = {
     "trials": "the search's trials",
@@ -61,6 +62,10 @@ class ResultsFolder:
             if not self.has(table):
                 raise ConfigError(f"{self.path} is not a finished tune-search results folder: {self.file(table).name} is missing")
             self.read(table)
+
+    def write_tables(self, tables: dict[str, pd.DataFrame]) -> None:
+        for table, frame in tables.items():
+            self.write(table, frame)
 
     def write(self, table: str, frame: pd.DataFrame) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)

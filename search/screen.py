@@ -24,6 +24,7 @@ from scipy import optimize, stats
 from statsmodels.stats.multitest import multipletests
 
 from search.analysis import EFFECT_COLUMNS
+from trainable.augment import strength_key, switch_key
 
 ALPHA = 0.05
 POWER = 0.8
@@ -53,7 +54,7 @@ class MainEffects:
 
 def screened(runs: pd.DataFrame, names: Sequence[str]) -> list[str]:
     """The augmentations of `names` that the screen's runs switched on."""
-    return [n for n in names if runs[f"aug_{n}"].any()]
+    return [n for n in names if runs[switch_key(n)].any()]
 
 
 def design_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -62,7 +63,7 @@ def design_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _design_matrix(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    x = pd.DataFrame({n: np.where(runs[f"aug_{n}"].astype(bool), 1.0, -1.0) for n in names}, index=runs.index)
+    x = pd.DataFrame({n: np.where(runs[switch_key(n)].astype(bool), 1.0, -1.0) for n in names}, index=runs.index)
     seeds = sorted(runs["seed"].unique())
     for seed in seeds[1:]:  # one block per extra seed: seeds shift every run alike
         x[f"seed_{seed}"] = (runs["seed"] == seed).astype(float)
@@ -130,11 +131,11 @@ def screen_effects(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     detectable = [detectable_effect(se, top1.df, len(names)) for se in top1.se]
     rows = []
     for i, name in enumerate(names):
-        on = design[design[f"aug_{name}"].astype(bool)]
+        on = design[design[switch_key(name)].astype(bool)]
         rows.append(
             {
                 "augmentation": name,
-                "strength": float(on[f"aug_{name}_strength"].iloc[0]) if len(on) else math.nan,
+                "strength": float(on[strength_key(name)].iloc[0]) if len(on) else math.nan,
                 "effect": float(top1.effect[i]),
                 "ci_low": float(low[i]),
                 "ci_high": float(high[i]),
@@ -165,7 +166,7 @@ def per_class_effects(runs: pd.DataFrame, names: Sequence[str], classes: Sequenc
         fit = main_effects(frame, names, "_class")
         low, high = fit.interval()
         for i, name in enumerate(names):
-            on = frame[f"aug_{name}"].astype(bool)
+            on = frame[switch_key(name)].astype(bool)
             rows.append(
                 {
                     "augmentation": name,
@@ -238,7 +239,7 @@ def dose_effects(runs: pd.DataFrame, name: str) -> pd.DataFrame:
     clean = runs[runs["label"] == "(no augmentation)"].set_index("seed")["top1"]
     mine = runs[runs["label"] == name]
     rows = []
-    for strength, group in mine.groupby(f"aug_{name}_strength"):
+    for strength, group in mine.groupby(strength_key(name)):
         seeds = group.set_index("seed")["top1"]
         common = seeds.index.intersection(clean.index)
         diffs = (seeds.loc[common] - clean.loc[common]).to_numpy(float)
@@ -269,7 +270,7 @@ def dose_curve(runs: pd.DataFrame, name: str) -> DoseCurve | None:
     """The dose-response fit of `name`'s runs and the runs with none on; None when the runs
     leave no residual degrees of freedom."""
     mine = runs[runs["label"].isin([name, "(no augmentation)"])]
-    s = mine[f"aug_{name}_strength"].fillna(0.0).where(mine[f"aug_{name}"].astype(bool), 0.0).to_numpy(float)
+    s = mine[strength_key(name)].fillna(0.0).where(mine[switch_key(name)].astype(bool), 0.0).to_numpy(float)
     x = pd.DataFrame({"s": s, "s2": s**2}, index=mine.index)
     for seed in sorted(mine["seed"].unique()):
         x[f"seed_{seed}"] = (mine["seed"] == seed).astype(float)

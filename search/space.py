@@ -14,6 +14,8 @@ from typing import Any
 import optuna
 
 from search.config import SpaceConfig
+from trainable.augment import strength_key, switch_key
+from trainable.hyperparameters import HYPERPARAMETERS
 
 # The motivating experiment's third configuration: all layers with these switched on.
 BASELINE_AUGMENTATIONS = ("hflip", "crop", "blur", "sharpen", "contrast", "affine")
@@ -70,28 +72,22 @@ class Space:
         """Declare one trial's parameters; return the fixed values. No work happens here."""
         fixed: dict[str, Any] = {}
 
-        def number(name: str, value, *, log: bool = False, integer: bool = False):
+        for h in HYPERPARAMETERS:
+            value = getattr(self, h.name)
             if not isinstance(value, tuple):
-                fixed[name] = value
-            elif integer:
-                trial.suggest_int(name, *value)
+                fixed[h.name] = value
+            elif h.choices:
+                trial.suggest_categorical(h.name, list(value))
+            elif h.integer:
+                trial.suggest_int(h.name, *value)
             else:
-                trial.suggest_float(name, *value, log=log)
-
-        number("lr", self.lr, log=True)
-        number("freeze_depth", self.freeze_depth, integer=True)
-        number("weight_decay", self.weight_decay, log=True)
-        number("label_smoothing", self.label_smoothing)
-        if isinstance(self.batch_size, tuple):
-            trial.suggest_categorical("batch_size", list(self.batch_size))
-        else:
-            fixed["batch_size"] = self.batch_size
+                trial.suggest_float(h.name, *value, log=h.log)
         for name in self.augmentations:
-            if trial.suggest_categorical(f"aug_{name}", [False, True]):
+            if trial.suggest_categorical(switch_key(name), [False, True]):
                 if self.strength[0] == self.strength[1]:
-                    fixed[f"aug_{name}_strength"] = self.strength[0]
+                    fixed[strength_key(name)] = self.strength[0]
                 else:
-                    trial.suggest_float(f"aug_{name}_strength", *self.strength)
+                    trial.suggest_float(strength_key(name), *self.strength)
         fixed["baseline"] = trial.user_attrs.get("baseline", "")
         return fixed
 
@@ -101,14 +97,12 @@ class Space:
         Searched extras take their value nearest the middle of their range, so that the
         three differ only in freeze depth and augmentation."""
         common: dict[str, Any] = {}
+        for h in HYPERPARAMETERS:
+            value = getattr(self, h.name)
+            if isinstance(value, tuple) and h.name not in ("lr", "freeze_depth"):  # those two below
+                common[h.name] = h.middle(value)
         if isinstance(self.lr, tuple):
             common["lr"] = min(max(self.baseline_lr, self.lr[0]), self.lr[1])
-        for key in ("weight_decay", "label_smoothing"):
-            value = getattr(self, key)
-            if isinstance(value, tuple):
-                common[key] = math.sqrt(value[0] * value[1]) if key == "weight_decay" else sum(value) / 2
-        if isinstance(self.batch_size, tuple):
-            common["batch_size"] = sorted(self.batch_size)[len(self.batch_size) // 2]
         strength = self.reference_strength
 
         def point(depth: int, augs: tuple[str, ...]) -> dict[str, Any]:
@@ -116,9 +110,9 @@ class Space:
             if isinstance(self.freeze_depth, tuple):
                 p["freeze_depth"] = min(max(depth, self.freeze_depth[0]), self.freeze_depth[1])
             for name in self.augmentations:
-                p[f"aug_{name}"] = name in augs
+                p[switch_key(name)] = name in augs
                 if name in augs and self.strength[0] != self.strength[1]:
-                    p[f"aug_{name}_strength"] = strength
+                    p[strength_key(name)] = strength
             return p
 
         return [

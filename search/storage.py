@@ -18,7 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow as pa
 import pyarrow.fs
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 _UMASK = os.umask(0)
@@ -87,3 +90,14 @@ def prune_checkpoints(experiment: Path, keep: set[str] = frozenset(), slim: Call
             freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
             shutil.rmtree(checkpoint)
     return freed
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with ReplaceOnClose(str(path)) as out:
+        pq.write_table(table, out)
+
+
+def write_text(text: str, path: Path) -> None:
+    with ReplaceOnClose(str(path)) as out:
+        out.write(text.encode())

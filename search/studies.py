@@ -36,7 +36,7 @@ from search.screen import (
 )
 from search.space import BASELINES, Space
 from trainable.data import Dataset
-from trainable.trial import RunSpec, TrialSettings, affinity, load_checkpoint
+from trainable.trial import TrialSpec, TrialSettings, affinity, load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Study:
     folder: ResultsFolder
     cfg: SearchConfig
     space: Space
-    spec: RunSpec
+    spec: TrialSpec
     data: Dataset
     storage: str  # where Ray's runs of each study go (STORAGE/NAME-screen, ...)
     resume: bool = False  # continue the studies a killed driver left unfinished
@@ -120,7 +120,7 @@ def _prune(study: Study, *suffixes: str) -> None:
         prune_checkpoints(Path(study.storage) / f"{study.folder.path.name}-{suffix}")
 
 
-def _clean_affinity(results, spec: RunSpec, data: Dataset, strengths: dict[str, float]) -> dict[str, float]:
+def _clean_affinity(results, spec: TrialSpec, data: Dataset, strengths: dict[str, float]) -> dict[str, float]:
     for result in results:
         config = result.config["run"]
         if config["label"] == CLEAN and result.error is None and result.checkpoint is not None:

@@ -22,7 +22,7 @@ from search.progress import Progress
 from search.space import Space
 from search.storage import storage_filesystem, storage_uri
 from trainable.data import Dataset
-from trainable.trial import RunSpec, amp_dtype, train_trial
+from trainable.trial import TrialSpec, amp_dtype, train_trial
 
 METRIC, MODE = "top1", "max"
 STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal
@@ -106,7 +106,7 @@ def trial_resources(resources: ResourcesConfig, cluster: dict[str, float]) -> tu
     return float(cpus), float(gpus)
 
 
-def _trainable(cfg: SearchConfig, data: Dataset, spec: RunSpec, fn=train_trial):
+def _trainable(cfg: SearchConfig, data: Dataset, spec: TrialSpec, fn=train_trial):
     import ray
 
     cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
@@ -114,7 +114,7 @@ def _trainable(cfg: SearchConfig, data: Dataset, spec: RunSpec, fn=train_trial):
     return tune.with_resources(tune.with_parameters(fn, data=data, spec=spec), {"cpu": cpus, "gpu": gpus})
 
 
-def resources_line(cfg: SearchConfig, spec: RunSpec) -> str:
+def resources_line(cfg: SearchConfig, spec: TrialSpec) -> str:
     """What each trial gets on the running Ray, in one line."""
     import ray
 
@@ -156,7 +156,7 @@ def make_searcher(cfg: SearchConfig, space: Space, journal: Path | None = None) 
     )
 
 
-def run_search(cfg: SearchConfig, data: Dataset, spec: RunSpec, space: Space, journal: Path | None = None) -> tune.ResultGrid:
+def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, journal: Path | None = None) -> tune.ResultGrid:
     """A new search; its Optuna study is kept in `journal` (a new file) when given."""
     if journal is not None:
         journal.unlink(missing_ok=True)  # a new search in a reused folder starts a new study
@@ -199,7 +199,7 @@ def resumable(cfg: SearchConfig) -> bool:
     return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
 
 
-def resume_search(cfg: SearchConfig, data: Dataset, spec: RunSpec) -> tune.ResultGrid:
+def resume_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec) -> tune.ResultGrid:
     """Continue an interrupted search: finished trials are kept as they are, unfinished ones
     continue from their last checkpoint, the searcher and scheduler from their saved state."""
     path, filesystem = _experiment(cfg)
@@ -209,7 +209,7 @@ def resume_search(cfg: SearchConfig, data: Dataset, spec: RunSpec) -> tune.Resul
     return tuner.fit()
 
 
-def run_fixed(cfg: SearchConfig, data: Dataset, spec: RunSpec, config: dict[str, Any], name: str) -> tune.ResultGrid:
+def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[str, Any], name: str) -> tune.ResultGrid:
     """Train one fixed configuration for the full budget (no search, no early stopping)."""
     tuner = tune.Tuner(
         _trainable(cfg, data, spec),
@@ -235,7 +235,7 @@ def _same_study(path: str, configs: list[dict[str, Any]]) -> None:
         raise ConfigError(f"--resume: {path} holds a study started with other settings ({len(stray)} runs differ); remove it to run the study afresh")
 
 
-def run_study(cfg: SearchConfig, data: Dataset, spec: RunSpec, configs: list[dict[str, Any]], *, name: str, storage: str, resume: bool = False) -> tune.ResultGrid:
+def run_study(cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[dict[str, Any]], *, name: str, storage: str, resume: bool = False) -> tune.ResultGrid:
     """Train every config of a designed study for the full budget, in parallel, with no
     early stopping, into STORAGE/NAME. With `resume`, a study a killed driver left there
     continues: finished runs are kept, the others restart from their last checkpoint."""

@@ -54,10 +54,13 @@ class Dataset:
         return len(self.classes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataSpec:
-    source: str = "fashion-mnist"
-    image_size: int = 64
+    """What to load; built by keyword from the validated `data:` section (which states the
+    defaults a user sees)."""
+
+    source: str
+    image_size: int
     train_size: int | None = None  # None: the built-in set's demo subset, or all of a folder
     val_size: int | None = None
     val_fraction: float = 0.2  # for a single folder and for sets without a separate val split

