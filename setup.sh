@@ -22,6 +22,8 @@ fi
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q -e ".${EXTRAS}" 2>&1 | grep -v "^WARNING: Location" || true
+# --no-compile: pip would byte-compile all ~17,000 modules of the stack (torch, Ray, ...), about
+# two minutes on 2 cores; Python compiles the few thousand a run imports, once, on first use
+.venv/bin/python -m pip install -q --no-compile -e ".${EXTRAS}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import search, trainable, torch, torchvision, ray, optuna" \
   || { echo "setup: the install failed (see pip's messages above)" >&2; exit 1; }

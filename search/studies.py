@@ -144,7 +144,7 @@ def run_screen(study: Study) -> pd.DataFrame:
     print(
         f"screen: {design_runs} runs per seed (folded Plackett-Burman over {len(names)} augmentations, resolution IV) "
         f"+ 1 without augmentation, {cfg.budget.max_epochs} epochs each, at {cfg.screen.base} settings ({shown}); "
-        + (f"{replicates} seeds" if fixed else f"seeds added until a {100 * cfg.screen.detectable:.1f}-point harm is detectable (at most {cfg.screen.max_seeds})")
+        + (f"{replicates} seed{'s' * (replicates != 1)}" if fixed else f"seeds added until a {100 * cfg.screen.detectable:.1f}-point harm is detectable (at most {cfg.screen.max_seeds})")
         + _estimate(folder, design_runs * replicates + 1, int(base["freeze_depth"]), _slots(cfg))
     )
     configs = screen_configs(base, strengths, list(range(replicates)))
@@ -183,7 +183,7 @@ def run_dose(study: Study) -> pd.DataFrame | None:
     base = base_settings(config_from_row(screen.iloc[0]))
     configs = dose_configs(base, harmful, cfg.dose.strengths, list(range(cfg.dose.seeds)), list(space.augmentations))
     levels = ", ".join(f"{s:g}" for s in cfg.dose.strengths)
-    print(f"dose-response: {len(configs)} runs ({', '.join(harmful)} at strengths {levels}, and none on; {cfg.dose.seeds} seeds)")
+    print(f"dose-response: {len(configs)} runs ({', '.join(harmful)} at strengths {levels}, and none on; {cfg.dose.seeds} seed{'s' * (cfg.dose.seeds != 1)})")
     _, runs = _train(study, configs, "dose")
     folder.write("dose_runs", runs)
     _prune(study, "dose")
@@ -199,7 +199,7 @@ def run_ablation(study: Study) -> pd.DataFrame:
         raise ConfigError(f"{folder.file('best_configs')} has no successful trial to ablate")
     augs = list(space.augmentations)
     configs = ablation_configs(config_from_row(best.iloc[0]), augs, strength=cfg.ablation.strength, seeds=cfg.ablation.seeds)
-    print(f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations, {cfg.ablation.seeds} seeds each)")
+    print(f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations, {cfg.ablation.seeds} seed{'s' * (cfg.ablation.seeds != 1)} each)")
     _, runs = _train(study, configs, "ablation")
     if runs.empty:
         raise RuntimeError("every ablation run failed; see Ray's log above")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
@@ -150,6 +149,8 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int, key: str 
     if size < classes:
         raise DataError(f"{key} {size} is below the {classes} classes: a stratified subset needs at least one image per class")
     try:
+        from sklearn.model_selection import train_test_split  # seconds to import: not in every trial process
+
         subset, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
     except ValueError as exc:
         raise DataError(f"cannot take {key} {size} of {len(labels)} images stratified by class: {exc}") from None
@@ -159,6 +160,8 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int, key: str 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     index = np.arange(len(labels))
     try:
+        from sklearn.model_selection import train_test_split
+
         train, val = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
     except ValueError as exc:
         raise DataError(f"cannot split {len(labels)} images stratified by class with val_fraction {val_fraction}: {exc}") from exc
