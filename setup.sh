@@ -22,10 +22,6 @@ fi
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-# pip byte-compiles every module of the stack (torch, Ray, ...) one at a time, minutes on 2
-# cores (BENCHMARKS.md); compiling them afterwards on every core takes a fraction of that.
-# (Not compiling at all is slower still: each Ray process compiles what it imports.)
-.venv/bin/python -m pip install -q --no-compile -e ".${EXTRAS}" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages > /dev/null || true
+.venv/bin/python -m pip install -q -e ".${EXTRAS}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import search, trainable, torch, torchvision, ray, optuna" \
   || { echo "setup: the install failed (see pip's messages above)" >&2; exit 1; }
