@@ -167,6 +167,29 @@ def _apply_gray(x: torch.Tensor, p: Params) -> torch.Tensor:
     return B.only(x, p["on"], lambda im, _: B.gray(im).expand_as(im))
 
 
+def _flip_entry(name: str, axis: str, transform: type[v2.Transform], dim: int) -> Augmentation:
+    return Augmentation(
+        name=name,
+        summary=f"{axis} flip: chance",
+        ranges=_flip,
+        transform=lambda r, side: transform(r["p"]),
+        draw=_draw_chance,
+        apply=lambda x, p: B.flip(x, p["on"], dim),
+    )
+
+
+def _jitter_entry(name: str, adjust: Callable[..., torch.Tensor]) -> Augmentation:
+    """ColorJitter's `name` factor alone; `adjust` is its batch form."""
+    return Augmentation(
+        name=name,
+        summary=f"{name} jitter",
+        ranges=_jitter,
+        transform=lambda r, side: v2.ColorJitter(**{name: r["factor"]}),
+        draw=_draw_factor,
+        apply=lambda x, p: adjust(x, p["factor"], PIXEL_MAX),
+    )
+
+
 _ENTRIES = (
     Augmentation(
         name="crop",
@@ -177,22 +200,8 @@ _ENTRIES = (
         apply=lambda x, p: B.resized_crop(x, p["top"], p["left"], p["h"], p["w"], p["hflip"], p["vflip"]),
         absorbs=("hflip", "vflip"),
     ),
-    Augmentation(
-        name="hflip",
-        summary="horizontal flip: chance",
-        ranges=_flip,
-        transform=lambda r, side: v2.RandomHorizontalFlip(r["p"]),
-        draw=_draw_chance,
-        apply=lambda x, p: B.flip(x, p["on"], -1),
-    ),
-    Augmentation(
-        name="vflip",
-        summary="vertical flip: chance",
-        ranges=_flip,
-        transform=lambda r, side: v2.RandomVerticalFlip(r["p"]),
-        draw=_draw_chance,
-        apply=lambda x, p: B.flip(x, p["on"], -2),
-    ),
+    _flip_entry("hflip", "horizontal", v2.RandomHorizontalFlip, dim=-1),
+    _flip_entry("vflip", "vertical", v2.RandomVerticalFlip, dim=-2),
     Augmentation(
         name="affine",
         summary="random affine: ± degrees, ± shift (of the side), scale, ± shear",
@@ -225,22 +234,8 @@ _ENTRIES = (
         draw=_draw_sharpen,
         apply=_apply_sharpen,
     ),
-    Augmentation(
-        name="contrast",
-        summary="contrast jitter",
-        ranges=_jitter,
-        transform=lambda r, side: v2.ColorJitter(contrast=r["factor"]),
-        draw=_draw_factor,
-        apply=lambda x, p: B.contrast(x, p["factor"], PIXEL_MAX),
-    ),
-    Augmentation(
-        name="brightness",
-        summary="brightness jitter",
-        ranges=_jitter,
-        transform=lambda r, side: v2.ColorJitter(brightness=r["factor"]),
-        draw=_draw_factor,
-        apply=lambda x, p: B.brightness(x, p["factor"], PIXEL_MAX),
-    ),
+    _jitter_entry("contrast", B.contrast),
+    _jitter_entry("brightness", B.brightness),
     Augmentation(
         name="color",
         summary="saturation and hue jitter, in random order",
