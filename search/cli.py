@@ -73,6 +73,9 @@ RESULTS_COMMANDS = {
                 ("--resume", bool, None), ("--address", str, None)]),
     "ablate": ("ablate the best config of a finished search",
                [("--seeds", int, "ablation.seeds"), ("--strength", float, "ablation.strength"), ("--resume", bool, None), ("--address", str, None)]),
+    "explain": ("test the motivating thread's explanations of the harm on a finished search (best after its screen)",
+                [("--seeds", int, "explain.seeds"), ("--scratch-epochs", int, "explain.scratch_epochs"), ("--models", list, "explain.models"),
+                 ("--resume", bool, None), ("--address", str, None)]),
     "report": ("rebuild the analysis tables and report.md from the Parquet files", []),
     "export": ("rebuild the Parquet exports from the JSON Ray Tune wrote per trial, then the report", []),
 }  # fmt: skip
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, kind, _ in options:
             if kind is bool:
                 p.add_argument(flag, action="store_true", help=RESUME_HELP)
+            elif kind is list:
+                p.add_argument(flag, nargs="+", metavar="MODEL", help="other models for the capacity contrast (torch hub cache weights)")
             else:
                 p.add_argument(flag, type=kind)
     return top
@@ -164,8 +169,9 @@ def _results(args: argparse.Namespace) -> tuple[ResultsFolder, SearchConfig]:
 
 def run_results_command(args: argparse.Namespace) -> int:
     folder, cfg = _results(args)
-    if args.command in ("screen", "ablate"):
-        pipeline.study_of(folder, cfg, address=args.address, resume=args.resume, screen=args.command == "screen", ablate=args.command == "ablate")
+    if args.command in ("screen", "ablate", "explain"):
+        study = {args.command: True}
+        pipeline.study_of(folder, cfg, address=args.address, resume=args.resume, **study)
     elif args.command == "report":
         pipeline.report(folder, cfg)
     else:

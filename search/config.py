@@ -163,6 +163,50 @@ class AblationConfig(_Section):
     strength: Annotated[float, Field(gt=0, le=1)] = 0.5  # for augmentations the best config has off
 
 
+class ExplainModel(_Section):
+    name: str
+    weights: str = ModelSpec.weights
+
+    _known = field_validator("name")(ModelConfig._known.__func__)
+
+
+MOTIVATING = ("hflip", "crop", "blur", "sharpen", "contrast", "affine")  # the thread's six
+
+
+class ExplainConfig(_Section):
+    """The explain study: the motivating thread's explanations, each tested by a contrast."""
+
+    enabled: bool = False
+    bundle: Literal["auto"] | tuple[str, ...] = "auto"  # auto: the screen's harmful set, else MOTIVATING
+    seeds: Annotated[int, Field(ge=2)] = 2
+    scratch_epochs: PositiveInt | None = None  # also a longer from-scratch run, at this budget
+    models: tuple[str | ExplainModel, ...] = ()  # capacity: other models, all layers training
+    oversample_to: PositiveInt | None = None  # None: 4x the mean class size (the thread: 60 -> 256)
+    crop_strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
+    negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # contradicted: the interval within +-this
+
+    @field_validator("bundle")
+    @classmethod
+    def _known_bundle(cls, value):
+        if value != "auto":
+            bad = unknown_names(value)
+            if bad or not value:
+                raise ValueError(f"unknown augmentation(s) {', '.join(bad)}; valid: auto, or a list of {', '.join(NAMES)}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value):
+        return tuple(ExplainModel(name=m) if isinstance(m, str) else m for m in value)
+
+    @field_validator("crop_strengths")
+    @classmethod
+    def _levels(cls, value):
+        if len(set(value)) < 2:
+            raise ValueError("crop's dose-response needs at least two different strengths")
+        return tuple(sorted(set(value)))
+
+
 class RunSection(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"
     storage: Annotated[str, Field(min_length=1)] = "results"
@@ -187,6 +231,7 @@ class SearchConfig(_Section):
     screen: ScreenConfig = ScreenConfig()
     dose: DoseConfig = DoseConfig()
     ablation: AblationConfig = AblationConfig()
+    explain: ExplainConfig = ExplainConfig()
     run: RunSection = RunSection()
 
     @model_validator(mode="after")

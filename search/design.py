@@ -1,4 +1,5 @@
-"""Designed studies as lists of fixed trial configs: the screen, dose-response and ablation.
+"""Designed studies as lists of fixed trial configs: the screen, dose-response, ablation and
+explain.
 
 Pure functions: they build the configs (`search.tuner.run_study` trains them) and never read
 results. Every config carries `study`, `design_row` (-1 for runs outside a design) and `seed`.
@@ -14,9 +15,11 @@ import numpy as np
 from pyDOE3 import fold, pbdesign
 
 from trainable.augment import strength_key, switch_key
+from trainable.trial import SPEC_KEYS
 
 CLEAN = "(no augmentation)"  # the label of a run with every augmentation off
-RUN_KEYS = ("baseline", "seed", "study", "design_row", "label")  # what a run is, not how it trains
+BUNDLE = "bundle"  # explain: whether the run has the augmentation bundle on
+RUN_KEYS = ("baseline", "seed", "study", "design_row", "label", BUNDLE)  # what a run is, not how it trains
 
 
 def screening_design(factors: int) -> np.ndarray:
@@ -43,7 +46,7 @@ def max_alias(design: np.ndarray) -> float:
 
 def base_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """A flat trial config's non-augmentation settings, every augmentation off."""
-    return {k: v for k, v in config.items() if not k.startswith("aug_") and k not in RUN_KEYS}
+    return {k: v for k, v in config.items() if not k.startswith("aug_") and k not in RUN_KEYS and k not in SPEC_KEYS}
 
 
 def with_augmentations(base: Mapping[str, Any], on: Mapping[str, float], names: Sequence[str]) -> dict[str, Any]:
@@ -103,4 +106,56 @@ def ablation_configs(best: Mapping[str, Any], augmentations: Sequence[str], *, s
             else:
                 flipped[switch_key(name)], flipped[strength_key(name)] = True, strength
             out.append({**flipped, "study": "ablation", "design_row": -1, "seed": seed, "label": name})
+    return out
+
+
+def depth_cell(depth: int) -> str:
+    return f"depth {depth}"
+
+
+SCRATCH = "scratch"
+
+
+def explain_configs(
+    base: Mapping[str, Any],
+    bundle: Mapping[str, float],
+    searched: Sequence[str],
+    *,
+    model: tuple[str, str],
+    depths: Sequence[int],
+    seeds: Sequence[int],
+    scratch_epochs: int | None,
+    models: Sequence[tuple[str, str]],
+    oversample_to: int,
+    crop_strengths: Sequence[float],
+) -> list[dict[str, Any]]:
+    """The explain study: cells that each change one thing against the base settings, every
+    cell trained with the `bundle` of augmentations off and on, once per seed.
+
+    Cells: each freeze depth in `depths` (they must hold 0 and the base's depth); from
+    scratch (random init, all layers) at the same budget and, with `scratch_epochs`, at
+    that budget; each of `models` (name, weights) with all layers training; every class
+    oversampled to `oversample_to` images, all layers. Beside them, crop alone at each of
+    `crop_strengths` at the base settings (its reference: the base depth's cell with the
+    bundle off). Every config names its model, weights, oversampling and budget
+    (`trainable.trial.SPEC_KEYS`; None: the search's)."""
+    settings = base_settings(base)
+    names = list(dict.fromkeys([*searched, *bundle, "crop"]))
+    own = {"model": model[0], "weights": model[1], "oversample_to": None, "max_epochs": None}
+    all_layers = {**own, "freeze_depth": 0}
+    cells = [(depth_cell(d), {**own, "freeze_depth": d}) for d in depths]
+    cells.append((SCRATCH, {**all_layers, "weights": "none"}))
+    if scratch_epochs:
+        cells.append((f"{SCRATCH} {scratch_epochs} epochs", {**all_layers, "weights": "none", "max_epochs": scratch_epochs}))
+    cells += [(f"model {name}", {**all_layers, "model": name, "weights": weights}) for name, weights in models if name != model[0]]
+    cells.append((f"oversample {oversample_to}", {**all_layers, "oversample_to": oversample_to}))
+    out = []
+    for seed in seeds:
+        run = {"study": "explain", "design_row": -1, "seed": seed}
+        for label, changes in cells:
+            for on in (False, True):
+                config = with_augmentations({**settings, **changes}, bundle if on else {}, names)
+                out.append({**config, **run, "label": label, BUNDLE: on})
+        for level in crop_strengths:
+            out.append({**with_augmentations({**settings, **own}, {"crop": level}, names), **run, "label": "crop", BUNDLE: False})
     return out

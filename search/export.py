@@ -12,10 +12,12 @@ from typing import Any
 
 import pandas as pd
 
+from search.design import BUNDLE
 from search.space import BASELINES
 from trainable.augment import NAMES, strength_key, strengths_in, switch_key
 from trainable.hyperparameters import HYPERPARAMETERS, settings_in
 from trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
+from trainable.trial import SPEC_KEYS
 
 HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
 CONFIG_COLUMNS = (*HYPERPARAMETER_KEYS, *(c for n in NAMES for c in (switch_key(n), strength_key(n))))
@@ -126,7 +128,8 @@ RUN_METRICS = ("top1", "top5", "val_loss", "train_loss", "per_class_top1", "node
 
 def runs_table(results: Iterable) -> pd.DataFrame:
     """A designed study's runs from a Ray ResultGrid, one row per finished run: study,
-    design_row, seed, label, the config columns and the final metrics."""
+    design_row, seed, label, the config columns (with explain's bundle switch, model,
+    weights, oversampling and budget where the configs carry them) and the final metrics."""
     rows = []
     for result in results:
         if result.error is not None or not result.metrics or result.metrics.get("diverged"):
@@ -139,6 +142,7 @@ def runs_table(results: Iterable) -> pd.DataFrame:
                 "seed": int(config["seed"]),
                 "label": str(config["label"]),
                 **config_columns(config),
+                **{k: config[k] for k in (BUNDLE, *SPEC_KEYS) if k in config},
                 "epochs": int(result.metrics.get("epoch", 0)),
                 **{k: result.metrics.get(k) for k in RUN_METRICS},
                 "trial_id": str(result.metrics.get("trial_id", "")),

@@ -150,9 +150,28 @@ def verdict_table(effects: pd.DataFrame) -> str:
     return f"{markdown_table(table)}\n(unclear: smaller than {reach:.1f} points, if any; 80 % power, Holm-corrected)"
 
 
-def studies(study: Study, *, screen: bool, ablate: bool) -> None:
+def explain_lines(explain: pd.DataFrame) -> str:
+    """The explain study's verdicts as a console table."""
+    table = pd.DataFrame(
+        {
+            "explanation": explain["title"],
+            "contrast, points [95 %]": [f"{100 * e:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for e, lo, hi in zip(explain["effect"], explain["ci_low"], explain["ci_high"])],
+            "predicted": explain["expected"],
+            "verdict": explain["verdict"],
+        }
+    )
+    return markdown_table(table) + "\n(the contrasts and their sentences: report.md, 'Why it hurts')"
+
+
+def check_explain(cfg: SearchConfig) -> None:
+    """Every model explain.models names loads its weights (before Ray starts)."""
+    for m in cfg.explain.models:
+        pretrained_backbone(ModelSpec(name=m.name, weights=m.weights))
+
+
+def studies(study: Study, *, screen: bool, ablate: bool, explain: bool = False) -> None:
     """The designed studies after a search, then the analysis of every table and the report."""
-    from search.studies import analyse, run_ablation, run_dose, run_screen
+    from search.studies import analyse, run_ablation, run_dose, run_explain, run_screen
 
     if screen:
         run_screen(study)
@@ -160,9 +179,14 @@ def studies(study: Study, *, screen: bool, ablate: bool) -> None:
             run_dose(study)
     if ablate:
         run_ablation(study)
+    if explain:
+        run_explain(study)
     effects = analyse(study.folder, study.cfg, list(study.data.classes))
     report = build_report(study.folder.path)
     print("\n" + verdict_table(effects))
+    explained = study.folder.read("explain")
+    if explain and explained is not None:
+        print("\n" + explain_lines(explained))
     trials, best = study.folder.read("trials"), study.folder.read("best_configs")
     if trials is not None and best is not None:
         print("\n" + markdown_table(baseline_summary(trials, best)))
@@ -201,6 +225,9 @@ def search(cfg: SearchConfig, *, address: str | None = None, resume: bool = Fals
     check_resources(cfg, address)
     if resume:
         check_resumable(cfg, folder, resumable(cfg))
+    explain = rerun is None and screen and cfg.screen.enabled and cfg.explain.enabled
+    if explain:
+        check_explain(cfg)
     space, spec, data = prepare(cfg)
     if rerun is not None and not 0 <= rerun["freeze_depth"] <= space.max_depth:
         raise ConfigError(f"saved freeze_depth {rerun['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
@@ -225,24 +252,28 @@ def search(cfg: SearchConfig, *, address: str | None = None, resume: bool = Fals
         print_outcome(tables, folder, elapsed, baselines=rerun is not None)
         if rerun is None:
             study = Study(results_dir, cfg, space, spec, data, storage=storage, resume=resume)
-            studies(study, screen=screen and cfg.screen.enabled, ablate=ablate)
+            studies(study, screen=screen and cfg.screen.enabled, ablate=ablate, explain=explain)
     if remote:
         publish(folder, f"{storage.rstrip('/')}/{name}")
     return folder
 
 
-def study_of(folder: ResultsFolder, cfg: SearchConfig, *, address: str | None, resume: bool, screen: bool, ablate: bool) -> None:
+def study_of(folder: ResultsFolder, cfg: SearchConfig, *, address: str | None, resume: bool, screen: bool = False,
+             ablate: bool = False, explain: bool = False) -> None:  # fmt: skip
     """The designed studies of a finished search; their runs land beside its folder, never
     in a storage named inside it."""
     from search.tuner import resources_line
 
     folder.require("trials", "best_configs")
     check_resources(cfg, address)
+    if explain:
+        check_explain(cfg)
     check_writable(folder.path.parent, "the folder beside the results (where the study's runs go)")
     space, spec, data = prepare(cfg)
     with ray_session(address, cfg.run.verbose):
         print(resources_line(cfg, spec))
-        studies(Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=resume), screen=screen, ablate=ablate)
+        study = Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=resume)
+        studies(study, screen=screen, ablate=ablate, explain=explain)
 
 
 def report(folder: ResultsFolder, cfg: SearchConfig) -> Path:

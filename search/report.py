@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from search.analysis import common_fidelity  # noqa: E402
+from search.explain import crop_sensitivity_summary, sentence  # noqa: E402
 from search.export import baseline_summary, best_configs, config_from_row, markdown_table  # noqa: E402
 from search.results import ResultsFolder  # noqa: E402
 from search.screen import additivity  # noqa: E402
@@ -246,6 +247,54 @@ def _additivity(trials: pd.DataFrame, screen_runs: pd.DataFrame | None, effects:
     ]
 
 
+def crop_plot(sensitivity: pd.DataFrame, path: Path) -> None:
+    """Share of validation images whose prediction a crop changes, by kept area: all classes
+    and the three most sensitive."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    overall = crop_sensitivity_summary(sensitivity)
+    ax.plot(100 * overall["area"], 100 * overall["changed"], "o-", color="black", label="all classes")
+    worst = sensitivity.groupby("class")["changed"].mean().nlargest(3).index
+    for name in worst:
+        mine = sensitivity[sensitivity["class"] == name]
+        ax.plot(100 * mine["area"], 100 * mine["changed"], ".--", label=str(name))
+    ax.set_xlabel("kept area of the image (%)")
+    ax.set_ylabel("predictions changed (%)")
+    ax.set_title("Crops: how often the clean model changes its answer", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _explain_section(folder: Path, results: ResultsFolder) -> list[str]:
+    explain, explain_cells, sensitivity = results.read("explain"), results.read("explain_cells"), results.read("crop_sensitivity")
+    if explain is None:
+        return []
+    lines = ["## Why it hurts: the thread's explanations tested", ""]
+    runs = results.read("explain_runs")
+    bundle = [c.removeprefix("aug_") for c in runs.columns if c.startswith("aug_") and not c.endswith("_strength") and runs.loc[runs["bundle"].astype(bool), c].any()] if runs is not None else []
+    lines += [f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell; verdicts Holm-corrected across the explanations, `contradicted` also when the whole interval lies within the negligible band.", ""]
+    lines += [f"- {sentence(row)}" for row in explain.to_dict("records")]
+    lines.append("")
+    if explain_cells is not None and len(explain_cells):
+        table = pd.DataFrame(
+            {
+                "cell": explain_cells["cell"],
+                "top-1 without": explain_cells["top1_without"].round(3),
+                "with the bundle": explain_cells["top1_with"].round(3),
+                "bundle effect [95 %], points": [_interval(r.rename({"bundle_effect": "effect"})) for _, r in explain_cells.iterrows()],
+            }
+        )
+        lines += [markdown_table(table), ""]
+    if sensitivity is not None and len(sensitivity):
+        crop_plot(sensitivity, folder / "crop.png")
+        overall = crop_sensitivity_summary(sensitivity).set_index("area")["changed"]
+        shown = ", ".join(f"{100 * a:.0f} % kept: {100 * v:.0f} %" for a, v in overall.items() if round(10 * a) % 2 == 1)
+        lines += [f"Crops and the clean model: share of validation images whose prediction changes ({shown}).", "", "![crops](crop.png)", ""]
+    return lines
+
+
 def build_report(folder: Path) -> Path:
     """Write report.md and its plots into `folder` from the Parquet files there."""
     results = ResultsFolder(folder)
@@ -268,6 +317,8 @@ def build_report(folder: Path) -> Path:
         scatter(in_points, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images (points)", ylabel="diversity: rise in final train loss", labels="augmentation", title="Why: how far it moves the images (x), how much harder it makes training (y)")
         lines += ["## Why: affinity and diversity", "", markdown_table(_affinity_readable(affinity)), "", "![affinity](affinity.png)", ""]
         lines += ["Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out). Diversity: how much it raises the final training loss.", ""]
+
+    lines += _explain_section(folder, results)
 
     if per_class is not None and len(per_class):
         lines += ["## For which classes", ""]

@@ -24,6 +24,11 @@ TABLES = {
     "dose": "dose-response per augmentation and strength",
     "ablation_runs": "the ablation's runs",
     "ablation": "the ablation's paired effects",
+    "explain_runs": "the explain study's runs",
+    "explain": "the thread's explanations, one contrast each",
+    "explain_cells": "the augmentation bundle's effect in each explain cell",
+    "explain_crop": "crop's dose-response in the explain study",
+    "crop_sensitivity": "how often crops change the clean model's predictions, per kept area and class",
 }
 
 # columns the analysis and the studies read from the search's tables

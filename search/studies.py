@@ -1,4 +1,4 @@
-"""The designed studies that follow a search (screen, dose-response, ablation), and the
+"""The designed studies that follow a search (screen, dose-response, ablation, explain), and the
 analysis that turns a results folder's runs tables into effects.parquet and the report.
 
 Each study is a list of fixed configs (`search.design`) trained at full budget by one Ray
@@ -17,8 +17,19 @@ import pandas as pd
 
 from search.ablation import paired_effects
 from search.analysis import search_effects
-from search.config import ConfigError, SearchConfig
-from search.design import CLEAN, ablation_configs, base_settings, dose_configs, screen_configs, screening_design
+from search.config import MOTIVATING, ConfigError, SearchConfig
+from search.design import (
+    BUNDLE,
+    CLEAN,
+    ablation_configs,
+    base_settings,
+    depth_cell,
+    dose_configs,
+    explain_configs,
+    screen_configs,
+    screening_design,
+)
+from search.explain import cells, crop_runs, explain_table
 from search.export import config_from_row, runs_table
 from search.results import ResultsFolder
 from search.storage import prune_checkpoints
@@ -36,7 +47,9 @@ from search.screen import (
 )
 from search.space import BASELINES, Space
 from trainable.data import Dataset
-from trainable.trial import TrialSpec, TrialSettings, affinity, load_checkpoint
+from trainable.models import ModelSpec, parameter_count
+from trainable.recipes import pretraining_recipe
+from trainable.trial import TrialSpec, TrialSettings, affinity, crop_sensitivity, load_checkpoint, spec_for
 
 
 @dataclass(frozen=True)
@@ -76,17 +89,20 @@ def screen_strengths(cfg: SearchConfig, space: Space) -> dict[str, float]:
     return {n: float(named.get(n, default)) for n in space.augmentations}
 
 
-def _estimate(folder: ResultsFolder, runs: int, freeze_depth: int, slots: int) -> str:
+def _estimate(folder: ResultsFolder, runs: list[tuple[int, float]], slots: int) -> str:
+    """`runs` as (freeze depth, epochs of the search's images), timed by the search's own
+    trials at that depth (or at any depth when none ran there)."""
     trials = folder.read("trials")
     if trials is None:
         return ""
     done = trials[(trials["epochs"] > 0) & trials["status"].isin(["completed", "early_stopped"])]
-    same = done[done["freeze_depth"] == freeze_depth]
-    done = same if len(same) else done
     if not len(done):
         return ""
-    per_run = float((done["time_s"] / done["epochs"]).median()) * int(trials["epochs"].max())
-    return f", about {math.ceil(runs / max(slots, 1)) * per_run / 60:.0f} min"
+    per_epoch = done["time_s"] / done["epochs"]
+    overall = float(per_epoch.median())
+    by_depth = per_epoch.groupby(done["freeze_depth"]).median()
+    seconds = sum(float(by_depth.get(depth, overall)) * epochs for depth, epochs in runs)
+    return f", about {math.ceil(seconds / max(slots, 1) / 60)} min on {slots} slot{'s' * (slots != 1)}"
 
 
 def _slots(cfg: SearchConfig) -> int:
@@ -145,7 +161,7 @@ def run_screen(study: Study) -> pd.DataFrame:
         f"screen: {design_runs} runs per seed (folded Plackett-Burman over {len(names)} augmentations, resolution IV) "
         f"+ 1 without augmentation, {cfg.budget.max_epochs} epochs each, at {cfg.screen.base} settings ({shown}); "
         + (f"{replicates} seed{'s' * (replicates != 1)}" if fixed else f"seeds added until a {100 * cfg.screen.detectable:.1f}-point harm is detectable (at most {cfg.screen.max_seeds})")
-        + _estimate(folder, design_runs * replicates + 1, int(base["freeze_depth"]), _slots(cfg))
+        + _estimate(folder, [(int(base["freeze_depth"]), cfg.budget.max_epochs)] * (design_runs * replicates + 1), _slots(cfg))
     )
     configs = screen_configs(base, strengths, list(range(replicates)))
     results, runs = _train(study, configs, "screen")
@@ -208,6 +224,77 @@ def run_ablation(study: Study) -> pd.DataFrame:
     return runs
 
 
+def explain_bundle(folder: ResultsFolder, cfg: SearchConfig, space: Space) -> dict[str, float]:
+    """The augmentations the explain study switches together, at their strengths:
+    explain.bundle, else the screen's harmful set, else the thread's six."""
+    names: list[str] = list(cfg.explain.bundle) if cfg.explain.bundle != "auto" else []
+    screen = folder.read("screen")
+    if not names and screen is not None:
+        effects = screen_effects(screen, screened(screen, list(space.augmentations)))
+        names = list(effects.loc[effects["verdict"] == "hurts", "augmentation"])
+    names = names or list(MOTIVATING)
+    strengths = screen_strengths(cfg, space)
+    return {n: strengths.get(n, space.reference_strength) for n in names}
+
+
+def oversample_target(cfg: SearchConfig, data: Dataset) -> int:
+    """explain.oversample_to, else 4x the mean class size (the thread: 60 a class -> 256)."""
+    return cfg.explain.oversample_to or 4 * math.ceil(len(data.train) / max(data.num_classes, 1))
+
+
+def explain_models(cfg: SearchConfig) -> list[tuple[str, str]]:
+    return [(m.name, m.weights) for m in cfg.explain.models]
+
+
+def _cell_params(spec: TrialSpec, models: list[tuple[str, str]]) -> dict[str, int]:
+    sizes = {depth_cell(0): parameter_count(spec.model.name)}
+    return sizes | {f"model {name}": parameter_count(name) for name, _ in models if name != spec.model.name}
+
+
+def run_explain(study: Study) -> pd.DataFrame:
+    """Train the explain study at the screen's base settings, measure how crops change the
+    clean model's predictions, and write explain_runs.parquet and crop_sensitivity.parquet."""
+    folder, cfg, space, spec, data = study.folder, study.cfg, study.space, study.spec, study.data
+    base = study_base(folder, cfg.screen.base)
+    bundle = explain_bundle(folder, cfg, space)
+    depth = int(base["freeze_depth"])
+    depths = sorted({0, depth, space.max_depth})
+    models = explain_models(cfg)
+    oversample_to = oversample_target(cfg, data)
+    configs = explain_configs(
+        base, bundle, list(space.augmentations), model=(spec.model.name, spec.model.weights), depths=depths,
+        seeds=list(range(cfg.explain.seeds)), scratch_epochs=cfg.explain.scratch_epochs, models=models,
+        oversample_to=oversample_to, crop_strengths=cfg.explain.crop_strengths,
+    )  # fmt: skip
+    epoch_images = len(data.train)
+    timed = [
+        (int(c["freeze_depth"]), (c["max_epochs"] or cfg.budget.max_epochs) * (max(oversample_to * data.num_classes, epoch_images) / epoch_images if c["oversample_to"] else 1))
+        for c in configs
+    ]
+    shown = ", ".join(f"{n} {s:.2g}" for n, s in bundle.items())
+    print(
+        f"explain: {len(configs)} runs ({cfg.explain.seeds} seeds): the bundle ({shown}) off and on at freeze depths "
+        f"{', '.join(map(str, depths))}, from scratch, " + "".join(f"on {n}, " for n, _ in models if n != spec.model.name)
+        + f"with every class oversampled to {oversample_to}; crop alone at {', '.join(f'{s:g}' for s in cfg.explain.crop_strengths)}"
+        + _estimate(folder, timed, _slots(cfg))
+    )
+    results, runs = _train(study, configs, "explain")
+    if runs.empty:
+        raise RuntimeError("every explain run failed; see Ray's log above")
+    runs["params"] = runs["label"].map(_cell_params(spec, models)).astype("Int64")
+    folder.write("explain_runs", runs)
+    reference = depth_cell(depth)
+    for result in results:
+        config = result.config["run"]
+        if config["label"] == reference and not config[BUNDLE] and config["seed"] == 0 and result.error is None and result.checkpoint is not None:
+            with result.checkpoint.as_directory() as path:
+                state = load_checkpoint(path)
+            folder.write("crop_sensitivity", pd.DataFrame(crop_sensitivity(TrialSettings.from_config(config), spec_for(spec, config), data, state)))
+            break
+    _prune(study, "explain")
+    return runs
+
+
 def _known_classes(folder: ResultsFolder) -> list[str] | None:
     per_class = folder.read("per_class")
     return list(dict.fromkeys(per_class["class"])) if per_class is not None and len(per_class) else None
@@ -246,4 +333,25 @@ def analyse(folder: ResultsFolder, cfg: SearchConfig, classes: list[str] | None 
     ablation_runs = folder.read("ablation_runs")
     if ablation_runs is not None:
         folder.write("ablation", paired_effects(ablation_runs, names, effects))
+    explain_runs = folder.read("explain_runs")
+    if explain_runs is not None:
+        analyse_explain(folder, cfg, explain_runs, screen_runs)
     return effects
+
+
+def analyse_explain(folder: ResultsFolder, cfg: SearchConfig, runs: pd.DataFrame, screen: pd.DataFrame | None) -> None:
+    """explain.parquet (one row per explanation tested), explain_cells.parquet (the bundle's
+    effect per cell) and crop's dose-response beside them."""
+    recipe = pretraining_recipe(ModelSpec(name=cfg.model.name, weights=cfg.model.weights))
+    names = screened(screen, list(cfg.space.augmentation_names)) if screen is not None else []
+    params = runs.dropna(subset=["params"]).groupby("label")["params"].first().astype(int).to_dict() if "params" in runs else {}
+    max_depth = int(runs.loc[runs["label"].str.startswith("depth "), "freeze_depth"].max())
+    table = explain_table(
+        runs, max_depth=max_depth, screen=screen, screened=names, params=params, negligible=cfg.explain.negligible,
+        recipe=None if recipe is None else (recipe.augmentations, recipe.source),
+    )  # fmt: skip
+    folder.write("explain", table)
+    folder.write("explain_cells", cells(runs))
+    crop = crop_runs(runs)
+    if len(crop):
+        folder.write("explain_crop", dose_table(crop, ["crop"]))

@@ -22,7 +22,7 @@ from search.progress import Progress
 from search.space import Space
 from search.storage import storage_filesystem, storage_uri
 from trainable.data import Dataset
-from trainable.trial import TrialSpec, amp_dtype, train_trial
+from trainable.trial import TrialSpec, amp_dtype, spec_for, train_trial
 
 METRIC, MODE = "top1", "max"
 STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal
@@ -220,9 +220,10 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[st
     return tuner.fit()
 
 
-def train_fixed(config: dict, **kwargs) -> None:
-    """Ray trainable for designed studies: one fixed run, grid-searched as a whole flat config."""
-    train_trial(config["run"], **kwargs)
+def train_fixed(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
+    """Ray trainable for designed studies: one fixed run, grid-searched as a whole flat config
+    (with its own model, weights, oversampling or budget where it names them)."""
+    train_trial(config["run"], data=data, spec=spec_for(spec, config["run"]))
 
 
 def _same_study(path: str, configs: list[dict[str, Any]]) -> None:

@@ -302,3 +302,9 @@ def build_model(spec: ModelSpec, num_classes: int, freeze_depth: int = 0) -> Sta
 
 def max_freeze_depth(name: str) -> int:
     return len(family_of(name).stages(_backbone(ModelSpec(name, "none"))))
+
+
+@functools.cache
+def parameter_count(name: str) -> int:
+    """The backbone's parameters (the capacity the explain study compares models by)."""
+    return sum(p.numel() for p in _backbone(ModelSpec(name, "none")).parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import ctypes.util
 import functools
 import math
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.transforms.v2 import functional as F
 
 from trainable.augment import build_pipeline, strengths_in
 from trainable.hyperparameters import BY_NAME, settings_in
@@ -72,6 +74,23 @@ class TrialSpec:
     # frozen-prefix cache; False: v2 transforms image by image and every stage run as built,
     # every step (the reference the fast path is checked against)
     fast_path: bool = True
+
+
+# a designed run's own model, weights, class balance and budget, over the search's TrialSpec
+SPEC_KEYS = ("model", "weights", "oversample_to", "max_epochs")
+
+
+def spec_for(spec: TrialSpec, config: Mapping) -> TrialSpec:
+    """`spec` with the overrides a designed run's config carries (SPEC_KEYS): `explain`
+    trains other models, random init, oversampled classes and longer budgets."""
+    changes: dict = {}
+    if "model" in config or "weights" in config:
+        changes["model"] = ModelSpec(name=config.get("model", spec.model.name), weights=config.get("weights", spec.model.weights))
+    if config.get("oversample_to") is not None:
+        changes |= {"balance": "oversample", "oversample_to": int(config["oversample_to"])}
+    if config.get("max_epochs") is not None:
+        changes["max_epochs"] = int(config["max_epochs"])
+    return dataclasses.replace(spec, **changes) if changes else spec
 
 
 def _device(spec: TrialSpec) -> torch.device:
@@ -150,6 +169,38 @@ def affinity(settings: TrialSettings, spec: TrialSpec, data: Dataset, state: dic
         out[name] = classification_metrics(logits, data.val.labels)["top1"] - clean
     torch.set_rng_state(rng)
     return out
+
+
+CROP_AREAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # kept fractions of the image
+
+
+def crop_sensitivity(settings: TrialSettings, spec: TrialSpec, data: Dataset, state: dict, areas=CROP_AREAS) -> list[dict]:
+    """For the model in `state` (trained without augmentation): per kept area and class, how
+    often its prediction changes when a validation image is cropped to that fraction of its
+    area (a square at a random place, resized back), and its top-1 on those crops. A crop
+    that loses the object changes the prediction; one that keeps it should not."""
+    device = _device(spec)
+    amp = amp_dtype(spec, device)
+    model = _trial_model(settings, spec, data, device)
+    _load_trained(model, state["model"], settings)
+    images, labels = data.val.images, data.val.labels
+    clean = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp).argmax(1)
+    side = images.shape[-1]
+    generator = torch.Generator().manual_seed(spec.seed)
+    rows = []
+    for area in areas:
+        kept = max(1, round(side * math.sqrt(area)))
+        corners = torch.randint(0, side - kept + 1, (len(images), 2), generator=generator).tolist()
+        cropped = torch.stack([F.resized_crop(image, top, left, kept, kept, [side, side], antialias=True) for image, (top, left) in zip(images, corners)])
+        logits = predict(model, Split(cropped, labels), batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
+        predicted = logits.argmax(1)
+        for c, name in enumerate(data.classes):
+            mine = labels == c
+            if mine.any():
+                changed = (predicted[mine] != clean[mine]).float().mean().item()
+                correct = (predicted[mine] == labels[mine]).float().mean().item()
+                rows.append({"area": area, "class": name, "images": int(mine.sum()), "changed": changed, "top1": correct})
+    return rows
 
 
 def fine_tune(

@@ -3,29 +3,12 @@ set call the large planted harms harmful, no harmless augmentation harmful, and 
 classes the harm was planted in."""
 
 import pandas as pd
-import pytest
 
-from search.cli import main
+from tests.search.conftest import PLANTED_SEARCHED as SEARCHED
 from trainable.planted import CLASSES, HARMLESS, PLANTED_HARMS
 
-SEARCHED = ["hflip", "color", "blur", "brightness", "contrast"]
-SPACE = f"""
-data: {{source: planted, image_size: 32, train_size: 300, val_size: 300}}
-space: {{augmentations: [{", ".join(SEARCHED)}], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 3, batch_size: 32}}
-budget: {{num_samples: 3, max_epochs: 4, grace_period: 1}}
-screen: {{strength: 1.0, seeds: 1}}
-dose: {{enabled: false}}
-"""
 # which pair of classes each planted harm was planted in
 TARGETS = {"color": {"red", "orange"}, "blur": {"checker", "flat"}}
-
-
-@pytest.fixture(scope="module")
-def planted_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("planted")
-    (root / "space.yaml").write_text(SPACE)
-    assert main(["--space", str(root / "space.yaml"), "--storage", str(root), "--name", "planted"]) == 0
-    return root / "planted"
 
 
 def test_the_screen_calls_planted_harms_harmful_and_no_harmless_one(planted_run):

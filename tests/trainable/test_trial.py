@@ -194,3 +194,14 @@ def test_kept_memory_spares_the_page_faults_of_every_batch():
     default = max(faults_per_batch("default") for _ in range(2))
     kept = faults_per_batch("keep")
     assert default > 1000 and kept < 400, (default, kept)
+
+
+def test_a_designed_run_overrides_model_weights_balance_and_budget():
+    from trainable.models import ModelSpec
+    from trainable.trial import TrialSpec, spec_for
+
+    spec = TrialSpec(model=ModelSpec("efficientnet_lite0"), max_epochs=3)
+    assert spec_for(spec, {"lr": 0.01, "model": "efficientnet_lite0", "weights": "auto", "oversample_to": None, "max_epochs": None}) == spec
+    other = spec_for(spec, {"model": "resnet18", "weights": "none", "oversample_to": 40, "max_epochs": 5})
+    assert other.model == ModelSpec("resnet18", "none") and (other.balance, other.oversample_to, other.max_epochs) == ("oversample", 40, 5)
+    assert spec_for(spec, {"weights": "none"}).model == ModelSpec("efficientnet_lite0", "none")
