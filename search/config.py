@@ -129,6 +129,13 @@ class ResourcesConfig(_Section):
 Strength = Annotated[float, Field(gt=0, le=1)]
 
 
+def _two_levels(value: tuple[float, ...], study: str) -> tuple[float, ...]:
+    """Strengths for a dose-response: sorted, at least two different ones."""
+    if len(set(value)) < 2:
+        raise ValueError(f"{study} needs at least two different strengths")
+    return tuple(sorted(set(value)))
+
+
 class ScreenConfig(_Section):
     """The screening study after the search: a two-level design over the searched
     augmentations at fixed other settings."""
@@ -150,12 +157,7 @@ class DoseConfig(_Section):
     max_augmentations: PositiveInt = 1  # the most harmful ones first
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.005  # harmful above: where it costs more than this
 
-    @field_validator("strengths")
-    @classmethod
-    def _levels(cls, value):
-        if len(set(value)) < 2:
-            raise ValueError("dose-response needs at least two different strengths")
-        return tuple(sorted(set(value)))
+    _levels = field_validator("strengths")(lambda value: _two_levels(value, "dose-response"))
 
 
 class AblationConfig(_Section):
@@ -199,12 +201,7 @@ class ExplainConfig(_Section):
     def _known_models(cls, value):
         return tuple(ExplainModel(name=m) if isinstance(m, str) else m for m in value)
 
-    @field_validator("crop_strengths")
-    @classmethod
-    def _levels(cls, value):
-        if len(set(value)) < 2:
-            raise ValueError("crop's dose-response needs at least two different strengths")
-        return tuple(sorted(set(value)))
+    _levels = field_validator("crop_strengths")(lambda value: _two_levels(value, "crop's dose-response"))
 
 
 class RunSection(_Section):

@@ -23,7 +23,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from search.design import BUNDLE, CLEAN, SCRATCH, depth_cell
-from search.screen import ALPHA, dose_effects, main_effects, paired_interval
+from search.screen import ALPHA, main_effects, paired_interval
 
 
 @dataclass(frozen=True)
@@ -202,19 +202,29 @@ def crop_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def crop_row(runs: pd.DataFrame) -> dict | None:
-    """(d): crop's effect at its highest strength minus at its lowest, paired by seed."""
+    """(d): crop's effect at its highest strength minus at its lowest, from one fit of crop's
+    runs and their reference on one level per strength plus seed blocks (the reference's runs
+    add residual degrees of freedom)."""
+    runs = crop_runs(runs)
     crop = runs[runs["label"] == "crop"]
     levels = sorted(crop["aug_crop_strength"].unique())
     if len(levels) < 2:
         return None
-    low_runs = crop[crop["aug_crop_strength"] == levels[0]].set_index("seed")["top1"]
-    high_runs = crop[crop["aug_crop_strength"] == levels[-1]].set_index("seed")["top1"]
-    common = low_runs.index.intersection(high_runs.index)
-    diffs = (high_runs.loc[common] - low_runs.loc[common]).to_numpy(float)
-    effects = dose_effects(crop_runs(runs), "crop").set_index("strength")["effect"]
-    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) >= 2 and diffs.std() > 0 else math.nan
-    return _row("crop", float(diffs.mean()), paired_interval(diffs), p, level_a=f"strength {levels[0]:g}", effect_a=float(effects.get(levels[0], math.nan)),
-                level_b=f"strength {levels[-1]:g}", effect_b=float(effects.get(levels[-1], math.nan)), n_runs=2 * len(diffs), df=float(len(diffs) - 1))  # fmt: skip
+    x = pd.DataFrame({"const": 1.0}, index=runs.index)
+    for i, level in enumerate(levels):
+        x[f"s{i}"] = ((runs["label"] == "crop") & (runs["aug_crop_strength"] == level)).astype(float)
+    for seed in sorted(runs["seed"].unique())[1:]:
+        x[f"seed_{seed}"] = (runs["seed"] == seed).astype(float)
+    if len(runs) <= x.shape[1]:
+        return None
+    fit = sm.OLS(runs["top1"].to_numpy(float), x).fit()
+    contrast = np.zeros(x.shape[1])
+    contrast[[x.columns.get_loc("s0"), x.columns.get_loc(f"s{len(levels) - 1}")]] = (-1.0, 1.0)
+    test = fit.t_test(contrast)
+    low, high = (float(v) for v in np.squeeze(test.conf_int(alpha=ALPHA)))
+    return _row("crop", float(np.squeeze(test.effect)), (low, high), float(np.squeeze(test.pvalue)),
+                level_a=f"strength {levels[0]:g}", effect_a=float(fit.params["s0"]), level_b=f"strength {levels[-1]:g}",
+                effect_b=float(fit.params[f"s{len(levels) - 1}"]), n_runs=len(runs), df=float(fit.df_resid))  # fmt: skip
 
 
 def explain_table(

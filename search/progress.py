@@ -17,7 +17,8 @@ def describe(config: dict[str, Any]) -> str:
     """The settings that tell one trial from another, in a few words."""
     run = config.get("run", config)
     shown = ",".join(f"{n} {s:.2f}" for n, s in strengths_in(run).items()) or "no augmentation"
-    where = run.get("baseline") or (f"{run['study']} seed {run['seed']}" if "study" in run else "")
+    cell = f" {run['label']}" if run.get("study") == "explain" else ""  # scratch, a model, oversampled ...
+    where = run.get("baseline") or (f"{run['study']}{cell} seed {run['seed']}" if "study" in run else "")
     return f"{where + ': ' if where else ''}lr {run.get('lr', math.nan):.2g}, freeze {run.get('freeze_depth')}, {shown}"
 
 

@@ -112,9 +112,15 @@ def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
         if not math.isnan(start):
             ax.axvline(start, color=colour, ls="--", lw=1)
     ax.axhline(0, color="black", lw=1)
-    ax.set_xlabel("strength (0 = off)")
-    ax.set_ylabel("change in top-1 (points)")
-    ax.set_title("Dose-response: measured effect (dots), fitted curve with its 95 % band;\ndashed line: the strength where the harm passes the threshold", fontsize=9)
+    title = "Dose-response: measured effect (dots), fitted curve with its 95 % band;\ndashed line: the strength where the harm passes the threshold"
+    _save(fig, ax, path, xlabel="strength (0 = off)", ylabel="change in top-1 (points)", title=title, size=9)
+
+
+def _save(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str, size: int = 10) -> None:
+    """Label a line plot, add its legend and grid, and write it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=size)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -257,14 +263,7 @@ def crop_plot(sensitivity: pd.DataFrame, path: Path) -> None:
     for name in worst:
         mine = sensitivity[sensitivity["class"] == name]
         ax.plot(100 * mine["area"], 100 * mine["changed"], ".--", label=str(name))
-    ax.set_xlabel("kept area of the image (%)")
-    ax.set_ylabel("predictions changed (%)")
-    ax.set_title("Crops: how often the clean model changes its answer", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, xlabel="kept area of the image (%)", ylabel="predictions changed (%)", title="Crops: how often the clean model changes its answer")
 
 
 def _explain_section(folder: Path, results: ResultsFolder) -> list[str]:

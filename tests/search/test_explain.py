@@ -208,3 +208,14 @@ def test_crops_that_keep_less_change_more_predictions(explained):
     report = (folder / "report.md").read_text()
     assert report.index("## Verdicts") < report.index("## Why it hurts") < report.index("## Baselines")
     assert report.count("**(") >= 6 and (folder / "crop.png").is_file()
+
+
+def test_bad_explain_input_stops_before_ray_with_the_key_named(tmp_path, capsys):
+    from search.config import SearchConfig
+
+    (tmp_path / "config.yaml").write_text(SearchConfig().dump())
+    assert main(["explain", str(tmp_path), "--models", "resnet1"]) == 2
+    err = capsys.readouterr().err
+    assert "explain.models" in err and "unknown model 'resnet1'" in err and "resnet18" in err
+    assert main(["explain", str(tmp_path), "--seeds", "1"]) == 2
+    assert "explain.seeds" in capsys.readouterr().err

@@ -44,13 +44,18 @@ def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path):
     assert sum(t.state == TrialState.FAIL for t in study.trials) == len(diverged)
 
 
-RESUMABLE = """
-data: {source: mnist, image_size: 32, train_size: 300, val_size: 100}
-space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e-2], freeze_depth: [0, max]}
-budget: {num_samples: 6, max_epochs: 3, grace_period: 3}
-resources: {max_concurrent: 1}
-dose: {enabled: false}
+def one_at_a_time(trials: int, studies: str) -> str:
+    """A small MNIST space whose trials run one at a time for 3 epochs each."""
+    return f"""
+data: {{source: mnist, image_size: 32, train_size: 300, val_size: 100}}
+space: {{augmentations: [hflip, blur], lr: [1.0e-3, 1.0e-2], freeze_depth: [0, max]}}
+budget: {{num_samples: {trials}, max_epochs: 3, grace_period: 3}}
+resources: {{max_concurrent: 1}}
+{studies}
 """
+
+
+RESUMABLE = one_at_a_time(6, "dose: {enabled: false}")
 
 
 def listening_addresses(root: int) -> set[str]:
@@ -120,13 +125,7 @@ def test_a_killed_search_and_a_killed_screen_resume_without_losing_or_repeating_
     assert _epochs(folder) == sorted([1, 2, 3] * 6) and _epochs(screen) == sorted([1, 2, 3] * 9)
 
 
-WORKER = """
-data: {source: mnist, image_size: 32, train_size: 300, val_size: 100}
-space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e-2], freeze_depth: [0, max]}
-budget: {num_samples: 3, max_epochs: 3, grace_period: 3}
-resources: {max_concurrent: 1}
-screen: {enabled: false}
-"""
+WORKER = one_at_a_time(3, "screen: {enabled: false}")
 
 
 def test_a_trial_whose_process_is_killed_loses_at_most_the_epoch_in_flight(tmp_path):
