@@ -35,6 +35,11 @@ TABLES = {
 NEEDED = {"trials": TRIAL_COLUMNS, "best_configs": (*CONFIG_COLUMNS, "top1", "epochs"), "history": HISTORY_COLUMNS[:2]}
 
 
+def _named(name: str, doc: str) -> property:
+    """A results folder's file that is not a table."""
+    return property(lambda folder: folder.path / name, doc=doc)
+
+
 @dataclass(frozen=True)
 class ResultsFolder:
     path: Path
@@ -77,14 +82,10 @@ class ResultsFolder:
         write_parquet(frame, self.file(table))
         return self.file(table)
 
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def facts(self) -> Path:
-        """What the search resolved about its data and model, as JSON (the report reads it)."""
-        return self.path / "facts.json"
+    config = _named("config.yaml", "The resolved configuration, every key, as a space file.")
+    facts = _named("facts.json", "What the search resolved about its data and model, as JSON (the report reads it).")
+    report = _named("report.md", "The report, rebuilt from the Parquet files.")
+    journal = _named("optuna.journal", "The search's Optuna study, written as it runs (optuna-dashboard reads it).")
 
     def write_facts(self, facts: dict) -> None:
         write_text(json.dumps(facts, indent=1) + "\n", self.facts)
@@ -96,12 +97,3 @@ class ResultsFolder:
         except (OSError, ValueError):
             return {}
         return facts if isinstance(facts, dict) else {}
-
-    @property
-    def report(self) -> Path:
-        return self.path / "report.md"
-
-    @property
-    def journal(self) -> Path:
-        """The search's Optuna study, written as it runs (optuna-dashboard reads it)."""
-        return self.path / "optuna.journal"
