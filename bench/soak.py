@@ -10,7 +10,9 @@ of the run. Not a test: it takes minutes and its figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -59,6 +61,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=200)
     args = p.parse_args()
     storage = tempfile.mkdtemp(prefix="soak")
+    atexit.register(shutil.rmtree, storage, ignore_errors=True)  # its trials' checkpoints only
     cfg = load_config(
         None,
         {

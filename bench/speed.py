@@ -24,11 +24,13 @@ Sections (each prints a markdown table; all figures also go to results/bench/spe
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -375,6 +377,15 @@ def _finals(results) -> list[float]:
     return [out[i] for i in sorted(out)]
 
 
+def scratch(prefix: str, keep: bool) -> Path:
+    """A work folder for one section: its image folders and Ray runs are gigabytes, so it goes
+    when the benchmark exits unless --keep asks to look at it."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    if not keep:
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return work
+
+
 def section_search(args) -> dict:
     import ray
     from ray import tune
@@ -382,7 +393,7 @@ def section_search(args) -> dict:
     from search.pipeline import prepare, ray_session
     from search.tuner import run_search, run_study
 
-    work = Path(tempfile.mkdtemp(prefix="tune-search-bench-"))
+    work = scratch("tune-search-bench-", args.keep)
     folder = work / "fashion-mnist-png"
     write_image_folder(folder, args.search_train_size, args.search_val_size)
     overrides = {
@@ -447,7 +458,7 @@ def section_search(args) -> dict:
     print(f"mean |full - plain| top-1: {np.nanmean(np.abs(np.array(fast_top1) - np.array(plain_top1))):.4f}"
           + (f"; mean |full - reference|: {np.nanmean(np.abs(np.array(fast_top1) - np.array(ref_top1))):.4f}" if ref_top1 else ""))  # fmt: skip
     print(per_trial.round(4).to_string())
-    return {"rows": rows, "per_trial": per_trial.to_dict("list"), "decode_s": decode_s, "work": str(work)}
+    return {"rows": rows, "per_trial": per_trial.to_dict("list"), "decode_s": decode_s}
 
 
 # ---------------------------------------------------------------- verdicts
@@ -477,7 +488,7 @@ def section_verdicts(args) -> dict:
     """The default run (search, then screen) on the planted-harm set, with and without the fast path."""
     from trainable.planted import HARMLESS, PLANTED_HARMS
 
-    work = Path(tempfile.mkdtemp(prefix="tune-search-verdicts-"))
+    work = scratch("tune-search-verdicts-", args.keep)
     verdicts, walls = {}, {}
     for fast in (True, False):
         folder, walls[fast] = _planted_run(work, f"fast-{fast}", fast=fast, seeds=args.planted_seeds)
@@ -502,7 +513,7 @@ def section_verdicts(args) -> dict:
 def section_screen(args) -> dict:
     """Precision per compute: the screen's interval half-width against the ablation's on the
     same data, both at full budget, per trial-epoch spent."""
-    work = Path(tempfile.mkdtemp(prefix="tune-search-screen-"))
+    work = scratch("tune-search-screen-", args.keep)
     folder, wall = _planted_run(work, "both", fast=True, seeds=1, flags=("--ablate",))
     results = ResultsFolder(folder)
     screen_runs, ablation_runs = results.read("screen"), results.read("ablation_runs")
@@ -617,6 +628,7 @@ def main() -> None:
     p.add_argument("--gpu-train-size", type=int, default=8000, help="training images for the gpu section")
     p.add_argument("--gpu-dry-run", action="store_true", help="run the gpu section on the CPU, small, where there is no GPU")
     p.add_argument("--out", default="results/bench/speed.json")
+    p.add_argument("--keep", action="store_true", help="keep the sections' work folders (removed at exit otherwise)")
     args = p.parse_args()
     keep_freed_memory()  # as train_trial does in every trial process
     figures = {"args": vars(args), "cpus": os.cpu_count(), "torch": torch.__version__}

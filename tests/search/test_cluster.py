@@ -3,6 +3,7 @@
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,19 +53,22 @@ def cluster():
     # token authentication on, with a token only this test knows: nodes and the job client need it
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     port, dashboard = free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="tsray")  # short: Ray's socket paths have a length limit
+    # short: Ray's socket paths have a length limit; each node its own, or two nodes sharing one
+    # would delete each other's unpacked working dir
+    temps = [tempfile.mkdtemp(prefix="tsray") for _ in range(2)]
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     try:
         head = ray("start", "--head", f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                   f"--dashboard-port={dashboard}", f"--temp-dir={temp}", *common, env=env)  # fmt: skip
+                   f"--dashboard-port={dashboard}", f"--temp-dir={temps[0]}", *common, env=env)  # fmt: skip
         assert head.returncode == 0, head.stderr[-3000:]
-        # its own temp dir: two nodes sharing one would delete each other's unpacked working dir
-        worker = ray("start", f"--address=127.0.0.1:{port}", f"--temp-dir={tempfile.mkdtemp(prefix='tsray')}", *common, env=env)
+        worker = ray("start", f"--address=127.0.0.1:{port}", f"--temp-dir={temps[1]}", *common, env=env)
         assert worker.returncode == 0, worker.stderr[-3000:]
         wait_for_nodes(f"127.0.0.1:{port}", 2, env)
         yield env, f"http://127.0.0.1:{dashboard}"
     finally:
         ray("stop", "--force", env=env)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_search_submitted_with_ray_job_runs_on_both_nodes(cluster, tmp_path):
