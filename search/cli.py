@@ -65,11 +65,16 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int)
 
 
+def seeds(text: str) -> int | str:
+    """A replicate count, or `auto` (replicates added until screen.detectable is met)."""
+    return text if text == "auto" else int(text)
+
+
 RESUME_HELP = "continue this study where a killed run left it"
 # command -> (help, [(flag, type, dotted key in the space file or None)])
 RESULTS_COMMANDS = {
     "screen": ("screen the augmentations of a finished search (then dose-response)",
-               [("--seeds", int, "screen.seeds"), ("--strength", float, "screen.strength"), ("--base", str, "screen.base"),
+               [("--seeds", seeds, "screen.seeds"), ("--strength", float, "screen.strength"), ("--base", str, "screen.base"),
                 ("--resume", bool, None), ("--address", str, None)]),
     "ablate": ("ablate the best config of a finished search",
                [("--seeds", int, "ablation.seeds"), ("--strength", float, "ablation.strength"), ("--resume", bool, None), ("--address", str, None)]),

@@ -143,7 +143,7 @@ class ScreenConfig(_Section):
     enabled: bool = True
     base: Literal["best", "baseline"] = "best"  # the best config's settings, or the "all layers" baseline's
     strength: Strength | dict[str, Strength] | None = None  # None: the baselines' strength
-    seeds: PositiveInt | Literal["auto"] = 1  # auto: replicate until `detectable` is met
+    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicate until `detectable` is met
     detectable: Annotated[float, Field(gt=0, lt=1)] = 0.015  # smallest harm to detect with 80 % power
     max_seeds: PositiveInt = 2
 

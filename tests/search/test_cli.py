@@ -163,9 +163,12 @@ def test_no_screen_leaves_verdicts_to_the_screen_command(search_run, capsys):
     effects = pd.read_parquet(folder / "effects.parquet")
     assert (effects["verdict"] == "not screened").all() and effects["search_effect"].isna().all()  # 6 trials: too few
     assert "No screen was run" in (folder / "report.md").read_text()
-    assert main(["screen", str(folder), "--seeds", "1", "--strength", "0.8"]) == 0
+    assert main(["screen", str(folder), "--seeds", "auto", "--strength", "0.8"]) == 0
     screen = pd.read_parquet(folder / "screen.parquet")
-    assert len(screen) == 16 + 1 and (screen["epochs"] == 2).all()  # 7 augmentations: a folded 8-run design
+    # 7 augmentations: a folded 8-run design, and one clean run. On 200 images a 1.5-point harm
+    # is out of reach after one replicate, so `auto` adds the second of screen.max_seeds (2)
+    assert len(screen) == 2 * 16 + 1 and (screen["epochs"] == 2).all()
+    assert screen.groupby("seed")["design_row"].apply(lambda rows: sorted(rows[rows >= 0])).tolist() == [list(range(16))] * 2
     assert len(screen[["lr", "freeze_depth"]].drop_duplicates()) == 1  # every run at the best config's settings
     effects = pd.read_parquet(folder / "effects.parquet")
     assert set(effects["verdict"]) <= {"hurts", "helps", "unclear"} and (effects["strength"] == 0.8).all()
@@ -173,6 +176,7 @@ def test_no_screen_leaves_verdicts_to_the_screen_command(search_run, capsys):
     assert list(results.glob("small-screen/trial_*"))  # Ray's runs beside the folder
     out = capsys.readouterr().out
     assert "| augmentation | top-1 effect, points | verdict |" in out and "Holm-corrected" in out
+    assert "screen: 1 seed(s), residual SD" in out  # why the second replicate ran
     assert main(["screen", str(folder), "--base", "worst"]) == 2
     assert "screen.base" in capsys.readouterr().err
 

@@ -55,7 +55,7 @@ resources: {{max_concurrent: 1}}
 """
 
 
-RESUMABLE = one_at_a_time(6, "dose: {enabled: false}")
+RESUMABLE = one_at_a_time(6, "screen: {seeds: 1}\ndose: {enabled: false}")
 
 
 def listening_addresses(root: int) -> set[str]:
