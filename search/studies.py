@@ -157,11 +157,13 @@ def run_screen(study: Study) -> pd.DataFrame:
     fixed = cfg.screen.seeds != "auto"
     replicates = cfg.screen.seeds if fixed else 1
     shown = ", ".join(f"{k} {v:.3g}" for k, v in base.items())
+    estimate = _estimate(folder, [(int(base["freeze_depth"]), cfg.budget.max_epochs)] * (design_runs * replicates + 1), _slots(cfg))
     print(
         f"screen: {design_runs} runs per seed (folded Plackett-Burman over {len(names)} augmentations, resolution IV) "
         f"+ 1 without augmentation, {cfg.budget.max_epochs} epochs each, at {cfg.screen.base} settings ({shown}); "
         + (f"{replicates} seed{'s' * (replicates != 1)}" if fixed else f"seeds added until a {100 * cfg.screen.detectable:.1f}-point harm is detectable (at most {cfg.screen.max_seeds})")
-        + _estimate(folder, [(int(base["freeze_depth"]), cfg.budget.max_epochs)] * (design_runs * replicates + 1), _slots(cfg))
+        + estimate
+        + (" for the first" if estimate and not fixed else "")
     )
     configs = screen_configs(base, strengths, list(range(replicates)))
     results, runs = _train(study, configs, "screen")
