@@ -24,7 +24,7 @@ from search.studies import Study
 from trainable.augment import strengths_in
 from trainable.data import DataSpec, Dataset, load_dataset
 from trainable.hyperparameters import HYPERPARAMETERS
-from trainable.models import ModelSpec, max_freeze_depth, pretrained_backbone
+from trainable.models import ModelSpec, WeightsError, max_freeze_depth, pretrained_backbone
 from trainable.trial import TrialSpec, keep_weights_only
 
 
@@ -166,7 +166,10 @@ def explain_lines(explain: pd.DataFrame) -> str:
 def check_explain(cfg: SearchConfig) -> None:
     """Every model explain.models names loads its weights (before Ray starts)."""
     for m in cfg.explain.models:
-        pretrained_backbone(ModelSpec(name=m.name, weights=m.weights))
+        try:
+            pretrained_backbone(ModelSpec(name=m.name, weights=m.weights))
+        except WeightsError as exc:
+            raise ConfigError(f"explain.models: {exc}") from None
 
 
 def studies(study: Study, *, screen: bool, ablate: bool, explain: bool = False) -> None:

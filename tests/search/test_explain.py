@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from search.cli import main
 from search.design import BUNDLE, explain_configs
@@ -219,3 +220,12 @@ def test_bad_explain_input_stops_before_ray_with_the_key_named(tmp_path, capsys)
     assert "explain.models" in err and "unknown model 'resnet1'" in err and "resnet18" in err
     assert main(["explain", str(tmp_path), "--seeds", "1"]) == 2
     assert "explain.seeds" in capsys.readouterr().err
+    # a weights file for the capacity contrast that is not a state_dict: refused before Ray too
+    torch.save([1, 2, 3], tmp_path / "not-weights.pt")
+    (tmp_path / "config.yaml").write_text(SearchConfig().dump())
+    space = tmp_path / "space.yaml"
+    space.write_text(f"explain: {{enabled: true, models: [{{name: resnet18, weights: {tmp_path / 'not-weights.pt'}}}]}}\n")
+    assert main(["--space", str(space), "--storage", str(tmp_path), "--name", "refused"]) == 2
+    err = capsys.readouterr().err
+    assert "explain.models" in err and "not-weights.pt is not a state_dict" in err and "Traceback" not in err
+    assert not (tmp_path / "refused").exists()
