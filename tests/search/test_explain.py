@@ -229,3 +229,26 @@ def test_bad_explain_input_stops_before_ray_with_the_key_named(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "explain.models" in err and "not-weights.pt is not a state_dict" in err and "Traceback" not in err
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_search_with_explain_enabled_runs_it_after_the_screen(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "data: {source: planted, image_size: 16, train_size: 80, val_size: 80}\n"
+        "space: {augmentations: [hflip, color], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 3, batch_size: 32}\n"
+        "budget: {num_samples: 3, max_epochs: 1, grace_period: 1}\n"
+        "screen: {strength: 1.0, seeds: 1}\n"
+        "dose: {enabled: false}\n"
+        "explain: {enabled: true, crop_strengths: [0.5, 1.0], oversample_to: 40}\n"
+    )
+    assert main(["--space", str(space), "--storage", str(tmp_path), "--name", "run"]) == 0
+    folder = tmp_path / "run"
+    table = pd.read_parquet(folder / "explain.parquet").set_index("explanation")
+    # no scratch_epochs and no other models: those two are not tested; the rest are
+    assert set(table.index) == {"freeze", "scratch", "recipe", "crop", "confound"}
+    runs = pd.read_parquet(folder / "explain_runs.parquet")
+    assert set(runs["label"]) == {"depth 0", "depth 3", "depth 9", "scratch", "oversample 40", "crop"}
+    assert (runs["epochs"] == 1).all() and runs.groupby("label").size().drop("crop").eq(4).all()
+    out = capsys.readouterr().out
+    assert out.index("| augmentation | top-1 effect, points | verdict |") < out.index("(a) trainable capacity") < out.index("| head only")
+    assert "## Why it hurts" in (folder / "report.md").read_text()
