@@ -187,8 +187,7 @@ def studies(study: Study, *, screen: bool, ablate: bool, explain: bool = False) 
     effects = analyse(study.folder, study.cfg, list(study.data.classes))
     report = build_report(study.folder.path)
     print("\n" + verdict_table(effects))
-    explained = study.folder.read("explain")
-    if explain and explained is not None:
+    if explain and (explained := study.folder.read("explain")) is not None:
         print("\n" + explain_lines(explained))
     trials, best = study.folder.read("trials"), study.folder.read("best_configs")
     if trials is not None and best is not None:

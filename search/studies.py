@@ -244,10 +244,6 @@ def oversample_target(cfg: SearchConfig, data: Dataset) -> int:
     return cfg.explain.oversample_to or 4 * math.ceil(len(data.train) / max(data.num_classes, 1))
 
 
-def explain_models(cfg: SearchConfig) -> list[tuple[str, str]]:
-    return [(m.name, m.weights) for m in cfg.explain.models]
-
-
 def _cell_params(spec: TrialSpec, models: list[tuple[str, str]]) -> dict[str, int]:
     sizes = {depth_cell(0): parameter_count(spec.model.name)}
     return sizes | {f"model {name}": parameter_count(name) for name, _ in models if name != spec.model.name}
@@ -261,7 +257,7 @@ def run_explain(study: Study) -> pd.DataFrame:
     bundle = explain_bundle(folder, cfg, space)
     depth = int(base["freeze_depth"])
     depths = sorted({0, depth, space.max_depth})
-    models = explain_models(cfg)
+    models = [(m.name, m.weights) for m in cfg.explain.models]
     oversample_to = oversample_target(cfg, data)
     configs = explain_configs(
         base, bundle, list(space.augmentations), model=(spec.model.name, spec.model.weights), depths=depths,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import ctypes.util
+import dataclasses
 import functools
 import math
 import tempfile
