@@ -52,5 +52,5 @@ fi
 if [ "$installed" = false ]; then
   .venv/bin/python -m pip install -q -e ".${EXTRAS}" 2>&1 | grep -v "^WARNING: Location" || true
 fi
-.venv/bin/python -c "import search, trainable, torch, torchvision, ray, optuna" \
+.venv/bin/python -c "import tune_search, torch, torchvision, ray, optuna" \
   || { echo "setup: the install failed (see pip's messages above)" >&2; exit 1; }

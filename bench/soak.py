@@ -17,10 +17,10 @@ import tempfile
 import threading
 import time
 
-from search.pipeline import prepare, ray_session
-from search.config import load_config
-from search.export import records_from_results
-from search.tuner import run_search
+from tune_search.pipeline import prepare, ray_session
+from tune_search.config import load_config
+from tune_search.export import records_from_results
+from tune_search.tuner import run_search
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -42,14 +42,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from search.config import load_config
-from search.export import config_from_row, records_from_results, trials_table
-from search.results import ResultsFolder
-from trainable.augment import NAMES, REGISTRY, build_pipeline
-from trainable.data import Dataset, DataSpec, load_dataset
-from trainable.loop import autocast
-from trainable.models import ModelSpec, build_model, max_freeze_depth
-from trainable.trial import TrialSettings, TrialSpec, amp_dtype, fine_tune, keep_freed_memory
+from tune_search.config import load_config
+from tune_search.export import config_from_row, records_from_results, trials_table
+from tune_search.results import ResultsFolder
+from tune_search.trainable.augment import NAMES, REGISTRY, build_pipeline
+from tune_search.trainable.data import Dataset, DataSpec, load_dataset
+from tune_search.trainable.loop import autocast
+from tune_search.trainable.models import ModelSpec, build_model, max_freeze_depth
+from tune_search.trainable.trial import TrialSettings, TrialSpec, amp_dtype, fine_tune, keep_freed_memory
 
 # the motivating case's six augmentations; the search's baseline "all + aug" uses them too
 SIX = ("crop", "hflip", "affine", "blur", "sharpen", "contrast")
@@ -181,7 +181,7 @@ def kornia_pipeline(strengths: dict[str, float], side: int):
 def pipeline_costs(size: int, batch: int = 64, reps: int = 20, rounds: int = 5) -> list[dict]:
     """Milliseconds per batch of each augmentation step alone (the crop with its flip, and the
     rest), of the six and of all twelve, back to back at strength 0.5: the batch form
-    (trainable/batched.py) against kornia.augmentation; the step rows net of what each costs
+    (tune_search/trainable/batched.py) against kornia.augmentation; the step rows net of what each costs
     with no step (to float, to the model's layout). Variants take turns, `rounds` times, and
     each keeps its fastest round, so drift hits all alike."""
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
@@ -336,8 +336,8 @@ def plain_trial(config: dict, *, root: str, image_size: int, max_epochs: int, mo
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    from trainable.augment import REGISTRY, strengths_in
-    from trainable.models import ModelSpec, build_model
+    from tune_search.trainable.augment import REGISTRY, strengths_in
+    from tune_search.trainable.models import ModelSpec, build_model
 
     config = config["run"]
     torch.manual_seed(0)
@@ -394,8 +394,8 @@ def section_search(args) -> dict:
     import ray
     from ray import tune
 
-    from search.pipeline import prepare, ray_session
-    from search.tuner import run_search, run_study
+    from tune_search.pipeline import prepare, ray_session
+    from tune_search.tuner import run_search, run_study
 
     work = scratch("tune-search-bench-", args.keep)
     folder = work / "fashion-mnist-png"
@@ -492,7 +492,7 @@ def _demo_run(work: Path, name: str, flags=()) -> tuple[Path, float]:
 
 
 def _run(work: Path, name: str, space_text: str, flags) -> tuple[Path, float]:
-    from search.cli import main
+    from tune_search.cli import main
 
     space = work / f"{name}.yaml"
     space.write_text(space_text)
@@ -503,7 +503,7 @@ def _run(work: Path, name: str, space_text: str, flags) -> tuple[Path, float]:
 
 def section_verdicts(args) -> dict:
     """The default run (search, then screen) on the planted-harm set, with and without the fast path."""
-    from trainable.planted import HARMLESS, PLANTED_HARMS
+    from tune_search.trainable.planted import HARMLESS, PLANTED_HARMS
 
     work = scratch("tune-search-verdicts-", args.keep)
     verdicts, walls = {}, {}

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainable.augment import NAMES, REGISTRY, build_pipeline, describe, full_strength
+from tune_search.trainable.augment import NAMES, REGISTRY, build_pipeline, describe, full_strength
 
 
 def mean_change(images, name, strength, seed=0, batched=True):

@@ -8,8 +8,8 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from trainable import batched as B
-from trainable.augment import NAMES, REGISTRY, build_pipeline
+from tune_search.trainable import batched as B
+from tune_search.trainable.augment import NAMES, REGISTRY, build_pipeline
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainable.data import (
+from tune_search.trainable.data import (
     FASHION_MNIST_DIR,
     DataError,
     DataSpec,

@@ -1,9 +1,9 @@
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from trainable.augment import build_pipeline
-from trainable.data import Split
-from trainable.loop import predict
+from tune_search.trainable.augment import build_pipeline
+from tune_search.trainable.data import Split
+from tune_search.trainable.loop import predict
 
 class PixelModel(torch.nn.Module):
     """Takes pixel values 0-255, uint8 or float, as a StagedClassifier does."""

@@ -4,8 +4,8 @@ import torchvision
 from skimage import data as photos
 from torchvision.transforms.v2 import functional as F
 
-from trainable import models
-from trainable.models import ModelSpec, WeightsError, build_model, hub_checkpoint_path, max_freeze_depth
+from tune_search.trainable import models
+from tune_search.trainable.models import ModelSpec, WeightsError, build_model, hub_checkpoint_path, max_freeze_depth
 
 
 def trainable_count(model):

@@ -1,5 +1,5 @@
-from trainable.models import BUNDLED, ModelSpec
-from trainable.recipes import pretraining_recipe
+from tune_search.trainable.models import BUNDLED, ModelSpec
+from tune_search.trainable.recipes import pretraining_recipe
 
 
 def test_recipes_follow_the_weights_each_model_loads():

@@ -6,12 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from trainable.augment import NAMES
-from trainable.data import Dataset, Split
-from trainable.hyperparameters import HYPERPARAMETERS
-from trainable.models import ModelSpec
-from trainable.loop import cpu_has_bf16
-from trainable.trial import CHECKPOINT_FILE, TrialSpec, TrialSettings, affinity, amp_dtype, fine_tune, keep_freed_memory, keep_weights_only, load_checkpoint
+from tune_search.trainable.augment import NAMES
+from tune_search.trainable.data import Dataset, Split
+from tune_search.trainable.hyperparameters import HYPERPARAMETERS
+from tune_search.trainable.models import ModelSpec
+from tune_search.trainable.loop import cpu_has_bf16
+from tune_search.trainable.trial import CHECKPOINT_FILE, TrialSpec, TrialSettings, affinity, amp_dtype, fine_tune, keep_freed_memory, keep_weights_only, load_checkpoint
 
 
 def planted(n: int, seed: int) -> Split:
@@ -161,8 +161,8 @@ def test_data_seconds_are_the_batch_preparation_part_of_training(halves):
 
 FAULTS_PER_BATCH = """
 import resource, sys, torch
-from trainable.augment import build_pipeline
-from trainable.trial import keep_freed_memory
+from tune_search.trainable.augment import build_pipeline
+from tune_search.trainable.trial import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.set_num_threads(1)
@@ -197,8 +197,8 @@ def test_kept_memory_spares_the_page_faults_of_every_batch():
 
 
 def test_a_designed_run_overrides_model_weights_balance_and_budget():
-    from trainable.models import ModelSpec
-    from trainable.trial import TrialSpec, spec_for
+    from tune_search.trainable.models import ModelSpec
+    from tune_search.trainable.trial import TrialSpec, spec_for
 
     spec = TrialSpec(model=ModelSpec("efficientnet_lite0"), max_epochs=3)
     assert spec_for(spec, {"lr": 0.01, "model": "efficientnet_lite0", "weights": "auto", "oversample_to": None, "max_epochs": None}) == spec

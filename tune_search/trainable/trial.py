@@ -1,0 +1,342 @@
+"""One trial: a typed view of Tune's config, the fine-tune epochs, and the thin Ray adapter."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import functools
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as F
+
+from tune_search.trainable.augment import build_pipeline, strengths_in
+from tune_search.trainable.hyperparameters import BY_NAME, settings_in
+from tune_search.trainable.data import Dataset, Split, balanced_order, class_weights
+from tune_search.trainable.loop import (
+    autocast,
+    classification_metrics,
+    cpu_has_bf16,
+    per_class_accuracy,
+    predict,
+    train_one_epoch,
+)
+from tune_search.trainable.models import FromFeatures, ModelSpec, StagedClassifier, build_model, family_of
+
+CHECKPOINT_FILE = "state.pt"
+WEIGHTS_ONLY = ("epoch", "model")  # what a finished trial's kept checkpoint holds
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """The hyperparameters one trial trains with, built once from Tune's flat config: one
+    field per row of `tune_search.trainable.hyperparameters`, then the augmentations and the seed."""
+
+    lr: float
+    freeze_depth: int
+    weight_decay: float = BY_NAME["weight_decay"].default
+    batch_size: int = BY_NAME["batch_size"].default
+    label_smoothing: float = BY_NAME["label_smoothing"].default
+    augmentations: tuple[tuple[str, float], ...] = ()  # switched-on (name, strength), registry order
+    seed: int | None = None  # overrides the run's seed (replicates of a designed study)
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> TrialSettings:
+        return cls(
+            **settings_in(config),
+            augmentations=tuple(strengths_in(config).items()),
+            seed=None if config.get("seed") is None else int(config["seed"]),
+        )
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of one search shares."""
+
+    model: ModelSpec
+    max_epochs: int
+    seed: int = 0
+    balance: str = "none"  # none | oversample | weighted
+    oversample_to: int | None = None  # images per class with oversample; None: the largest class
+    precision: str = "auto"  # auto | fp32 | bf16
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    eval_batch_size: int = 256
+    feature_cache_bytes: int = 1 << 30  # frozen-prefix features are cached when they fit; 0: never
+    # batch-form augmentation, frozen BatchNorm folded into its convolutions, and the
+    # frozen-prefix cache; False: v2 transforms image by image and every stage run as built,
+    # every step (the reference the fast path is checked against)
+    fast_path: bool = True
+
+
+# a designed run's own model, weights, class balance and budget, over the search's TrialSpec
+SPEC_KEYS = ("model", "weights", "oversample_to", "max_epochs")
+
+
+def spec_for(spec: TrialSpec, config: Mapping) -> TrialSpec:
+    """`spec` with the overrides a designed run's config carries (SPEC_KEYS): `explain`
+    trains other models, random init, oversampled classes and longer budgets."""
+    changes: dict = {}
+    if "model" in config or "weights" in config:
+        changes["model"] = ModelSpec(name=config.get("model", spec.model.name), weights=config.get("weights", spec.model.weights))
+    if config.get("oversample_to") is not None:
+        changes |= {"balance": "oversample", "oversample_to": int(config["oversample_to"])}
+    if config.get("max_epochs") is not None:
+        changes["max_epochs"] = int(config["max_epochs"])
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def _device(spec: TrialSpec) -> torch.device:
+    return torch.device("cuda" if spec.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+
+
+def amp_dtype(spec: TrialSpec, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast, or None for fp32. `auto`: bf16 on GPUs that have it, and on CPUs with
+    bf16 units for the model families that it speeds up there."""
+    if spec.precision != "auto":
+        return torch.bfloat16 if spec.precision == "bf16" else None
+    if device.type == "cuda":
+        fast = torch.cuda.is_bf16_supported()
+    else:
+        fast = family_of(spec.model.name).cpu_bf16 and cpu_has_bf16()
+    return torch.bfloat16 if fast else None
+
+
+def _on(device: torch.device, split: Split) -> Split:
+    # a GPU trial keeps its (uint8) training images on the GPU: no host-to-device copy per step
+    return Split(split.images.to(device), split.labels.to(device)) if device.type == "cuda" else split
+
+
+def cached_features(model: StagedClassifier, split: Split, spec: TrialSpec, device, amp) -> Split | None:
+    """The frozen prefix's output for every image, computed once (frozen stages are
+    deterministic: eval-mode BatchNorm, no dropout), or None when it would not fit."""
+    if model.freeze_depth == 0 or not len(split) or not spec.fast_path:
+        return None
+    model.eval()
+    with torch.no_grad(), autocast(device, amp):
+        probe = model.frozen_features(split.images[:1].to(device))
+    if probe.numel() * 4 * len(split) > spec.feature_cache_bytes:
+        return None
+    with torch.no_grad(), autocast(device, amp):
+        parts = [
+            model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float()
+            for i in range(0, len(split), spec.eval_batch_size)
+        ]
+    return Split(torch.cat(parts).cpu(), split.labels)
+
+
+def _trial_model(settings: TrialSettings, spec: TrialSpec, data: Dataset, device: torch.device) -> StagedClassifier:
+    model = build_model(spec.model, data.num_classes, settings.freeze_depth)
+    if spec.fast_path and len(data.train):
+        model.fold_frozen_batchnorm(data.train.images[:4])
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _frozen_prefixes(settings: TrialSettings) -> tuple[str, ...]:
+    return tuple(f"stages.{i}." for i in range(settings.freeze_depth))
+
+
+def _load_trained(model: nn.Module, state: dict, settings: TrialSettings) -> None:
+    """Load a checkpoint's weights: every trained one, none of the frozen (not saved)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(_frozen_prefixes(settings)) for k in missing):
+        raise ValueError(f"checkpoint does not fit this trial's model: missing {missing}, unexpected {unexpected}")
+
+
+def affinity(settings: TrialSettings, spec: TrialSpec, data: Dataset, state: dict, strengths: Mapping[str, float]) -> dict[str, float]:
+    """Affinity (Gontijo-Lopes et al., 2021) of each augmentation at its strength: top-1 on
+    validation images passed through it minus top-1 on the clean images, for the model in
+    `state` (a checkpoint of a trial trained without augmentation). Its own evaluation step,
+    after training; each augmentation sees its own repeatable draws."""
+    device = _device(spec)
+    amp = amp_dtype(spec, device)
+    model = _trial_model(settings, spec, data, device)
+    _load_trained(model, state["model"], settings)
+    clean = classification_metrics(predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp), data.val.labels)["top1"]
+    out = {}
+    rng = torch.get_rng_state()
+    for name, strength in strengths.items():
+        torch.manual_seed(spec.seed)
+        pipeline = build_pipeline({name: strength}, data.val.images.shape[-1], spec.fast_path)
+        logits = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp, pipeline=pipeline)
+        out[name] = classification_metrics(logits, data.val.labels)["top1"] - clean
+    torch.set_rng_state(rng)
+    return out
+
+
+CROP_AREAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # kept fractions of the image
+
+
+def crop_sensitivity(settings: TrialSettings, spec: TrialSpec, data: Dataset, state: dict, areas=CROP_AREAS) -> list[dict]:
+    """For the model in `state` (trained without augmentation): per kept area and class, how
+    often its prediction changes when a validation image is cropped to that fraction of its
+    area (a square at a random place, resized back), and its top-1 on those crops. A crop
+    that loses the object changes the prediction; one that keeps it should not."""
+    device = _device(spec)
+    amp = amp_dtype(spec, device)
+    model = _trial_model(settings, spec, data, device)
+    _load_trained(model, state["model"], settings)
+    images, labels = data.val.images, data.val.labels
+    clean = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp).argmax(1)
+    side = images.shape[-1]
+    generator = torch.Generator().manual_seed(spec.seed)
+    rows = []
+    for area in areas:
+        kept = max(1, round(side * math.sqrt(area)))
+        corners = torch.randint(0, side - kept + 1, (len(images), 2), generator=generator).tolist()
+        cropped = torch.stack([F.resized_crop(image, top, left, kept, kept, [side, side], antialias=True) for image, (top, left) in zip(images, corners)])
+        logits = predict(model, Split(cropped, labels), batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
+        predicted = logits.argmax(1)
+        for c, name in enumerate(data.classes):
+            mine = labels == c
+            if mine.any():
+                changed = (predicted[mine] != clean[mine]).float().mean().item()
+                correct = (predicted[mine] == labels[mine]).float().mean().item()
+                rows.append({"area": area, "class": name, "images": int(mine.sum()), "changed": changed, "top1": correct})
+    return rows
+
+
+def fine_tune(
+    settings: TrialSettings, spec: TrialSpec, data: Dataset, resume: dict | None = None
+) -> Iterator[tuple[dict[str, float], Callable[[], dict]]]:
+    """Train epoch by epoch; yield each epoch's metrics and a function returning the state
+    to checkpoint. `resume` is such a state, to continue after its epoch."""
+    seed = spec.seed if settings.seed is None else settings.seed
+    torch.manual_seed(seed)
+    device = _device(spec)
+    amp = amp_dtype(spec, device)
+    model = _trial_model(settings, spec, data, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    counts = data.train.class_counts(data.num_classes)
+    per_class = (spec.oversample_to or int(counts.max())) if spec.balance == "oversample" else None
+    weight = class_weights(counts).to(device) if spec.balance == "weighted" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
+    generator = torch.Generator().manual_seed(seed)
+    epoch_len = len(balanced_order(data.train.labels, per_class, torch.Generator()))
+    steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path)
+    # frozen stages cost nothing twice: validation always, and training when nothing
+    # augments the images, run the trainable rest on features computed once
+    val, val_net = data.val, model
+    train, train_net = _on(device, data.train), model
+    val_features = cached_features(model, data.val, spec, device, amp)
+    if val_features is not None:
+        val, val_net = val_features, FromFeatures(model)
+        if pipeline is None:
+            train_features = cached_features(model, data.train, spec, device, amp)
+            if train_features is not None:
+                train, train_net = _on(device, train_features), FromFeatures(model)
+
+    frozen = _frozen_prefixes(settings)
+    start = 0
+    if resume is not None:
+        _load_trained(model, resume["model"], settings)
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        start = int(resume["epoch"])
+
+    def state(epoch: int) -> dict:
+        # frozen stages equal the pretrained weights the trial starts from: not saved again
+        return {
+            "epoch": epoch,
+            "model": {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    for epoch in range(start + 1, spec.max_epochs + 1):
+        started = time.perf_counter()
+        order = balanced_order(data.train.labels, per_class, generator)
+        metrics = train_one_epoch(
+            train_net,
+            train,
+            order,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=loss_fn,
+            batch_size=settings.batch_size,
+            pipeline=pipeline,
+            device=device,
+            amp_dtype=amp,
+        )
+        trained = time.perf_counter()
+        logits = predict(val_net, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
+        metrics |= classification_metrics(logits, data.val.labels)
+        metrics |= {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
+        metrics["per_class_top1"] = per_class_accuracy(logits, data.val.labels, data.num_classes)
+        if not math.isfinite(metrics["train_loss"]):
+            # the trial's last report, not an exception: an error would make Ray retry it
+            # from its checkpoint (FailureConfig), and it would diverge again
+            yield {"epoch": epoch, **metrics, "diverged": f"training loss became {metrics['train_loss']} in epoch {epoch} at lr {settings.lr:g}"}, None
+            return
+        yield {"epoch": epoch, **metrics}, (lambda e=epoch: state(e))
+
+
+@functools.cache  # a process setting: once per process, not once per trial
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of handing it back to the OS. By
+    default a freed block of a few MB (one float batch) goes back, and the next batch
+    page-faults it in again, thousands of faults per augmented batch (the test counts them).
+    Returns whether it took effect (glibc only)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 256 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def load_checkpoint(folder: str | Path) -> dict:
+    return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def keep_weights_only(folder: str | Path) -> int:
+    """Reduce a finished trial's checkpoint to its epoch and trained weights; the bytes freed.
+    Ray never resumes a finished trial, so its optimizer, scheduler and random states (AdamW's
+    two moments are twice the trained weights) only served a resume that cannot happen now."""
+    path = Path(folder) / CHECKPOINT_FILE
+    state = load_checkpoint(folder)
+    if set(state) <= set(WEIGHTS_ONLY):
+        return 0
+    before = path.stat().st_size
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save({k: state[k] for k in WEIGHTS_ONLY}, partial)
+    partial.replace(path)  # a kill mid-write leaves the whole old checkpoint
+    return before - path.stat().st_size
+
+
+def train_trial(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
+    """Ray Tune function trainable: report every epoch with a checkpoint, resume from one."""
+    import ray
+    from ray import tune
+
+    node_id = ray.get_runtime_context().get_node_id()  # which node of a cluster ran the trial
+    # Ray pins OMP threads to 1 in workers; use exactly this trial's CPU share instead
+    torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
+    keep_freed_memory()
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(folder)
+    for metrics, state in fine_tune(TrialSettings.from_config(config), spec, data, resume):
+        if state is None:  # diverged: reported without a checkpoint, and the trial ends
+            tune.report({**metrics, "node_id": node_id})
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state(), Path(folder) / CHECKPOINT_FILE)
+            tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))

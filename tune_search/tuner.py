@@ -1,0 +1,257 @@
+"""The Ray Tune wiring: searcher, scheduler, resources and run config, in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_search.config import ConfigError, ResourcesConfig, SearchConfig
+from tune_search.progress import Progress
+from tune_search.space import Space
+from tune_search.storage import storage_filesystem, storage_uri
+from tune_search.trainable.data import Dataset
+from tune_search.trainable.trial import TrialSpec, amp_dtype, spec_for, train_trial
+
+METRIC, MODE = "top1", "max"
+STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal
+MAX_FAILURES = 2  # restarts of one trial from its checkpoint before it counts as errored
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about how each trial ended.
+
+    Ray's OptunaSearch records a trial that the scheduler stopped early as COMPLETE with
+    its last, low-fidelity score, which TPE then treats as a final result. Here such a
+    trial is PRUNED (Optuna keeps its intermediate values), an errored or diverged one
+    FAILED, and only
+    a trial that trained the full budget is COMPLETE. The baseline points are enqueued
+    with their names as user attributes so the define-by-run space can tag them.
+    """
+
+    def __init__(self, space: Space, *, max_t: int, seed: int, baselines: list[tuple[str, dict[str, Any]]], journal: Path | None = None):
+        storage = None
+        if journal is not None:  # the study on disk as it runs: optuna-dashboard reads it live
+            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        super().__init__(space, metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=seed), storage=storage, study_name=STUDY_NAME)
+        self._max_t = max_t
+        for name, params in baselines:
+            self._ot_study.enqueue_trial(params, user_attrs={"baseline": name})
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        result = result or {}
+        value = result.get(self.metric)
+        finished = result.get(TRAINING_ITERATION, 0) >= self._max_t
+        if error or result.get("diverged"):
+            state = TrialState.FAIL
+        elif finished and value is not None and math.isfinite(value):
+            state = TrialState.COMPLETE
+        else:
+            state = TrialState.PRUNED
+        self._ot_study.tell(self._ot_trials[trial_id], value if state == TrialState.COMPLETE else None, state=state)
+        self._completed_trials.add(trial_id)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+class BaselineFullBudgetASHA(AsyncHyperBandScheduler):
+    """ASHA that lets the baseline trials run the full budget, so the baseline table
+    compares them with the best config at equal epochs. Their results still set the rungs."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if trial.config.get("baseline") and result.get(TRAINING_ITERATION, 0) < self._max_t:
+            return TrialScheduler.CONTINUE
+        return decision
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+TRIALS_PER_GPU = 4  # trials sharing one GPU when gpus_per_trial is auto
+MAX_CPUS_PER_GPU_TRIAL = 4
+
+
+def trial_resources(resources: ResourcesConfig, cluster: dict[str, float]) -> tuple[float, float]:
+    """(CPUs, GPUs) per trial, `auto` resolved against the cluster's totals.
+
+    Without GPUs a trial gets one core: two one-thread trials side by side train as fast or
+    faster in total than one two-thread trial, and the search gets more trials in flight.
+    With GPUs, TRIALS_PER_GPU trials share each one (small fine-tunes leave a GPU idle
+    between Python steps) and split the cores among them.
+    """
+    gpus = resources.gpus_per_trial
+    if gpus == "auto":
+        gpus = 1 / TRIALS_PER_GPU if cluster.get("GPU", 0) >= 1 else 0.0
+    cpus = resources.cpus_per_trial
+    if cpus == "auto":
+        slots = cluster.get("GPU", 0) / gpus if gpus else 0
+        cpus = max(1, min(MAX_CPUS_PER_GPU_TRIAL, int(cluster.get("CPU", 1) // slots))) if slots else 1
+    return float(cpus), float(gpus)
+
+
+def _trainable(cfg: SearchConfig, data: Dataset, spec: TrialSpec, fn=train_trial):
+    import ray
+
+    cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
+    spec = dataclasses.replace(spec, cpus_per_trial=cpus, gpus_per_trial=gpus)
+    return tune.with_resources(tune.with_parameters(fn, data=data, spec=spec), {"cpu": cpus, "gpu": gpus})
+
+
+def resources_line(cfg: SearchConfig, spec: TrialSpec) -> str:
+    """What each trial gets on the running Ray, in one line."""
+    import ray
+
+    cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
+    precision = amp_dtype(dataclasses.replace(spec, gpus_per_trial=gpus), torch.device("cuda" if gpus else "cpu"))
+    total = ray.cluster_resources()
+    return f"each trial: {cpus:g} CPU, {gpus:g} GPU, {'bf16 autocast' if precision else 'fp32'} (Ray has {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU)"
+
+
+def reuse_actors() -> bool:
+    """Reuse trial processes between trials on a one-node Ray only. Ray Tune hands a freed
+    process to the next pending trial even when that trial already waits for a process
+    starting on another node, which it then cancels: on a cluster, a node whose first trial
+    process is still starting (runtime environment, importing torch) would lose every trial
+    to the nodes that came up first while trials are shorter than that start."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
+
+
+def _run_config(cfg: SearchConfig, name: str, trials: int, storage: str | None = None) -> tune.RunConfig:
+    uri = storage_uri(storage or cfg.run.storage)
+    return tune.RunConfig(
+        name=name,
+        storage_path=uri,
+        storage_filesystem=storage_filesystem(uri),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # a trial whose process dies (OOM killer, a lost node) restarts from its last epoch
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        # Ray's status tables and configuration boxes with --verbose, else one bar and a line per trial
+        verbose=1 if cfg.run.verbose else 0,
+        callbacks=[] if cfg.run.verbose else [Progress(name, trials, cfg.budget.max_epochs)],
+    )
+
+
+def make_searcher(cfg: SearchConfig, space: Space, journal: Path | None = None) -> PruneAwareOptunaSearch:
+    return PruneAwareOptunaSearch(
+        space, max_t=cfg.budget.max_epochs, seed=cfg.run.seed, baselines=space.baseline_points(), journal=journal
+    )
+
+
+def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, journal: Path | None = None) -> tune.ResultGrid:
+    """A new search; its Optuna study is kept in `journal` (a new file) when given."""
+    if journal is not None:
+        journal.unlink(missing_ok=True)  # a new search in a reused folder starts a new study
+    searcher = make_searcher(cfg, space, journal)
+    search_alg = (
+        ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent)
+        if cfg.resources.max_concurrent
+        else searcher
+    )
+    scheduler = BaselineFullBudgetASHA(
+        time_attr=TRAINING_ITERATION,
+        metric=METRIC,
+        mode=MODE,
+        max_t=cfg.budget.max_epochs,
+        grace_period=cfg.budget.grace_period,
+        reduction_factor=cfg.budget.reduction_factor,
+    )
+    tuner = tune.Tuner(
+        _trainable(cfg, data, spec),
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=cfg.budget.num_samples,
+            reuse_actors=reuse_actors(),
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=_run_config(cfg, cfg.run.name, cfg.budget.num_samples),
+    )
+    return tuner.fit()
+
+
+def _experiment(cfg: SearchConfig) -> tuple[str, Any]:
+    uri = storage_uri(cfg.run.storage)
+    return f"{uri.rstrip('/')}/{cfg.run.name}", storage_filesystem(uri)
+
+
+def resumable(cfg: SearchConfig) -> bool:
+    """Whether STORAGE/NAME holds Ray Tune's state of an interrupted search (no Ray needed)."""
+    path, filesystem = _experiment(cfg)
+    return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
+
+
+def resume_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec) -> tune.ResultGrid:
+    """Continue an interrupted search: finished trials are kept as they are, unfinished ones
+    continue from their last checkpoint, the searcher and scheduler from their saved state."""
+    path, filesystem = _experiment(cfg)
+    tuner = tune.Tuner.restore(
+        path, trainable=_trainable(cfg, data, spec), resume_unfinished=True, storage_filesystem=filesystem
+    )
+    return tuner.fit()
+
+
+def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[str, Any], name: str) -> tune.ResultGrid:
+    """Train one fixed configuration for the full budget (no search, no early stopping)."""
+    tuner = tune.Tuner(
+        _trainable(cfg, data, spec),
+        param_space=config,
+        tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname),
+        run_config=_run_config(cfg, name, 1),
+    )
+    return tuner.fit()
+
+
+def train_fixed(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
+    """Ray trainable for designed studies: one fixed run, grid-searched as a whole flat config
+    (with its own model, weights, oversampling or budget where it names them)."""
+    train_trial(config["run"], data=data, spec=spec_for(spec, config["run"]))
+
+
+def _same_study(path: str, configs: list[dict[str, Any]]) -> None:
+    """Refuse to resume a study whose runs (their params.json, plain JSON) are not among the
+    configs asked for now: it was started with other settings."""
+    wanted = {json.dumps(c, sort_keys=True) for c in json.loads(json.dumps(configs))}
+    started = [json.loads(p.read_text()).get("run") for p in Path(path).glob("trial_*/params.json")] if "://" not in path else []
+    stray = [c for c in started if json.dumps(c, sort_keys=True) not in wanted]
+    if stray:
+        raise ConfigError(f"--resume: {path} holds a study started with other settings ({len(stray)} runs differ); remove it to run the study afresh")
+
+
+def run_study(cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[dict[str, Any]], *, name: str, storage: str, resume: bool = False) -> tune.ResultGrid:
+    """Train every config of a designed study for the full budget, in parallel, with no
+    early stopping, into STORAGE/NAME. With `resume`, a study a killed driver left there
+    continues: finished runs are kept, the others restart from their last checkpoint."""
+    uri = storage_uri(storage)
+    path, filesystem = f"{uri.rstrip('/')}/{name}", storage_filesystem(uri)
+    trainable = _trainable(cfg, data, spec, train_fixed)
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        _same_study(path, configs)
+        print(f"{name}: resuming the runs left unfinished")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
+        return tuner.fit()
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"run": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
+        run_config=_run_config(cfg, name, len(configs), storage),
+    )
+    return tuner.fit()
