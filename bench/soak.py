@@ -20,6 +20,7 @@ import time
 from tune_search.pipeline import prepare, ray_session
 from tune_search.config import load_config
 from tune_search.export import records_from_results
+from tune_search.location import RunLocation
 from tune_search.tuner import run_search
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -77,7 +78,7 @@ def main() -> None:
         thread = threading.Thread(target=sample, args=(samples, stop), daemon=True)
         started = time.time()
         thread.start()
-        results = run_search(cfg, data, spec, space)
+        results = run_search(cfg, data, spec, space, RunLocation.of(cfg.run.storage, cfg.run.name))
         stop.set()
         thread.join()
     elapsed = time.time() - started

@@ -49,7 +49,7 @@ from tune_search.trainable.augment import NAMES, REGISTRY, build_pipeline
 from tune_search.trainable.data import Dataset, DataSpec, load_dataset
 from tune_search.trainable.loop import autocast
 from tune_search.trainable.models import ModelSpec, build_model, max_freeze_depth
-from tune_search.trainable.trial import TrialSettings, TrialSpec, amp_dtype, fine_tune, keep_freed_memory
+from tune_search.trainable.trial import TrialSettings, TrialSpec, amp_dtype, fine_tune, keep_freed_memory, run_of
 
 # the motivating case's six augmentations; the search's baseline "all + aug" uses them too
 SIX = ("crop", "hflip", "affine", "blur", "sharpen", "contrast")
@@ -339,7 +339,7 @@ def plain_trial(config: dict, *, root: str, image_size: int, max_epochs: int, mo
     from tune_search.trainable.augment import REGISTRY, strengths_in
     from tune_search.trainable.models import ModelSpec, build_model
 
-    config = config["run"]
+    config = run_of(config)
     torch.manual_seed(0)
     augs = [REGISTRY[n].v2(s, image_size) for n, s in strengths_in(config).items()]
     on_pil = [t for t in augs if not isinstance(t, v2.RandomErasing)]  # erasing needs a tensor
@@ -377,7 +377,7 @@ def _finals(results) -> list[float]:
     """Final top-1 per variant, in the order of the grid."""
     out = {}
     for r in results:
-        out[r.config["run"]["index"]] = r.metrics.get("top1", float("nan"))
+        out[run_of(r.config)["index"]] = r.metrics.get("top1", float("nan"))
     return [out[i] for i in sorted(out)]
 
 
@@ -395,6 +395,7 @@ def section_search(args) -> dict:
     from ray import tune
 
     from tune_search.pipeline import prepare, ray_session
+    from tune_search.location import RunLocation
     from tune_search.tuner import run_search, run_study
 
     work = scratch("tune-search-bench-", args.keep)
@@ -411,14 +412,15 @@ def section_search(args) -> dict:
         space, spec, data = prepare(cfg)  # decodes the folder once, in the driver
         decode_s = time.perf_counter() - started
         started = time.perf_counter()
-        asha = trials_table(records_from_results(run_search(cfg, data, spec, space)), args.epochs)
+        location = RunLocation.of(cfg.run.storage, cfg.run.name)
+        asha = trials_table(records_from_results(run_search(cfg, data, spec, space, location)), args.epochs)
         asha_s = time.perf_counter() - started + decode_s
         asha = asha.sort_values("trial_id").reset_index(drop=True)
         configs = [{**config_from_row(row), "index": i} for i, row in asha.iterrows()]
 
         def full(name: str, fast: bool):
             started = time.perf_counter()
-            results = run_study(cfg, data, dataclasses.replace(spec, fast_path=fast), configs, name=name, storage=cfg.run.storage)
+            results = run_study(cfg, data, dataclasses.replace(spec, fast_path=fast), configs, location=location, suffix=name)
             return _finals(results), time.perf_counter() - started + decode_s
 
         fast_top1, fast_s = full("full-fast", True)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_search.analysis import at_epoch, common_fidelity, estimate_effects, importance, search_effects, verdict
+from tune_search.analysis import at_epoch, common_fidelity, estimate_effects, importance, search_effects
 from tune_search.trainable.augment import NAMES
 
 AUGS = ["hflip", "crop", "blur", "color"]
@@ -27,10 +27,6 @@ def planted_table(n=120, seed=0, noise=0.01):
             score += TRUE[name] * on
     t["score"] = score + rng.normal(0, noise, n)
     return t
-
-
-def test_verdict_needs_an_interval_that_excludes_zero():
-    assert verdict(-0.2, -0.01) == "hurts" and verdict(0.01, 0.2) == "helps" and verdict(-0.1, 0.1) == "unclear"
 
 
 def test_planted_effects_are_recovered_with_covering_intervals():

@@ -59,6 +59,7 @@ def test_an_empty_section_with_a_flag_is_the_defaults_plus_the_flag(tmp_path):
     assert cfg.data.image_size == 48 and cfg.data.source == "fashion-mnist"
 
 
+@pytest.mark.slow
 def test_data_that_cannot_be_split_or_subset(tmp_path, capsys, image_folder):
     refused(capsys, ["--data", "mnist", "--space", space(tmp_path, "data: {train_size: 5}\n")], "data.train_size 5 is below the 10 classes")
     split = tmp_path / "split"
@@ -78,6 +79,7 @@ def test_weights_that_are_not_a_state_dict_of_the_model(tmp_path, capsys):
     refused(capsys, [*MNIST, "--model", "resnet18", "--weights", str(tmp_path / "code.pt")], "code.pt as plain tensors (torch.load with weights_only=True): it holds Python objects")
 
 
+@pytest.mark.slow
 def test_resources_and_storage_this_machine_cannot_give(tmp_path, capsys):
     refused(capsys, [*MNIST, "--gpus-per-trial", "1000"], "resources.gpus_per_trial 1000: this machine has")
     refused(capsys, [*MNIST, "--cpus-per-trial", "100000"], "resources.cpus_per_trial 100000: this machine has")
@@ -142,6 +144,7 @@ with ray_session(None):
 """
 
 
+@pytest.mark.slow
 def test_a_local_ray_listens_on_loopback_only(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tune_search.cli import main
-from tune_search.space import BASELINES
+from tune_search.constants import BASELINES
 from tune_search.tuner import STUDY_NAME
 from tune_search.trainable.augment import NAMES
 from tune_search.trainable.trial import WEIGHTS_ONLY, load_checkpoint
@@ -40,6 +40,7 @@ def search_run(tmp_path_factory):
     return space, root / "results"
 
 
+@pytest.mark.slow
 def test_the_console_is_short_and_ends_with_the_tables(search_run):
     _, results = search_run
     console = (results.parent / "console.txt").read_text()
@@ -51,6 +52,7 @@ def test_the_console_is_short_and_ends_with_the_tables(search_run):
     assert "| best found |" in console and "optuna-dashboard" in console
 
 
+@pytest.mark.slow
 def test_the_optuna_study_is_on_disk_with_every_trial_and_its_state(search_run):
     _, results = search_run
     folder = results / "small"
@@ -63,6 +65,7 @@ def test_the_optuna_study_is_on_disk_with_every_trial_and_its_state(search_run):
     assert states[TrialState.PRUNED] == (trials["status"] == "early_stopped").sum() >= 1  # ASHA-stopped
 
 
+@pytest.mark.slow
 def test_only_the_best_trials_keep_their_checkpoints(search_run):
     _, results = search_run
     folder = results / "small"
@@ -75,6 +78,7 @@ def test_only_the_best_trials_keep_their_checkpoints(search_run):
         assert set(state) == set(WEIGHTS_ONLY) and state["model"] and state["epoch"] >= 1
 
 
+@pytest.mark.slow
 def test_search_writes_complete_exports(search_run, capsys):
     _, results = search_run
     folder = results / "small"
@@ -95,6 +99,7 @@ def test_search_writes_complete_exports(search_run, capsys):
     assert "budget:" in (folder / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_best_config_reruns_for_the_full_budget(search_run, capsys):
     space, results = search_run
     best = results / "small" / "best_configs.parquet"
@@ -134,6 +139,7 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_export_and_report_rebuild_from_ray_results_and_run_no_code(search_run, tmp_path):
     _, results = search_run
     folder = tmp_path / "sent"  # a folder someone sent, with Ray's pickles made to run a command
@@ -157,6 +163,7 @@ def test_export_and_report_rebuild_from_ray_results_and_run_no_code(search_run, 
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_no_screen_leaves_verdicts_to_the_screen_command(search_run, capsys):
     _, results = search_run
     folder = results / "small"
@@ -186,6 +193,7 @@ def test_resume_without_a_previous_search_says_so(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_storage_uri_gets_ray_results_and_the_exports(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # exports are staged in ./results/NAME
     (tmp_path / "space.yaml").write_text(SMALL)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # trains models and starts Ray
+
 REPO = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
 SPACE = """

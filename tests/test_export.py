@@ -11,10 +11,10 @@ from tune_search.export import (
     best_configs,
     config_from_row,
     history_table,
-    markdown_table,
     trials_table,
     search_tables,
 )
+from tune_search.render import markdown_table
 from tune_search.results import ResultsFolder
 from tune_search.trainable.augment import NAMES
 

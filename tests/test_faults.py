@@ -14,10 +14,13 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import psutil
+import pytest
 from optuna.trial import TrialState
 
 from tune_search.cli import main
 from tune_search.tuner import STUDY_NAME
+
+pytestmark = pytest.mark.slow  # trains models and starts Ray
 
 SMALL = """
 data: {source: mnist, image_size: 32, train_size: 200, val_size: 100}

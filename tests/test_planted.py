@@ -3,9 +3,12 @@ set call the large planted harms harmful, no harmless augmentation harmful, and 
 classes the harm was planted in."""
 
 import pandas as pd
+import pytest
 
 from tests.conftest import PLANTED_SEARCHED as SEARCHED
 from tune_search.trainable.planted import CLASSES, HARMLESS, PLANTED_HARMS
+
+pytestmark = pytest.mark.slow  # trains models and starts Ray
 
 # which pair of classes each planted harm was planted in
 TARGETS = {"color": {"red", "orange"}, "blur": {"checker", "flat"}}

@@ -8,6 +8,7 @@ import math
 import string
 
 import yaml
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +50,7 @@ def _loads(tmp_path_factory, text: bytes):
 
 @RELAXED
 @given(doc=sections)
+@pytest.mark.slow
 def test_any_yaml_document_gives_a_config_or_a_message(tmp_path_factory, doc):
     cfg = _loads(tmp_path_factory, yaml.safe_dump(doc, allow_unicode=True).encode())
     if cfg is not None:  # what was accepted is what the file said, and it round-trips

@@ -1,18 +1,23 @@
+import pytest
 import numpy as np
 import pandas as pd
 
-from tune_search.ablation import paired_effects
 from tune_search.analysis import estimate_effects
 from tune_search.export import search_tables
 from tune_search.report import build_report
 from tune_search.results import ResultsFolder
-from tune_search.screen import dose_table, effects_table, harmful_above, dose_curve, per_class_effects, screen_effects
-from tests.test_ablation import AUGS, runs_with
+from tune_search.studies import effects_table
+from tune_search.studies.ablation import paired_effects
+from tune_search.studies.dose import dose_curve, dose_table, harmful_above, with_thresholds
+from tune_search.studies.screen import per_class_effects, screen_effects, with_screen
+from tests.studies.test_ablation import AUGS, runs_with
+from tests.studies.test_dose import dose_runs
+from tests.studies.test_screen import NAMES, simulate
 from tests.test_analysis import planted_table
 from tests.test_export import RECORDS
-from tests.test_screen import NAMES, dose_runs, simulate
 
 
+@pytest.mark.slow
 def test_report_from_parquet_files_only(tmp_path):
     folder = ResultsFolder(tmp_path)
     folder.write_tables(search_tables(RECORDS, max_epochs=3, top_k=3))
@@ -22,7 +27,7 @@ def test_report_from_parquet_files_only(tmp_path):
     per_class = per_class_effects(screen_runs, NAMES, ["ant", "bee", "cat"])
     blur_dose = dose_runs(lambda s: -0.04 * s)
     harmful = {"blur": harmful_above(dose_curve(blur_dose, "blur"), 0.005)}
-    effects = effects_table(screened, search, NAMES, harmful)
+    effects = with_thresholds(with_screen(effects_table(NAMES, search), screened), harmful)
     folder.write("effects", effects)
     folder.write("per_class", per_class)
     folder.write("dose", dose_table(blur_dose, ["blur"]))
@@ -51,6 +56,6 @@ def test_report_without_a_screen_says_how_to_get_verdicts(tmp_path):
     folder = ResultsFolder(tmp_path)
     folder.write_tables(search_tables(RECORDS, max_epochs=3, top_k=3))
     search = estimate_effects(planted_table(n=80), ["hflip", "crop", "blur", "color"], n_boot=200)
-    folder.write("effects", effects_table(None, search, ["hflip", "crop", "blur", "color"]))
+    folder.write("effects", effects_table(["hflip", "crop", "blur", "color"], search))
     text = build_report(tmp_path).read_text()
     assert "No screen was run" in text and "tune-search screen" in text and "## What the search saw" in text

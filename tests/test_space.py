@@ -2,7 +2,8 @@ import optuna
 import pytest
 
 from tune_search.config import SpaceConfig
-from tune_search.space import BASELINE_AUGMENTATIONS, BASELINES, Space
+from tune_search.constants import BASELINES, MOTIVATING
+from tune_search.space import Space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -68,8 +69,8 @@ def test_baselines_are_enqueued_as_the_motivating_experiment():
     assert [c["baseline"] for c in configs] == list(BASELINES)
     assert head["freeze_depth"] == 9 and full["freeze_depth"] == 0 and aug["freeze_depth"] == 0
     assert not any(head[f"aug_{n}"] or full[f"aug_{n}"] for n in s.augmentations)
-    assert {n for n in s.augmentations if aug[f"aug_{n}"]} == set(BASELINE_AUGMENTATIONS)
-    assert all(aug[f"aug_{n}_strength"] == 0.5 for n in BASELINE_AUGMENTATIONS)
+    assert {n for n in s.augmentations if aug[f"aug_{n}"]} == set(MOTIVATING)
+    assert all(aug[f"aug_{n}_strength"] == 0.5 for n in MOTIVATING)
     assert head["lr"] == full["lr"] == aug["lr"] == pytest.approx(1e-3)
 
 

@@ -5,7 +5,8 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_search.config import ResourcesConfig, SearchConfig
-from tune_search.space import BASELINES, Space
+from tune_search.constants import BASELINES
+from tune_search.space import Space
 from tune_search.tuner import PruneAwareOptunaSearch, make_searcher, trial_resources
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -15,10 +15,11 @@ import optuna
 import pandas as pd
 from sklearn.linear_model import Ridge
 
+from tune_search.constants import FINISHED
+from tune_search.stats import interval_verdict
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import BY_NAME, HYPERPARAMETERS, Hyperparameter
 
-OK_STATUSES = ("completed", "early_stopped")
 MIN_TRIALS = 10  # fewer trials than this say nothing about a dozen switches
 MIN_FOR_SLOPE = 10  # trials with the switch on before a strength slope is fitted
 EFFECT_COLUMNS = (
@@ -27,25 +28,16 @@ EFFECT_COLUMNS = (
 )  # fmt: skip
 
 
-def verdict(ci_low: float, ci_high: float) -> str:
-    """Only an interval that excludes zero gives a verdict."""
-    if ci_high < 0:
-        return "hurts"
-    if ci_low > 0:
-        return "helps"
-    return "unclear"
-
-
 def common_fidelity(trials: pd.DataFrame) -> int:
     """The largest epoch that every trial which did not fail reached."""
-    ok = trials[trials["status"].isin(OK_STATUSES)]
+    ok = trials[trials["status"].isin(FINISHED)]
     return int(ok["epochs"].min()) if len(ok) else 0
 
 
 def at_epoch(trials: pd.DataFrame, history: pd.DataFrame, epoch: int) -> pd.DataFrame:
     """trials' config columns with `score`, each trial's top-1 at `epoch`."""
     scores = history.loc[history["epoch"] == epoch, ["trial_id", "top1"]].rename(columns={"top1": "score"})
-    ok = trials[trials["status"].isin(OK_STATUSES)]
+    ok = trials[trials["status"].isin(FINISHED)]
     return ok.merge(scores, on="trial_id", how="inner")
 
 
@@ -138,7 +130,7 @@ def estimate_effects(
                 "effect": get(key, "point"),
                 "ci_low": get(key, "low"),
                 "ci_high": get(key, "high"),
-                "verdict": verdict(get(key, "low"), get(key, "high")),
+                "verdict": interval_verdict(get(key, "low"), get(key, "high")),
                 "n_on": int(on.sum()),
                 "n_off": int((~on).sum()),
                 "method": method,
@@ -147,13 +139,13 @@ def estimate_effects(
                 "slope": get(slope_key, "point"),
                 "slope_ci_low": get(slope_key, "low"),
                 "slope_ci_high": get(slope_key, "high"),
-                "harmful_above": harmful_above(get(key, "point"), get(slope_key, "point"), get(slope_key, "high"), mean_strength),
+                "harmful_above": zero_crossing(get(key, "point"), get(slope_key, "point"), get(slope_key, "high"), mean_strength),
             }
         )
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
 
 
-def harmful_above(effect: float, slope: float, slope_ci_high: float, mean_strength: float) -> float:
+def zero_crossing(effect: float, slope: float, slope_ci_high: float, mean_strength: float) -> float:
     """The strength where the fitted effect crosses zero on its way down, when the data show
     a clearly negative slope (interval below zero) and the crossing lies in [0, 1]."""
     if not (slope_ci_high < 0) or math.isnan(effect):

@@ -14,6 +14,7 @@ from tune_search import pipeline
 from tune_search.config import ConfigError, SearchConfig, load_config
 from tune_search.export import config_from_row
 from tune_search.results import ResultsFolder
+from tune_search.studies import STUDIES, by_command
 from tune_search.trainable.augment import describe
 from tune_search.trainable.data import DataError
 from tune_search.trainable.models import WeightsError
@@ -65,25 +66,13 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int)
 
 
-def seeds(text: str) -> int | str:
-    """A replicate count, or `auto` (replicates added until screen.detectable is met)."""
-    return text if text == "auto" else int(text)
-
-
 RESUME_HELP = "continue this study where a killed run left it"
-# command -> (help, [(flag, type, dotted key in the space file or None)])
-RESULTS_COMMANDS = {
-    "screen": ("screen the augmentations of a finished search (then dose-response)",
-               [("--seeds", seeds, "screen.seeds"), ("--strength", float, "screen.strength"), ("--base", str, "screen.base"),
-                ("--resume", bool, None), ("--address", str, None)]),
-    "ablate": ("ablate the best config of a finished search",
-               [("--seeds", int, "ablation.seeds"), ("--strength", float, "ablation.strength"), ("--resume", bool, None), ("--address", str, None)]),
-    "explain": ("test the motivating thread's explanations of the harm on a finished search (best after its screen)",
-                [("--seeds", int, "explain.seeds"), ("--scratch-epochs", int, "explain.scratch_epochs"), ("--models", list, "explain.models"),
-                 ("--resume", bool, None), ("--address", str, None)]),
-    "report": ("rebuild the analysis tables and report.md from the Parquet files", []),
-    "export": ("rebuild the Parquet exports from the JSON Ray Tune wrote per trial, then the report", []),
-}  # fmt: skip
+# the results commands that train nothing: command -> help
+TABLE_COMMANDS = {
+    "report": "rebuild the analysis tables and report.md from the Parquet files",
+    "export": "rebuild the Parquet exports from the JSON Ray Tune wrote per trial, then the report",
+}
+RESULTS_COMMANDS = (*by_command, *TABLE_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,17 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     search = commands.add_parser("search", help="a search, then the screen and dose-response (the default)", epilog=SEARCH_EPILOG)
     add_search_flags(search)
-    for command, (text, options) in RESULTS_COMMANDS.items():
-        p = commands.add_parser(command, help=text, description=text[0].upper() + text[1:] + ".")
-        p.add_argument("results", help="a results folder (STORAGE/NAME) with its config.yaml")
-        for flag, kind, _ in options:
-            if kind is bool:
-                p.add_argument(flag, action="store_true", help=RESUME_HELP)
-            elif kind is list:
-                p.add_argument(flag, nargs="+", metavar="MODEL", help="other models for the capacity contrast (torch hub cache weights)")
+    for study in STUDIES:
+        if study.command is None:
+            continue
+        p = _results_parser(commands, study.command, study.help)
+        for f in study.flags:
+            if f.kind is list:
+                p.add_argument(f.flag, nargs="+", metavar="MODEL", help=f.help)
             else:
-                p.add_argument(flag, type=kind)
+                p.add_argument(f.flag, type=f.kind, help=f.help)
+        p.add_argument("--resume", action="store_true", help=RESUME_HELP)
+        p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    for command, text in TABLE_COMMANDS.items():
+        _results_parser(commands, command, text)
     return top
+
+
+def _results_parser(commands, command: str, text: str) -> argparse.ArgumentParser:
+    p = commands.add_parser(command, help=text, description=text[0].upper() + text[1:] + ".")
+    p.add_argument("results", help="a results folder (STORAGE/NAME) with its config.yaml")
+    return p
 
 
 def _with_command(argv: list[str]) -> list[str]:
@@ -155,10 +153,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, SearchConfig]:
 
 def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
     rerun = _rerun_config(args)
-    name = cfg.run.name
-    if rerun is not None and not args.name:  # beside the search it came from: NAME-rowN
-        name = f"{Path(args.config_from).resolve().parent.name or name}-row{args.row or 0}"
-    pipeline.search(cfg, address=args.address, resume=args.resume, rerun=rerun, name=name, screen=not args.no_screen, ablate=args.ablate)
+    if rerun is not None:
+        name = args.name or f"{Path(args.config_from).resolve().parent.name or cfg.run.name}-row{args.row or 0}"  # beside the search it came from
+        pipeline.rerun(cfg, rerun, name=name, address=args.address)
+    else:
+        studies = pipeline.default_studies(cfg, screen=not args.no_screen, ablate=args.ablate)
+        pipeline.search(cfg, address=args.address, resume=args.resume, studies=studies)
     return 0
 
 
@@ -167,16 +167,15 @@ def _results(args: argparse.Namespace) -> tuple[ResultsFolder, SearchConfig]:
     folder = ResultsFolder(Path(args.results).resolve())
     if not folder.config.is_file():
         raise ConfigError(f"{folder.path} is not a tune-search results folder: {folder.config.name} is missing")
-    _, options = RESULTS_COMMANDS[args.command]
-    overrides = {key: getattr(args, flag[2:].replace("-", "_")) for flag, _, key in options if key}
+    flags = by_command[args.command].flags if args.command in by_command else ()
+    overrides = {f.key: getattr(args, f.flag[2:].replace("-", "_")) for f in flags if f.key}
     return folder, load_config(folder.config, overrides)
 
 
 def run_results_command(args: argparse.Namespace) -> int:
     folder, cfg = _results(args)
-    if args.command in ("screen", "ablate", "explain"):
-        study = {args.command: True}
-        pipeline.study_of(folder, cfg, address=args.address, resume=args.resume, **study)
+    if args.command in by_command:
+        pipeline.study_of(folder, cfg, args.command, address=args.address, resume=args.resume)
     elif args.command == "report":
         pipeline.report(folder, cfg)
     else:

@@ -172,14 +172,11 @@ class ExplainModel(_Section):
     _known = field_validator("name")(ModelConfig._known.__func__)
 
 
-MOTIVATING = ("hflip", "crop", "blur", "sharpen", "contrast", "affine")  # the thread's six
-
-
 class ExplainConfig(_Section):
     """The explain study: the motivating thread's explanations, each tested by a contrast."""
 
     enabled: bool = False
-    bundle: Literal["auto"] | tuple[str, ...] = "auto"  # auto: the screen's harmful set, else MOTIVATING
+    bundle: Literal["auto"] | tuple[str, ...] = "auto"  # auto: the screen's harmful set, else constants.MOTIVATING
     seeds: Annotated[int, Field(ge=2)] = 2
     scratch_epochs: PositiveInt | None = None  # also a longer from-scratch run, at this budget
     models: tuple[str | ExplainModel, ...] = ()  # capacity: other models, all layers training

@@ -12,12 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from tune_search.design import BUNDLE
-from tune_search.space import BASELINES
+from tune_search.constants import BASELINES, FINISHED
 from tune_search.trainable.augment import NAMES, strength_key, strengths_in, switch_key
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS, settings_in
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
-from tune_search.trainable.trial import SPEC_KEYS
+from tune_search.trainable.trial import BUNDLE, SPEC_KEYS, run_of
 
 HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
 CONFIG_COLUMNS = (*HYPERPARAMETER_KEYS, *(c for n in NAMES for c in (switch_key(n), strength_key(n))))
@@ -134,7 +133,7 @@ def runs_table(results: Iterable) -> pd.DataFrame:
     for result in results:
         if result.error is not None or not result.metrics or result.metrics.get("diverged"):
             continue
-        config = result.config["run"]
+        config = run_of(result.config)
         rows.append(
             {
                 "study": config["study"],
@@ -142,7 +141,7 @@ def runs_table(results: Iterable) -> pd.DataFrame:
                 "seed": int(config["seed"]),
                 "label": str(config["label"]),
                 **config_columns(config),
-                **{k: config[k] for k in (BUNDLE, *SPEC_KEYS) if k in config},
+                **{k: config[k] for k in (BUNDLE, "cell", *SPEC_KEYS) if k in config},  # explain's
                 "epochs": int(result.metrics.get("epoch", 0)),
                 **{k: result.metrics.get(k) for k in RUN_METRICS},
                 "trial_id": str(result.metrics.get("trial_id", "")),
@@ -194,7 +193,7 @@ def best_configs(trials: pd.DataFrame, k: int) -> pd.DataFrame:
     """The k best trials that did not fail, by best validation top-1, in trials' columns.
 
     Ties go to the trial that trained longer (its number is the less noisy)."""
-    ok = trials[trials["status"].isin(["completed", "early_stopped"])]
+    ok = trials[trials["status"].isin(FINISHED)]
     return ok.sort_values(["best_top1", "epochs"], ascending=False, kind="stable").head(k).reset_index(drop=True)
 
 
@@ -231,16 +230,6 @@ def baseline_summary(trials: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     if len(best):
         rows.append({"": "best found", "top-1": best["top1"].iloc[0], "top-5": best["top5"].iloc[0]})
     return pd.DataFrame(rows, columns=["", "top-1", "top-5"])
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    cells = [[str(c) for c in frame.columns]]
-    for row in frame.itertuples(index=False):
-        cells.append([f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 def search_tables(records: list[TrialRecord], *, max_epochs: int, top_k: int) -> dict[str, pd.DataFrame]:

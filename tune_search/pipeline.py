@@ -1,30 +1,31 @@
 """The pipeline behind the CLI, one public function per step: prepare (everything that can
-fail on bad input, before Ray), search, the designed studies, export and report. The CLI
-parses flags into these calls; bench/ calls them directly."""
+fail on bad input, before Ray), search, rerun, the designed studies, analyse, report and
+export. The CLI parses flags into these calls; bench/ calls them directly."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from tune_search import studies as registry
 from tune_search.checks import check_resources, check_resumable, check_writable
 from tune_search.config import ConfigError, SearchConfig
-from tune_search.export import baseline_summary, config_from_row, markdown_table, records_from_folder, records_from_results, search_tables
+from tune_search.console import baseline_table, search_outcome
+from tune_search.export import records_from_folder, records_from_results, search_tables
+from tune_search.location import RunLocation
 from tune_search.report import build_report
 from tune_search.results import ResultsFolder
 from tune_search.space import Space
-from tune_search.storage import prune_checkpoints, storage_uri, write_text
-from tune_search.studies import Study
-from tune_search.trainable.augment import strengths_in
+from tune_search.storage import prune_checkpoints, write_text
+from tune_search.studies import Study, StudyContext
 from tune_search.trainable.data import DataSpec, Dataset, load_dataset
-from tune_search.trainable.hyperparameters import HYPERPARAMETERS
-from tune_search.trainable.models import ModelSpec, WeightsError, max_freeze_depth, pretrained_backbone
+from tune_search.trainable.models import ModelSpec, max_freeze_depth, pretrained_backbone
 from tune_search.trainable.trial import TrialSpec, keep_weights_only
 
 
@@ -72,26 +73,6 @@ def facts(cfg: SearchConfig, space: Space, data: Dataset) -> dict:
     }
 
 
-def print_outcome(tables: dict[str, pd.DataFrame], folder: Path, seconds: float, baselines: bool) -> None:
-    trials, best = tables["trials"], tables["best_configs"]
-    print(f"\n{len(trials)} trials in {seconds:.0f} s: " + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items()))
-    if len(best):
-        row = best.iloc[0]
-        print("\nbest config:")
-        config = config_from_row(row)
-        for h in HYPERPARAMETERS:
-            print(f"  {h.name}: {h.show(config[h.name])}")
-        augs = [f"{n} {s:.2f}" for n, s in strengths_in(config).items()]
-        print(f"  augmentations: {', '.join(augs) or 'none'}")
-        print(f"  -> top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f} after {row['epochs']} epochs")
-    if baselines:  # otherwise they close the run, after the verdicts
-        print("\n" + markdown_table(baseline_summary(trials, best)))
-    print(f"\nexports: {folder}/{{trials,history,best_configs}}.parquet, config.yaml, facts.json")
-    journal = ResultsFolder(folder).journal
-    if journal.is_file():
-        print(f"live views: optuna-dashboard {journal}  |  tensorboard --logdir {folder}")
-
-
 @contextlib.contextmanager
 def ray_session(address: str | None, verbose: bool = False):
     """Ray for one command. Quiet unless `verbose`: Ray's own INFO and WARNING lines and the
@@ -133,160 +114,151 @@ def ray_session(address: str | None, verbose: bool = False):
             os.environ["RAY_AIR_NEW_OUTPUT"] = output
 
 
-def verdict_table(effects: pd.DataFrame) -> str:
-    """The console's closing table: the screen's verdicts, most harmful first."""
-    screened = effects[effects["verdict"] != "not screened"].sort_values("effect")
-    if screened.empty:
-        return "no screen: run `tune-search screen RESULTS_DIR` for verdicts"
-    table = pd.DataFrame(
-        {
-            "augmentation": screened["augmentation"],
-            "top-1 effect, points": [f"{100 * e:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for e, lo, hi in zip(screened["effect"], screened["ci_low"], screened["ci_high"])],
-            "verdict": screened["verdict"],
-            "harmful above": ["" if math.isnan(v) else f"{v:.2f}" for v in screened["harmful_above"]],
-        }
-    )
-    reach = 100 * screened["detectable"].max()
-    return f"{markdown_table(table)}\n(unclear: smaller than {reach:.1f} points, if any; 80 % power, Holm-corrected)"
-
-
-def explain_lines(explain: pd.DataFrame) -> str:
-    """The explain study's verdicts as a console table."""
-    table = pd.DataFrame(
-        {
-            "explanation": explain["title"],
-            "contrast, points [95 %]": [f"{100 * e:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for e, lo, hi in zip(explain["effect"], explain["ci_low"], explain["ci_high"])],
-            "predicted": explain["expected"],
-            "verdict": explain["verdict"],
-        }
-    )
-    return markdown_table(table) + "\n(the contrasts and their sentences: report.md, 'Why it hurts')"
-
-
-def check_explain(cfg: SearchConfig) -> None:
-    """Every model explain.models names loads its weights (before Ray starts)."""
-    for m in cfg.explain.models:
-        try:
-            pretrained_backbone(ModelSpec(name=m.name, weights=m.weights))
-        except WeightsError as exc:
-            raise ConfigError(f"explain.models: {exc}") from None
-
-
-def studies(study: Study, *, screen: bool, ablate: bool, explain: bool = False) -> None:
-    """The designed studies after a search, then the analysis of every table and the report."""
-    from tune_search.studies import analyse, run_ablation, run_dose, run_explain, run_screen
-
-    if screen:
-        run_screen(study)
-        if study.cfg.dose.enabled:
-            run_dose(study)
-    if ablate:
-        run_ablation(study)
-    if explain:
-        run_explain(study)
-    effects = analyse(study.folder, study.cfg, list(study.data.classes))
-    report = build_report(study.folder.path)
-    print("\n" + verdict_table(effects))
-    if explain and (explained := study.folder.read("explain")) is not None:
-        print("\n" + explain_lines(explained))
-    trials, best = study.folder.read("trials"), study.folder.read("best_configs")
-    if trials is not None and best is not None:
-        print("\n" + markdown_table(baseline_summary(trials, best)))
-    print(f"\nreport: {report}")
-
-
-def publish(folder: Path, uri: str) -> None:
-    """Copy the local exports and report to a storage URI (s3://, gs://, ...)."""
-    import pyarrow.fs
-
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
-    filesystem.create_dir(path, recursive=True)
-    pyarrow.fs.copy_files(str(folder), path, destination_filesystem=filesystem)
-    print(f"exports copied to {uri}")
-
-
-def results_folder(cfg: SearchConfig, name: str) -> tuple[str, Path]:
-    """(Ray's storage, the local results folder) for a run called `name`: exports and the
-    report are written locally; for a URI storage they are staged in results/NAME and copied
-    beside Ray's results at the end."""
-    storage = storage_uri(cfg.run.storage)
-    remote = "://" in storage
-    return storage, (Path("results") / name).resolve() if remote else Path(storage) / name
-
-
-def search(cfg: SearchConfig, *, address: str | None = None, resume: bool = False, rerun: dict | None = None,
-           name: str | None = None, screen: bool = True, ablate: bool = False) -> Path:  # fmt: skip
-    """A search (or, with `rerun`, one saved config at full budget), its exports, and unless
-    rerun the designed studies and the report; the results folder. Every check on the input
-    runs before Ray starts."""
-    from tune_search.tuner import resources_line, resumable, resume_search, run_fixed, run_search
-
-    name = name or cfg.run.name
-    storage, folder = results_folder(cfg, name)
-    remote = "://" in storage
+def _checked(cfg: SearchConfig, address: str | None, chosen: Sequence[Study]) -> tuple[Space, TrialSpec, Dataset]:
+    """The checks that need no Ray, then the data."""
     check_resources(cfg, address)
-    if resume:
-        check_resumable(cfg, folder, resumable(cfg))
-    explain = rerun is None and screen and cfg.screen.enabled and cfg.explain.enabled
-    if explain:
-        check_explain(cfg)
-    space, spec, data = prepare(cfg)
-    if rerun is not None and not 0 <= rerun["freeze_depth"] <= space.max_depth:
-        raise ConfigError(f"saved freeze_depth {rerun['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
-    check_writable(folder, "results folder (run.storage / run.name)")
-    results_dir = ResultsFolder(folder)
-    write_text(cfg.dump(), results_dir.config)
-    results_dir.write_facts(facts(cfg, space, data))
-    with ray_session(address, cfg.run.verbose):
-        print(resources_line(cfg, spec))
-        started = time.time()
-        if resume:
-            results = resume_search(cfg, data, spec)
-        elif rerun is None:
-            results = run_search(cfg, data, spec, space, journal=results_dir.journal)
-        else:
-            results = run_fixed(cfg, data, spec, {**rerun, "baseline": ""}, name)
-        elapsed = time.time() - started
-        tables = search_tables(records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
-        results_dir.write_tables(tables)
-        if not remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k's weights stay
-            prune_checkpoints(folder, set(tables["best_configs"]["trial_id"]), slim=keep_weights_only)
-        print_outcome(tables, folder, elapsed, baselines=rerun is not None)
-        if rerun is None:
-            study = Study(results_dir, cfg, space, spec, data, storage=storage, resume=resume)
-            studies(study, screen=screen and cfg.screen.enabled, ablate=ablate, explain=explain)
-    if remote:
-        publish(folder, f"{storage.rstrip('/')}/{name}")
+    for study in chosen:
+        study.check(cfg)
+    return prepare(cfg)
+
+
+def _open(cfg: SearchConfig, location: RunLocation, space: Space, data: Dataset) -> ResultsFolder:
+    """The results folder, writable, with the config and the facts written."""
+    check_writable(location.folder, "results folder (run.storage / run.name)")
+    folder = ResultsFolder(location.folder)
+    write_text(cfg.dump(), folder.config)
+    folder.write_facts(facts(cfg, space, data))
     return folder
 
 
-def study_of(folder: ResultsFolder, cfg: SearchConfig, *, address: str | None, resume: bool, screen: bool = False,
-             ablate: bool = False, explain: bool = False) -> None:  # fmt: skip
-    """The designed studies of a finished search; their runs land beside its folder, never
-    in a storage named inside it."""
+def default_studies(cfg: SearchConfig, *, screen: bool = True, ablate: bool = False) -> list[str]:
+    """The studies a search runs after it: those enabled in the config (none with
+    `screen=False`, as --no-screen asks), and the ablation with `ablate`."""
+    names = [s.name for s in registry.STUDIES if screen and s.enabled(cfg)]
+    return names + ["ablation"] * ablate
+
+
+def search(cfg: SearchConfig, *, address: str | None = None, resume: bool = False, studies: Sequence[str] | None = None) -> Path:
+    """A search (or the rest of an interrupted one), its exports, the designed studies
+    `studies` (default: `default_studies`), the analysis and the report; the results folder.
+    Every check on the input runs before Ray starts."""
+    from tune_search.tuner import resources_line, resumable, resume_search, run_search
+
+    location = RunLocation.of(cfg.run.storage, cfg.run.name)
+    chosen = registry.selected(default_studies(cfg) if studies is None else studies, cfg)
+    if resume:
+        check_resumable(cfg, location.folder, resumable(location))
+    space, spec, data = _checked(cfg, address, chosen)
+    folder = _open(cfg, location, space, data)
+    with ray_session(address, cfg.run.verbose):
+        print(resources_line(cfg, spec))
+        started = time.time()
+        results = resume_search(cfg, data, spec, location) if resume else run_search(cfg, data, spec, space, location, journal=folder.journal)
+        _write_search(cfg, folder, location, results, time.time() - started, baselines=False)
+        run_studies(StudyContext(folder, cfg, space, spec, data, location, resume=resume), chosen)
+    _publish(location)
+    return folder.path
+
+
+def rerun(cfg: SearchConfig, config: dict, *, name: str, address: str | None = None) -> Path:
+    """One saved config (`tune_search.export.config_from_row`) trained for the full budget
+    as run `name`, with the baseline table beside it; the results folder."""
+    from tune_search.tuner import resources_line, run_fixed
+
+    location = RunLocation.of(cfg.run.storage, name)
+    space, spec, data = _checked(cfg, address, [])
+    if not 0 <= config["freeze_depth"] <= space.max_depth:
+        raise ConfigError(f"saved freeze_depth {config['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
+    folder = _open(cfg, location, space, data)
+    with ray_session(address, cfg.run.verbose):
+        print(resources_line(cfg, spec))
+        started = time.time()
+        results = run_fixed(cfg, data, spec, {**config, "baseline": ""}, location)
+        _write_search(cfg, folder, location, results, time.time() - started, baselines=True)
+    _publish(location)
+    return folder.path
+
+
+def _write_search(cfg: SearchConfig, folder: ResultsFolder, location: RunLocation, results, seconds: float, *, baselines: bool) -> None:
+    """The search's tables written, the checkpoints it no longer needs pruned, its outcome printed."""
+    tables = search_tables(records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
+    folder.write_tables(tables)
+    if not location.remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k's weights stay
+        prune_checkpoints(folder.path, set(tables["best_configs"]["trial_id"]), slim=keep_weights_only)
+    print(search_outcome(tables, seconds, baselines=baselines))
+    print(f"\nexports: {folder.path}/{{trials,history,best_configs}}.parquet, config.yaml, facts.json")
+    if folder.journal.is_file():
+        print(f"live views: optuna-dashboard {folder.journal}  |  tensorboard --logdir {folder.path}")
+
+
+def _publish(location: RunLocation) -> None:
+    """For a remote storage, copy the local exports and report beside Ray's results."""
+    if not location.remote:
+        return
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location.uri)
+    filesystem.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(location.folder), path, destination_filesystem=filesystem)
+    print(f"exports copied to {location.uri}")
+
+
+def run_studies(ctx: StudyContext, chosen: Sequence[Study]) -> None:
+    """Train the chosen studies in registry order, then analyse every table, write the
+    report and print each study's table and the baselines."""
+    for study in chosen:
+        study.run(ctx)
+    tables = analyse(ctx.folder, ctx.cfg)
+    path = build_report(ctx.folder.path)
+    for study in registry.STUDIES:
+        if (shown := study.console(tables)) is not None:
+            print("\n" + shown)
+    if {"trials", "best_configs"} <= set(tables):
+        print("\n" + baseline_table(tables["trials"], tables["best_configs"]))
+    print(f"\nreport: {path}")
+
+
+def study_of(folder: ResultsFolder, cfg: SearchConfig, command: str, *, address: str | None, resume: bool) -> None:
+    """The study a results command names (and those that follow it) on a finished search;
+    their runs land beside its folder, never in a storage named inside it."""
     from tune_search.tuner import resources_line
 
     folder.require("trials", "best_configs")
+    chosen = registry.selected([registry.by_command[command].name], cfg)
     check_resources(cfg, address)
-    if explain:
-        check_explain(cfg)
+    for study in chosen:
+        study.check(cfg)
     check_writable(folder.path.parent, "the folder beside the results (where the study's runs go)")
     space, spec, data = prepare(cfg)
     with ray_session(address, cfg.run.verbose):
         print(resources_line(cfg, spec))
-        study = Study(folder, cfg, space, spec, data, storage=str(folder.path.parent), resume=resume)
-        studies(study, screen=screen, ablate=ablate, explain=explain)
+        run_studies(StudyContext(folder, cfg, space, spec, data, RunLocation.beside(folder.path), resume=resume), chosen)
+
+
+def analyse(folder: ResultsFolder, cfg: SearchConfig) -> dict[str, pd.DataFrame]:
+    """Every analysis table again from the tables in `folder`, written there; every table."""
+    from tune_search.analysis import search_effects
+
+    tables = folder.read_all()
+    search = None
+    if "trials" in tables and "history" in tables:
+        try:
+            search = search_effects(tables["trials"], tables["history"], list(cfg.space.augmentation_names), seed=cfg.run.seed)
+        except ValueError as exc:
+            print(f"no search effects: {exc}")
+    classes = folder.read_facts().get("data", {}).get("classes") or folder.classes()
+    made = registry.analyse(tables, cfg, classes, search)
+    folder.write_tables(made)
+    return tables | made
 
 
 def report(folder: ResultsFolder, cfg: SearchConfig) -> Path:
     """The analysis tables and report.md again, from the Parquet files."""
-    from tune_search.studies import analyse
-
     folder.require("trials", "history")
-    effects = analyse(folder, cfg)
+    tables = analyse(folder, cfg)
     path = build_report(folder.path)
     print(f"report: {path}")
-    print("\n" + verdict_table(effects))
+    print("\n" + registry.by_name["screen"].console(tables))
     return path
 
 

@@ -11,25 +11,16 @@ import pandas as pd
 from tune_search.config import ConfigError
 from tune_search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS
 from tune_search.storage import write_parquet, write_text
+from tune_search.studies import STUDIES
 
-TABLES = {
+# the search's tables and effects.parquet; each study lists its own
+SEARCH_TABLES = {
     "trials": "the search's trials",
     "history": "the search's trials, epoch by epoch",
     "best_configs": "the best trials",
     "effects": "verdicts per augmentation",
-    "screen": "the screen's runs",
-    "per_class": "the screen's effects per class",
-    "affinity": "affinity and diversity per augmentation",
-    "dose_runs": "the dose-response runs",
-    "dose": "dose-response per augmentation and strength",
-    "ablation_runs": "the ablation's runs",
-    "ablation": "the ablation's paired effects",
-    "explain_runs": "the explain study's runs",
-    "explain": "the thread's explanations, one contrast each",
-    "explain_cells": "the augmentation bundle's effect in each explain cell",
-    "explain_crop": "crop's dose-response in the explain study",
-    "crop_sensitivity": "how often crops change the clean model's predictions, per kept area and class",
 }
+TABLES = SEARCH_TABLES | {name: what for study in STUDIES for name, what in study.tables.items()}
 
 # columns the analysis and the studies read from the search's tables
 NEEDED = {"trials": TRIAL_COLUMNS, "best_configs": (*CONFIG_COLUMNS, "top1", "epochs"), "history": HISTORY_COLUMNS[:2]}
@@ -65,6 +56,15 @@ class ResultsFolder:
         if missing:
             raise ConfigError(f"{self.file(table)} lacks the columns {', '.join(missing)}")
         return frame
+
+    def read_all(self) -> dict[str, pd.DataFrame]:
+        """Every table present, by name."""
+        return {table: frame for table in TABLES if (frame := self.read(table)) is not None}
+
+    def classes(self) -> list[str]:
+        """The class names an earlier analysis wrote (per_class.parquet), else none."""
+        per_class = self.read("per_class")
+        return list(dict.fromkeys(per_class["class"])) if per_class is not None and len(per_class) else []
 
     def require(self, *tables: str) -> None:
         """Refuse a folder that lacks one of these tables, or holds one that cannot be read."""

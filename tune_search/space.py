@@ -14,12 +14,10 @@ from typing import Any
 import optuna
 
 from tune_search.config import SpaceConfig
+from tune_search.constants import BASELINES, MOTIVATING
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS
 
-# The motivating experiment's third configuration: all layers with these switched on.
-BASELINE_AUGMENTATIONS = ("hflip", "crop", "blur", "sharpen", "contrast", "affine")
-BASELINES = ("head only", "all layers", "all + aug")
 
 
 @dataclass(frozen=True)
@@ -118,5 +116,5 @@ class Space:
         return [
             (BASELINES[0], point(self.max_depth, ())),
             (BASELINES[1], point(0, ())),
-            (BASELINES[2], point(0, BASELINE_AUGMENTATIONS)),
+            (BASELINES[2], point(0, MOTIVATING)),  # the motivating experiment's third
         ]

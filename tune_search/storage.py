@@ -24,12 +24,10 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from tune_search.location import is_remote
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-def storage_uri(storage: str) -> str:
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
 class ReplaceOnClose(io.FileIO):
@@ -72,7 +70,7 @@ class ReplacingLocalFileSystem(LocalFileSystem):
 def storage_filesystem(uri: str) -> pyarrow.fs.FileSystem | None:
     """The filesystem to hand Ray for STORAGE: None (Ray's own) for a URI, the replacing one
     for a local folder."""
-    if "://" in uri:
+    if is_remote(uri):
         return None
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(ReplacingLocalFileSystem(auto_mkdir=True)))
 

@@ -18,11 +18,12 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_search.config import ConfigError, ResourcesConfig, SearchConfig
-from tune_search.progress import Progress
+from tune_search.console import Progress
 from tune_search.space import Space
-from tune_search.storage import storage_filesystem, storage_uri
+from tune_search.location import RunLocation
+from tune_search.storage import storage_filesystem
 from tune_search.trainable.data import Dataset
-from tune_search.trainable.trial import TrialSpec, amp_dtype, spec_for, train_trial
+from tune_search.trainable.trial import STUDY_RUN, TrialSpec, amp_dtype, run_of, spec_for, train_trial
 
 METRIC, MODE = "top1", "max"
 STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal
@@ -135,12 +136,11 @@ def reuse_actors() -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
-def _run_config(cfg: SearchConfig, name: str, trials: int, storage: str | None = None) -> tune.RunConfig:
-    uri = storage_uri(storage or cfg.run.storage)
+def _run_config(cfg: SearchConfig, storage: str, name: str, trials: int) -> tune.RunConfig:
     return tune.RunConfig(
         name=name,
-        storage_path=uri,
-        storage_filesystem=storage_filesystem(uri),
+        storage_path=storage,
+        storage_filesystem=storage_filesystem(storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # a trial whose process dies (OOM killer, a lost node) restarts from its last epoch
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
@@ -156,7 +156,7 @@ def make_searcher(cfg: SearchConfig, space: Space, journal: Path | None = None) 
     )
 
 
-def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, journal: Path | None = None) -> tune.ResultGrid:
+def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, location: RunLocation, journal: Path | None = None) -> tune.ResultGrid:
     """A new search; its Optuna study is kept in `journal` (a new file) when given."""
     if journal is not None:
         journal.unlink(missing_ok=True)  # a new search in a reused folder starts a new study
@@ -183,39 +183,32 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, 
             reuse_actors=reuse_actors(),
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=_run_config(cfg, cfg.run.name, cfg.budget.num_samples),
+        run_config=_run_config(cfg, location.storage, location.name, cfg.budget.num_samples),
     )
     return tuner.fit()
 
 
-def _experiment(cfg: SearchConfig) -> tuple[str, Any]:
-    uri = storage_uri(cfg.run.storage)
-    return f"{uri.rstrip('/')}/{cfg.run.name}", storage_filesystem(uri)
+def resumable(location: RunLocation) -> bool:
+    """Whether the location holds Ray Tune's state of an interrupted search (no Ray needed)."""
+    return tune.Tuner.can_restore(location.uri, storage_filesystem=storage_filesystem(location.storage))
 
 
-def resumable(cfg: SearchConfig) -> bool:
-    """Whether STORAGE/NAME holds Ray Tune's state of an interrupted search (no Ray needed)."""
-    path, filesystem = _experiment(cfg)
-    return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
-
-
-def resume_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec) -> tune.ResultGrid:
+def resume_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, location: RunLocation) -> tune.ResultGrid:
     """Continue an interrupted search: finished trials are kept as they are, unfinished ones
     continue from their last checkpoint, the searcher and scheduler from their saved state."""
-    path, filesystem = _experiment(cfg)
     tuner = tune.Tuner.restore(
-        path, trainable=_trainable(cfg, data, spec), resume_unfinished=True, storage_filesystem=filesystem
+        location.uri, trainable=_trainable(cfg, data, spec), resume_unfinished=True, storage_filesystem=storage_filesystem(location.storage)
     )
     return tuner.fit()
 
 
-def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[str, Any], name: str) -> tune.ResultGrid:
+def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[str, Any], location: RunLocation) -> tune.ResultGrid:
     """Train one fixed configuration for the full budget (no search, no early stopping)."""
     tuner = tune.Tuner(
         _trainable(cfg, data, spec),
         param_space=config,
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, name, 1),
+        run_config=_run_config(cfg, location.storage, location.name, 1),
     )
     return tuner.fit()
 
@@ -223,35 +216,38 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[st
 def train_fixed(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
     """Ray trainable for designed studies: one fixed run, grid-searched as a whole flat config
     (with its own model, weights, oversampling or budget where it names them)."""
-    train_trial(config["run"], data=data, spec=spec_for(spec, config["run"]))
+    run = run_of(config)
+    train_trial(run, data=data, spec=spec_for(spec, run))
 
 
-def _same_study(path: str, configs: list[dict[str, Any]]) -> None:
+def _same_study(folder: Path | None, configs: list[dict[str, Any]]) -> None:
     """Refuse to resume a study whose runs (their params.json, plain JSON) are not among the
     configs asked for now: it was started with other settings."""
+    if folder is None:
+        return
     wanted = {json.dumps(c, sort_keys=True) for c in json.loads(json.dumps(configs))}
-    started = [json.loads(p.read_text()).get("run") for p in Path(path).glob("trial_*/params.json")] if "://" not in path else []
+    started = [run_of(json.loads(p.read_text())) for p in folder.glob("trial_*/params.json")]
     stray = [c for c in started if json.dumps(c, sort_keys=True) not in wanted]
     if stray:
-        raise ConfigError(f"--resume: {path} holds a study started with other settings ({len(stray)} runs differ); remove it to run the study afresh")
+        raise ConfigError(f"--resume: {folder} holds a study started with other settings ({len(stray)} runs differ); remove it to run the study afresh")
 
 
-def run_study(cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[dict[str, Any]], *, name: str, storage: str, resume: bool = False) -> tune.ResultGrid:
+def run_study(cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[dict[str, Any]], *, location: RunLocation, suffix: str, resume: bool = False) -> tune.ResultGrid:
     """Train every config of a designed study for the full budget, in parallel, with no
-    early stopping, into STORAGE/NAME. With `resume`, a study a killed driver left there
-    continues: finished runs are kept, the others restart from their last checkpoint."""
-    uri = storage_uri(storage)
-    path, filesystem = f"{uri.rstrip('/')}/{name}", storage_filesystem(uri)
+    early stopping, into STORAGE/NAME-<suffix>. With `resume`, a study a killed driver left
+    there continues: finished runs are kept, the others restart from their last checkpoint."""
+    path, filesystem = location.study_uri(suffix), storage_filesystem(location.storage)
     trainable = _trainable(cfg, data, spec, train_fixed)
+    name = location.study_name(suffix)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=filesystem):
-        _same_study(path, configs)
+        _same_study(location.study_folder(suffix), configs)
         print(f"{name}: resuming the runs left unfinished")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
         return tuner.fit()
     tuner = tune.Tuner(
         trainable,
-        param_space={"run": tune.grid_search(configs)},
+        param_space={STUDY_RUN: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, name, len(configs), storage),
+        run_config=_run_config(cfg, location.storage, name, len(configs)),
     )
     return tuner.fit()

@@ -60,6 +60,7 @@ def test_off_and_zero_strength_are_the_identity(images, name):
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batch", "per-image"])
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_change_grows_with_strength(images, name, batched):
     changes = [mean_change(images, name, s, batched=batched) for s in (0.25, 0.5, 1.0)]
     assert 0 < changes[0] < changes[1] < changes[2], changes

@@ -122,6 +122,7 @@ def test_erase_boxes_stay_inside_and_grow_with_scale():
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_batch_form_changes_images_as_much_as_per_image_v2(images, name):
     """Same strength, same kind of change: the mean pixel change of both forms agrees."""
     big = images.repeat(16, 1, 1, 1)  # 1,024 images: enough draws to average

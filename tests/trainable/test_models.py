@@ -32,6 +32,7 @@ def test_every_family_in_the_model_table_is_tested():
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_MODELS))
+@pytest.mark.slow
 def test_each_family_splits_into_stages_that_freeze_and_run_on_tiny_inputs(family):
     """At every depth the frozen prefix and the trainable rest compose to the whole network,
     and only the rest (and the classifier) has trainable parameters."""

@@ -11,7 +11,8 @@ from tune_search.trainable.data import Dataset, Split
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS
 from tune_search.trainable.models import ModelSpec
 from tune_search.trainable.loop import cpu_has_bf16
-from tune_search.trainable.trial import CHECKPOINT_FILE, TrialSpec, TrialSettings, affinity, amp_dtype, fine_tune, keep_freed_memory, keep_weights_only, load_checkpoint
+from tune_search.trainable.probes import affinity
+from tune_search.trainable.trial import CHECKPOINT_FILE, TrialSpec, TrialSettings, amp_dtype, fine_tune, keep_freed_memory, keep_weights_only, load_checkpoint
 
 
 def planted(n: int, seed: int) -> Split:
@@ -47,6 +48,7 @@ def test_settings_read_only_switched_on_augmentations():
     assert s.augmentations == (("hflip", 0.3),) and s.batch_size == 32 and s.freeze_depth == 2
 
 
+@pytest.mark.slow
 def test_fine_tune_learns_a_planted_rule_and_reports_fractions(halves):
     history = [m for m, _ in fine_tune(TrialSettings(lr=3e-3, freeze_depth=0, batch_size=32), SPEC, halves)]
     assert [m["epoch"] for m in history] == [1, 2, 3]
@@ -57,6 +59,7 @@ def test_fine_tune_learns_a_planted_rule_and_reports_fractions(halves):
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["batch-form", "per-image-v2"])
+@pytest.mark.slow
 def test_hflip_hurts_when_the_class_is_which_half(halves, fast_path):
     spec = replace(SPEC, fast_path=fast_path)
     plain = list(fine_tune(TrialSettings(lr=3e-3, freeze_depth=0, batch_size=32), spec, halves))[-1][0]
@@ -81,6 +84,7 @@ def _untimed(metrics: dict) -> dict:
 
 
 @pytest.mark.parametrize("augmentations", [(), (("crop", 0.5), ("color", 0.5))], ids=["cached features", "augmented"])
+@pytest.mark.slow
 def test_resume_continues_exactly_as_the_uninterrupted_run(halves, augmentations):
     settings = TrialSettings(lr=3e-3, freeze_depth=2, batch_size=32, augmentations=augmentations)
     run = fine_tune(settings, SPEC, halves)
@@ -94,6 +98,7 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(halves, augmentations
     assert [_untimed(m) for m in rest] == [_untimed(m) for m in straight[1:]]
 
 
+@pytest.mark.slow
 def test_a_finished_checkpoint_keeps_exactly_its_weights(halves, tmp_path):
     settings = TrialSettings(lr=3e-3, freeze_depth=3, batch_size=32)
     *_, (_, state) = fine_tune(settings, replace(SPEC, max_epochs=1), halves)
@@ -108,6 +113,7 @@ def test_a_finished_checkpoint_keeps_exactly_its_weights(halves, tmp_path):
     assert affinity(settings, SPEC, halves, slim, {"hflip": 1.0}) == affinity(settings, SPEC, halves, full, {"hflip": 1.0})
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(halves):
     settings = TrialSettings(lr=1e-3, freeze_depth=4, batch_size=32, augmentations=(("crop", 0.5),))
     spec = TrialSpec(ModelSpec("resnet18", "none"), max_epochs=1)
@@ -123,6 +129,7 @@ def noise(counts: list[int], seed: int) -> Split:
     return Split(torch.randint(0, 256, (len(labels), 3, 32, 32), generator=g, dtype=torch.uint8), labels)
 
 
+@pytest.mark.slow
 def test_balancing_lifts_the_rare_class_on_imbalanced_data():
     """11:1 train classes, balanced validation, no signal: unbalanced training predicts the
     common class everywhere; weighted loss and oversampling must give the rare one its share."""
@@ -135,6 +142,7 @@ def test_balancing_lifts_the_rare_class_on_imbalanced_data():
 
 
 @pytest.mark.parametrize("augmentations", [(), (("crop", 0.5),)])
+@pytest.mark.slow
 def test_cached_frozen_features_train_the_same_as_images(halves, augmentations):
     """The frozen prefix runs once (train too, when nothing augments); results do not change."""
     settings = TrialSettings(lr=1e-3, freeze_depth=3, batch_size=32, augmentations=augmentations)
@@ -147,6 +155,7 @@ def test_cached_frozen_features_train_the_same_as_images(halves, augmentations):
         assert f["top1"] == pytest.approx(s["top1"], abs=0.011)
 
 
+@pytest.mark.slow
 def test_data_seconds_are_the_batch_preparation_part_of_training(halves):
     """`data_s` grows when every augmentation is on and stays a part of `train_s`."""
     spec = TrialSpec(ModelSpec("resnet18", "none"), max_epochs=1)
@@ -186,6 +195,7 @@ def faults_per_batch(mode: str) -> float:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow
 def test_kept_memory_spares_the_page_faults_of_every_batch():
     """Without it each augment-and-step faults its float buffers back in from the OS (how
     many depends on glibc's adaptive thresholds: the worse of two runs). One float batch

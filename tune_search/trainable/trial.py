@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.transforms.v2 import functional as F
 
 from tune_search.trainable.augment import build_pipeline, strengths_in
 from tune_search.trainable.hyperparameters import BY_NAME, settings_in
@@ -78,6 +77,16 @@ class TrialSpec:
 
 # a designed run's own model, weights, class balance and budget, over the search's TrialSpec
 SPEC_KEYS = ("model", "weights", "oversample_to", "max_epochs")
+BUNDLE = "bundle"  # explain: whether the run has the augmentation bundle on
+# what a run is, not how it trains: its baseline name, or its study, design row, seed and cell
+RUN_KEYS = ("baseline", "seed", "study", "design_row", "label", "cell", BUNDLE)
+STUDY_RUN = "run"  # a designed study's trial config holds its run's flat config under this key
+
+
+def run_of(config: Mapping) -> Mapping:
+    """The flat config of a trial: a search trial's config as Tune gives it, a designed
+    study's run from under its one key (Tune grid-searches over whole runs)."""
+    return config.get(STUDY_RUN, config)
 
 
 def spec_for(spec: TrialSpec, config: Mapping) -> TrialSpec:
@@ -93,7 +102,7 @@ def spec_for(spec: TrialSpec, config: Mapping) -> TrialSpec:
     return dataclasses.replace(spec, **changes) if changes else spec
 
 
-def _device(spec: TrialSpec) -> torch.device:
+def device_of(spec: TrialSpec) -> torch.device:
     return torch.device("cuda" if spec.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
 
 
@@ -132,7 +141,7 @@ def cached_features(model: StagedClassifier, split: Split, spec: TrialSpec, devi
     return Split(torch.cat(parts).cpu(), split.labels)
 
 
-def _trial_model(settings: TrialSettings, spec: TrialSpec, data: Dataset, device: torch.device) -> StagedClassifier:
+def trial_model(settings: TrialSettings, spec: TrialSpec, data: Dataset, device: torch.device) -> StagedClassifier:
     model = build_model(spec.model, data.num_classes, settings.freeze_depth)
     if spec.fast_path and len(data.train):
         model.fold_frozen_batchnorm(data.train.images[:4])
@@ -143,90 +152,81 @@ def _frozen_prefixes(settings: TrialSettings) -> tuple[str, ...]:
     return tuple(f"stages.{i}." for i in range(settings.freeze_depth))
 
 
-def _load_trained(model: nn.Module, state: dict, settings: TrialSettings) -> None:
+def load_trained(model: nn.Module, state: dict, settings: TrialSettings) -> None:
     """Load a checkpoint's weights: every trained one, none of the frozen (not saved)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(_frozen_prefixes(settings)) for k in missing):
         raise ValueError(f"checkpoint does not fit this trial's model: missing {missing}, unexpected {unexpected}")
 
 
-def affinity(settings: TrialSettings, spec: TrialSpec, data: Dataset, state: dict, strengths: Mapping[str, float]) -> dict[str, float]:
-    """Affinity (Gontijo-Lopes et al., 2021) of each augmentation at its strength: top-1 on
-    validation images passed through it minus top-1 on the clean images, for the model in
-    `state` (a checkpoint of a trial trained without augmentation). Its own evaluation step,
-    after training; each augmentation sees its own repeatable draws."""
-    device = _device(spec)
-    amp = amp_dtype(spec, device)
-    model = _trial_model(settings, spec, data, device)
-    _load_trained(model, state["model"], settings)
-    clean = classification_metrics(predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp), data.val.labels)["top1"]
-    out = {}
-    rng = torch.get_rng_state()
-    for name, strength in strengths.items():
-        torch.manual_seed(spec.seed)
-        pipeline = build_pipeline({name: strength}, data.val.images.shape[-1], spec.fast_path)
-        logits = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp, pipeline=pipeline)
-        out[name] = classification_metrics(logits, data.val.labels)["top1"] - clean
-    torch.set_rng_state(rng)
-    return out
+@dataclass
+class Training:
+    """What one trial trains with, set up once: the model, its optimiser and schedule, the
+    loss, the augmentation pipeline, the batch order's generator and the inputs each pass
+    runs on (images, or a frozen prefix's cached features)."""
+
+    model: StagedClassifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    pipeline: Callable | None
+    generator: torch.Generator
+    per_class: int | None  # images drawn per class and epoch when oversampling
+    device: torch.device
+    amp: torch.dtype | None
+    train: Split
+    train_net: nn.Module
+    val: Split
+    val_net: nn.Module
+
+    def state(self, epoch: int, frozen: tuple[str, ...]) -> dict:
+        """The checkpoint after `epoch`: frozen stages equal the pretrained weights the trial
+        starts from and are not saved again."""
+        return {
+            "epoch": epoch,
+            "model": {k: v for k, v in self.model.state_dict().items() if not k.startswith(frozen)},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def restore(self, state: dict, settings: TrialSettings) -> int:
+        """Continue from a checkpoint; the epoch it was taken after."""
+        load_trained(self.model, state["model"], settings)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["epoch"])
 
 
-CROP_AREAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # kept fractions of the image
-
-
-def crop_sensitivity(settings: TrialSettings, spec: TrialSpec, data: Dataset, state: dict, areas=CROP_AREAS) -> list[dict]:
-    """For the model in `state` (trained without augmentation): per kept area and class, how
-    often its prediction changes when a validation image is cropped to that fraction of its
-    area (a square at a random place, resized back), and its top-1 on those crops. A crop
-    that loses the object changes the prediction; one that keeps it should not."""
-    device = _device(spec)
-    amp = amp_dtype(spec, device)
-    model = _trial_model(settings, spec, data, device)
-    _load_trained(model, state["model"], settings)
-    images, labels = data.val.images, data.val.labels
-    clean = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp).argmax(1)
-    side = images.shape[-1]
-    generator = torch.Generator().manual_seed(spec.seed)
-    rows = []
-    for area in areas:
-        kept = max(1, round(side * math.sqrt(area)))
-        corners = torch.randint(0, side - kept + 1, (len(images), 2), generator=generator).tolist()
-        cropped = torch.stack([F.resized_crop(image, top, left, kept, kept, [side, side], antialias=True) for image, (top, left) in zip(images, corners)])
-        logits = predict(model, Split(cropped, labels), batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
-        predicted = logits.argmax(1)
-        for c, name in enumerate(data.classes):
-            mine = labels == c
-            if mine.any():
-                changed = (predicted[mine] != clean[mine]).float().mean().item()
-                correct = (predicted[mine] == labels[mine]).float().mean().item()
-                rows.append({"area": area, "class": name, "images": int(mine.sum()), "changed": changed, "top1": correct})
-    return rows
-
-
-def fine_tune(
-    settings: TrialSettings, spec: TrialSpec, data: Dataset, resume: dict | None = None
-) -> Iterator[tuple[dict[str, float], Callable[[], dict]]]:
-    """Train epoch by epoch; yield each epoch's metrics and a function returning the state
-    to checkpoint. `resume` is such a state, to continue after its epoch."""
+def set_up(settings: TrialSettings, spec: TrialSpec, data: Dataset) -> Training:
+    """The model, optimiser, cosine schedule over the whole budget, loss (class weights with
+    `weighted`), augmentation pipeline and the inputs of both passes, seeded."""
     seed = spec.seed if settings.seed is None else settings.seed
     torch.manual_seed(seed)
-    device = _device(spec)
+    device = device_of(spec)
     amp = amp_dtype(spec, device)
-    model = _trial_model(settings, spec, data, device)
+    model = trial_model(settings, spec, data, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-
     counts = data.train.class_counts(data.num_classes)
     per_class = (spec.oversample_to or int(counts.max())) if spec.balance == "oversample" else None
     weight = class_weights(counts).to(device) if spec.balance == "weighted" else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
-    generator = torch.Generator().manual_seed(seed)
     epoch_len = len(balanced_order(data.train.labels, per_class, torch.Generator()))
     steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path)
-    # frozen stages cost nothing twice: validation always, and training when nothing
-    # augments the images, run the trainable rest on features computed once
+    inputs = pass_inputs(model, pipeline, spec, data, device, amp)
+    return Training(model, optimizer, scheduler, loss_fn, pipeline, torch.Generator().manual_seed(seed), per_class, device, amp, *inputs)
+
+
+def pass_inputs(model: StagedClassifier, pipeline, spec: TrialSpec, data: Dataset, device, amp) -> tuple[Split, nn.Module, Split, nn.Module]:
+    """(train inputs, the net they go through, val inputs, its net). Frozen stages cost
+    nothing twice: validation always, and training when nothing augments the images, run
+    the trainable rest on features computed once."""
     val, val_net = data.val, model
     train, train_net = _on(device, data.train), model
     val_features = cached_features(model, data.val, spec, device, amp)
@@ -236,54 +236,42 @@ def fine_tune(
             train_features = cached_features(model, data.train, spec, device, amp)
             if train_features is not None:
                 train, train_net = _on(device, train_features), FromFeatures(model)
+    return train, train_net, val, val_net
 
+
+def epoch(t: Training, settings: TrialSettings, spec: TrialSpec, data: Dataset) -> dict:
+    """Train one epoch and evaluate: the epoch's metrics."""
+    started = time.perf_counter()
+    order = balanced_order(data.train.labels, t.per_class, t.generator)
+    metrics = train_one_epoch(
+        t.train_net, t.train, order, optimizer=t.optimizer, scheduler=t.scheduler, loss_fn=t.loss_fn,
+        batch_size=settings.batch_size, pipeline=t.pipeline, device=t.device, amp_dtype=t.amp,
+    )  # fmt: skip
+    trained = time.perf_counter()
+    logits = predict(t.val_net, t.val, batch_size=spec.eval_batch_size, device=t.device, amp_dtype=t.amp)
+    metrics |= classification_metrics(logits, data.val.labels)
+    metrics |= {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
+    metrics["per_class_top1"] = per_class_accuracy(logits, data.val.labels, data.num_classes)
+    return metrics
+
+
+def fine_tune(
+    settings: TrialSettings, spec: TrialSpec, data: Dataset, resume: dict | None = None
+) -> Iterator[tuple[dict[str, float], Callable[[], dict] | None]]:
+    """Train epoch by epoch; yield each epoch's metrics and a function returning the state
+    to checkpoint (None after a diverged epoch, the last). `resume` is such a state, to
+    continue after its epoch."""
+    t = set_up(settings, spec, data)
+    start = t.restore(resume, settings) if resume is not None else 0
     frozen = _frozen_prefixes(settings)
-    start = 0
-    if resume is not None:
-        _load_trained(model, resume["model"], settings)
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        generator.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        start = int(resume["epoch"])
-
-    def state(epoch: int) -> dict:
-        # frozen stages equal the pretrained weights the trial starts from: not saved again
-        return {
-            "epoch": epoch,
-            "model": {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-
-    for epoch in range(start + 1, spec.max_epochs + 1):
-        started = time.perf_counter()
-        order = balanced_order(data.train.labels, per_class, generator)
-        metrics = train_one_epoch(
-            train_net,
-            train,
-            order,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            loss_fn=loss_fn,
-            batch_size=settings.batch_size,
-            pipeline=pipeline,
-            device=device,
-            amp_dtype=amp,
-        )
-        trained = time.perf_counter()
-        logits = predict(val_net, val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp)
-        metrics |= classification_metrics(logits, data.val.labels)
-        metrics |= {"train_s": trained - started, "eval_s": time.perf_counter() - trained}
-        metrics["per_class_top1"] = per_class_accuracy(logits, data.val.labels, data.num_classes)
+    for e in range(start + 1, spec.max_epochs + 1):
+        metrics = epoch(t, settings, spec, data)
         if not math.isfinite(metrics["train_loss"]):
             # the trial's last report, not an exception: an error would make Ray retry it
             # from its checkpoint (FailureConfig), and it would diverge again
-            yield {"epoch": epoch, **metrics, "diverged": f"training loss became {metrics['train_loss']} in epoch {epoch} at lr {settings.lr:g}"}, None
+            yield {"epoch": e, **metrics, "diverged": f"training loss became {metrics['train_loss']} in epoch {e} at lr {settings.lr:g}"}, None
             return
-        yield {"epoch": epoch, **metrics}, (lambda e=epoch: state(e))
+        yield {"epoch": e, **metrics}, (lambda e=e: t.state(e, frozen))
 
 
 @functools.cache  # a process setting: once per process, not once per trial

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from tune_search.cli import main
-from tune_search.design import BUNDLE, explain_configs
-from tune_search.explain import cells, explain_table, judge, two_cells
-from tune_search.trainable.trial import SPEC_KEYS
+from tune_search.studies.explain import cells, explain_configs, explain_table, two_cells
+from tune_search.trainable.trial import BUNDLE, SPEC_KEYS
 
 BASE = {"lr": 1e-3, "freeze_depth": 4, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0}
 BUNDLE_SIX = dict.fromkeys(["hflip", "crop", "blur", "sharpen", "contrast", "affine"], 0.5)
@@ -72,7 +71,7 @@ def test_every_cell_is_trained_off_and_on_once_per_seed_with_its_own_spec():
 def test_the_two_cell_fit_recovers_planted_effects_and_their_interaction():
     fit = two_cells(simulate(), "depth 0", "depth 9")
     assert fit.effect_a == pytest.approx(-0.01, abs=0.006) and fit.effect_b == pytest.approx(-0.06, abs=0.006)
-    low, high = fit.interval(fit.interaction, fit.interaction_se)
+    low, high = fit.interaction.ci_low, fit.interaction.ci_high
     assert low <= -0.05 <= high and high < 0
     assert fit.n_runs == 12 and fit.df == 12 - 6  # const, bundle, cell, both, two seed blocks
 
@@ -102,6 +101,7 @@ def test_an_explanation_that_runs_the_other_way_is_contradicted_and_a_null_one_i
     assert table.loc["scratch", "verdict"] == "contradicted"
 
 
+@pytest.mark.slow
 def test_when_nothing_matters_holm_keeps_false_support_at_or_under_5_percent():
     null = dict.fromkeys(PLANTED, -0.02)
     rng = np.random.default_rng(7)
@@ -122,14 +122,6 @@ def test_cells_give_the_bundle_effect_in_each_cell_paired_by_seed():
         assert table.loc[label, "ci_low"] <= value <= table.loc[label, "ci_high"]
         assert table.loc[label, "n_seeds"] == 3
     assert table.loc["scratch 8 epochs", "max_epochs"] == 8
-
-
-def test_judge_reads_the_sign_against_the_prediction():
-    rows = pd.DataFrame(
-        {"expected": ["negative", "negative", "positive", "positive"], "effect": [-0.05, 0.05, 0.002, 0.04],
-         "ci_low": [-0.07, 0.03, -0.004, -0.01], "ci_high": [-0.03, 0.07, 0.008, 0.09], "p_value": [1e-4, 1e-4, 0.5, 0.2]}
-    )  # fmt: skip
-    assert list(judge(rows, negligible=0.01)["verdict"]) == ["supported", "contradicted", "contradicted", "unclear"]
 
 
 # End to end: `tune-search explain` on the planted-harm search and its screen (conftest),
@@ -164,6 +156,7 @@ def explained(planted_run, tmp_path_factory):
     return folder, out.getvalue()
 
 
+@pytest.mark.slow
 def test_explain_trains_every_cell_at_its_own_settings(explained):
     folder, console = explained
     runs = pd.read_parquet(folder / "explain_runs.parquet")
@@ -185,6 +178,7 @@ def test_explain_trains_every_cell_at_its_own_settings(explained):
     assert f"explain: {len(runs)} runs" in console and "(c) pretraining recipe" in console
 
 
+@pytest.mark.slow
 def test_explain_answers_every_explanation_with_an_interval(explained):
     folder, _ = explained
     table = pd.read_parquet(folder / "explain.parquet").set_index("explanation")
@@ -200,6 +194,7 @@ def test_explain_answers_every_explanation_with_an_interval(explained):
     assert len(pd.read_parquet(folder / "explain_crop.parquet")) == 2  # crop's effect at both strengths
 
 
+@pytest.mark.slow
 def test_crops_that_keep_less_change_more_predictions(explained):
     folder, _ = explained
     table = pd.read_parquet(folder / "crop_sensitivity.parquet")
@@ -231,6 +226,7 @@ def test_bad_explain_input_stops_before_ray_with_the_key_named(tmp_path, capsys)
     assert not (tmp_path / "refused").exists()
 
 
+@pytest.mark.slow
 def test_a_search_with_explain_enabled_runs_it_after_the_screen(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_search.ablation import paired_effects
-from tune_search.design import ablation_configs
+from tune_search.studies.ablation import ablation_configs, paired_effects
 
 AUGS = ["hflip", "blur", "contrast"]
+DESIGN_BASE = {"lr": 1e-3, "freeze_depth": 4, "aug_blur": True, "aug_blur_strength": 0.9, "baseline": "", "seed": 7}
 BEST = {"lr": 1e-3, "freeze_depth": 0, "aug_hflip": False, "aug_blur": True, "aug_blur_strength": 0.3, "aug_contrast": False, "baseline": "all layers"}
 
 
@@ -36,3 +36,12 @@ def test_without_a_screen_nothing_is_compared():
     screen = pd.DataFrame({"augmentation": AUGS, "verdict": ["not screened"] * 3})
     e = paired_effects(runs_with({"hflip": -0.1}), AUGS, screen)
     assert (e["screen_verdict"] == "").all() and e["agrees"].isna().all()
+
+
+def test_ablation_switches_each_augmentation_the_other_way_for_every_seed():
+    configs = ablation_configs(DESIGN_BASE, ["hflip", "blur"], strength=0.7, seeds=3)
+    assert len(configs) == 3 * 3
+    by = {(c["label"], c["seed"]): c for c in configs}
+    assert by[("hflip", 2)]["aug_hflip"] and by[("hflip", 2)]["aug_hflip_strength"] == 0.7
+    assert not by[("blur", 0)]["aug_blur"] and "aug_blur_strength" not in by[("blur", 0)]
+    assert by[("", 1)]["aug_blur_strength"] == 0.9

@@ -1,27 +1,23 @@
-import gc
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tune_search.design import dose_configs, screen_configs
-from tune_search.screen import (
+from tune_search.constants import CLEAN
+from tune_search.studies.screen import (
     additivity,
-    detectable_effect,
     diversity,
-    dose_curve,
-    dose_table,
-    harmful_above,
-    main_effects,
+    fit,
+    max_alias,
     per_class_effects,
+    screen_configs,
     screen_effects,
-    verdicts,
+    screening_design,
 )
 
 NAMES = ["hflip", "vflip", "crop", "blur", "sharpen", "contrast", "brightness", "color", "affine", "rotate", "grayscale", "erasing"]
 BASE = {"lr": 1e-3, "freeze_depth": 4, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0}
-
 
 def simulate(effects: dict[str, float], *, seeds=(0,), sd=0.009, rng=None, interaction=0.0, names=NAMES) -> pd.DataFrame:
     """Screen runs where switching `name` on changes top-1 by effects[name], plus noise and
@@ -57,49 +53,15 @@ def test_planted_effects_are_recovered_with_intervals_that_cover_them():
 
 def test_exact_effects_without_noise():
     planted = {"crop": -0.03, "erasing": 0.01}
-    fit = main_effects(simulate(planted, sd=1e-9), NAMES)
-    assert dict(zip(fit.names, fit.effect.round(6))) == {n: planted.get(n, 0.0) for n in NAMES}
+    effects = fit(simulate(planted, sd=1e-9), NAMES)
+    assert dict(zip(effects.names, effects.effect.round(6))) == {n: planted.get(n, 0.0) for n in NAMES}
 
 
 def test_seeds_are_blocks_and_replicates_narrow_the_intervals():
-    one = main_effects(simulate({}, seeds=(0,), rng=np.random.default_rng(1)), NAMES)
-    three = main_effects(simulate({}, seeds=(0, 1, 2), rng=np.random.default_rng(1)), NAMES)
+    one = fit(simulate({}, seeds=(0,), rng=np.random.default_rng(1)), NAMES)
+    three = fit(simulate({}, seeds=(0, 1, 2), rng=np.random.default_rng(1)), NAMES)
     assert three.df == 3 * 32 - 13 - 2
     assert three.se.mean() < 0.75 * one.se.mean()
-
-
-def test_holm_keeps_false_verdicts_at_five_percent_over_many_null_screens():
-    """Nothing matters: over 1,000 simulated screens of 12 augmentations, the share with
-    any `hurts` or `helps` stays at or under 5 % (Holm); uncorrected it would be ~46 %."""
-    rng = np.random.default_rng(42)
-    design = simulate({}, sd=0.0, rng=rng)
-    # statsmodels' Holm runs gc.collect() on every call: with the objects that exist now
-    # moved out of its reach, each collection costs microseconds instead of ~0.1 s
-    gc.freeze()
-    any_verdict = any_raw = 0
-    runs = 1000
-    for _ in range(runs):
-        frame = design.assign(top1=0.85 + rng.normal(0, 0.01, len(design)))
-        fit = main_effects(frame, NAMES)
-        _, said = verdicts(fit.effect, fit.p_value)
-        any_verdict += any(v != "unclear" for v in said)
-        any_raw += bool((fit.p_value < 0.05).any())
-    gc.unfreeze()
-    assert any_verdict / runs <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / runs)
-    assert any_raw / runs > 0.3  # the correction is doing the work
-
-
-def test_detectable_effect_has_the_stated_power():
-    se, df, tests = 0.003, 19, 12
-    delta = detectable_effect(se, df, tests)
-    rng = np.random.default_rng(0)
-    from scipy import stats
-
-    critical = stats.t.ppf(1 - 0.05 / (2 * tests), df)
-    estimates = delta + se * rng.standard_normal(20000)
-    ses = se * np.sqrt(rng.chisquare(df, 20000) / df)
-    assert np.mean(np.abs(estimates / ses) > critical) == pytest.approx(0.8, abs=0.015)
-    assert detectable_effect(se, df, 1) < delta  # one test needs a smaller effect
 
 
 def test_per_class_harm_lands_in_the_planted_class():
@@ -128,28 +90,37 @@ def test_additivity_predicts_the_bundle_and_flags_an_interaction():
     assert not additivity(runs, NAMES, six, measured=truth - 0.08)["adds_up"]
 
 
-def dose_runs(curve, levels=(0.25, 0.5, 0.75, 1.0), seeds=(0, 1, 2), sd=0.003, rng=None) -> pd.DataFrame:
-    rng = rng or np.random.default_rng(0)
-    rows = []
-    for config in dose_configs(BASE, ["blur"], levels, seeds, searched=["blur", "hflip"]):
-        s = config.get("aug_blur_strength", 0.0) if config["aug_blur"] else 0.0
-        rows.append({**config, "top1": 0.85 + 0.02 * config["seed"] + curve(s) + rng.normal(0, sd)})
-    return pd.DataFrame(rows)
+@pytest.mark.parametrize("factors, runs", [(1, 8), (5, 16), (6, 16), (8, 24), (11, 24), (12, 32)])
+def test_screening_design_is_balanced_orthogonal_and_resolution_iv(factors, runs):
+    design = screening_design(factors)
+    assert design.shape == (runs, factors)
+    assert set(np.unique(design)) == {-1, 1}
+    assert (design.sum(axis=0) == 0).all()  # balanced: each switch on in half the runs
+    assert (design.T @ design == runs * np.eye(factors)).all()  # orthogonal main effects
+    assert max_alias(design) == 0  # no main effect aliased with a two-factor interaction
+    if 2**factors >= runs:
+        assert len({tuple(r) for r in design}) == runs  # no run repeated
 
 
-def test_dose_response_finds_where_harm_starts():
-    # no harm up to 0.5, then 8 points per unit strength: more than 1 point above 0.625
-    curve = lambda s: -0.08 * max(0.0, s - 0.5) * 2 * s  # noqa: E731
-    runs = dose_runs(curve)
-    table = dose_table(runs, ["blur"])
-    assert list(table["strength"]) == [0.25, 0.5, 0.75, 1.0] and (table["n_seeds"] == 3).all()
-    at_one = table.set_index("strength").loc[1.0]
-    assert at_one["ci_low"] <= curve(1.0) <= at_one["ci_high"]
-    point, low, high = harmful_above(dose_curve(runs, "blur"), threshold=0.01)
-    truth = 0.5 + (0.25 + math.sqrt(0.0625 + 0.0625)) / 2 - 0.25  # solves 0.16 s (s - 0.5) = 0.01
-    assert low <= point <= high and abs(point - truth) < 0.15 and low < truth < high
+def test_a_resolution_iii_design_is_caught():
+    # a 2^(3-1) half fraction with C = AB: every main effect is aliased with an interaction
+    a, b = np.array([-1, 1, -1, 1]), np.array([-1, -1, 1, 1])
+    assert max_alias(np.column_stack([a, b, a * b])) == 1
 
 
-def test_a_harmless_dose_never_turns_harmful():
-    runs = dose_runs(lambda s: 0.0)
-    assert all(math.isnan(v) for v in harmful_above(dose_curve(runs, "blur"), threshold=0.01)[:2])
+def test_screen_configs_follow_the_design_at_fixed_other_settings():
+    strengths = {"hflip": 0.5, "crop": 0.3, "blur": 0.7}
+    best = {**BASE, "aug_blur": True, "aug_blur_strength": 0.9, "baseline": "", "seed": 7}
+    configs = screen_configs(best, strengths, seeds=[0, 1])
+    design = screening_design(3)
+    assert len(configs) == 2 * len(design) + 1
+    for config in configs:
+        assert config["lr"] == 1e-3 and config["freeze_depth"] == 4 and config["study"] == "screen"
+        assert "baseline" not in config
+    for config in configs[:-1]:
+        levels = design[config["design_row"]]
+        for name, level in zip(strengths, levels):
+            assert config[f"aug_{name}"] == (level > 0)
+            assert config.get(f"aug_{name}_strength") == (strengths[name] if level > 0 else None)
+    clean = configs[-1]
+    assert clean["label"] == CLEAN and clean["design_row"] == -1 and not any(clean[f"aug_{n}"] for n in strengths)

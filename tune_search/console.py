@@ -1,5 +1,6 @@
-"""What a person sees while a phase runs: one progress bar (done / running / total, best top-1,
-time left) and one short line per finished trial, from Ray Tune's callback hooks."""
+"""What a person sees on the console: while a phase runs, one progress bar (done / running /
+total, best top-1, time left) and one short line per finished trial, from Ray Tune's callback
+hooks; after the search, its outcome; at the end, each study's table and the baselines."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from typing import Any
 from ray import tune
 from tqdm import tqdm
 
+import pandas as pd
+
+from tune_search import render
+from tune_search.export import baseline_summary, config_from_row
 from tune_search.trainable.augment import strengths_in
+from tune_search.trainable.hyperparameters import HYPERPARAMETERS
+from tune_search.trainable.trial import run_of
 
 
-def describe(config: dict[str, Any]) -> str:
+def trial_summary(config: dict[str, Any]) -> str:
     """The settings that tell one trial from another, in a few words."""
-    run = config.get("run", config)
+    run = run_of(config)
     shown = ",".join(f"{n} {s:.2f}" for n, s in strengths_in(run).items()) or "no augmentation"
     cell = f" {run['label']}" if run.get("study") == "explain" else ""  # scratch, a model, oversampled ...
     where = run.get("baseline") or (f"{run['study']}{cell} seed {run['seed']}" if "study" in run else "")
@@ -70,7 +77,7 @@ class Progress(tune.Callback):
             status = "stopped early"
         top1 = result.get("top1")
         score = f"top-1 {top1:.3f}" if isinstance(top1, float) else "no result"
-        line = f"  {trial.trial_id} {status:<13} {epochs} ep  {score}  {describe(trial.config)}"
+        line = f"  {trial.trial_id} {status:<13} {epochs} ep  {score}  {trial_summary(trial.config)}"
         if self._bar is None:
             print(line)
         else:
@@ -91,3 +98,23 @@ class Progress(tune.Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def search_outcome(tables: dict[str, pd.DataFrame], seconds: float, *, baselines: bool) -> str:
+    """The search's trials by status, its best config, and (`baselines`) the baseline table."""
+    trials, best = tables["trials"], tables["best_configs"]
+    lines = [f"\n{len(trials)} trials in {seconds:.0f} s: " + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())]
+    if len(best):
+        row = best.iloc[0]
+        config = config_from_row(row)
+        lines += ["\nbest config:", *(f"  {h.name}: {h.show(config[h.name])}" for h in HYPERPARAMETERS)]
+        augs = [f"{n} {s:.2f}" for n, s in strengths_in(config).items()]
+        lines.append(f"  augmentations: {', '.join(augs) or 'none'}")
+        lines.append(f"  -> top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f} after {row['epochs']} epochs")
+    if baselines:
+        lines.append("\n" + baseline_table(trials, best))
+    return "\n".join(lines)
+
+
+def baseline_table(trials: pd.DataFrame, best: pd.DataFrame) -> str:
+    return render.markdown_table(baseline_summary(trials, best))

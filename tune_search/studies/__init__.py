@@ -1,0 +1,63 @@
+"""The designed studies that follow a search, one module each, behind the `Study` protocol:
+the CLI, the pipeline, the results folder and the report loop over `STUDIES`.
+
+A new study is one module with a `Study` subclass (its configs, run, analysis, report section
+and console lines), listed here in the order studies run and are analysed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from tune_search.config import SearchConfig
+from tune_search.studies import dose, screen
+from tune_search.studies._base import Flag, Study, StudyContext, Tables
+from tune_search.studies.ablation import Ablation
+from tune_search.studies.dose import Dose
+from tune_search.studies.explain import Explain
+from tune_search.studies.screen import Screen
+
+__all__ = ["STUDIES", "Flag", "Study", "StudyContext", "analyse", "by_command", "by_name", "effects_table", "selected"]
+
+STUDIES: tuple[Study, ...] = (Screen(), Dose(), Ablation(), Explain())
+by_name = {s.name: s for s in STUDIES}
+by_command = {s.command: s for s in STUDIES if s.command}
+
+
+def selected(names: Sequence[str], cfg: SearchConfig) -> list[Study]:
+    """The studies `names` asks for, each followed by the enabled studies that follow it, in
+    registry order."""
+    chosen = set(names)
+    chosen |= {s.name for s in STUDIES if s.follows in chosen and s.enabled(cfg)}
+    return [s for s in STUDIES if s.name in chosen]
+
+
+def effects_table(names: Sequence[str], search: pd.DataFrame | None) -> pd.DataFrame:
+    """effects.parquet before any study fills its columns: per augmentation the screen's
+    columns (verdict `not screened`), the dose-response's, then the search's own estimates
+    as search_<column> (empty when the search had too few trials)."""
+    from tune_search.analysis import EFFECT_COLUMNS as SEARCH_COLUMNS
+
+    table = pd.DataFrame({"augmentation": list(names)})
+    for column in (*screen.EFFECT_COLUMNS[1:], *dose.EFFECT_COLUMNS):
+        table[column] = screen.NOT_SCREENED if column == "verdict" else math.nan
+    if search is None:
+        search = pd.DataFrame({c: list(names) if c == "augmentation" else math.nan for c in SEARCH_COLUMNS})
+    renamed = search.rename(columns={c: f"search_{c}" for c in search.columns if c != "augmentation"})
+    return table.merge(renamed, on="augmentation", how="left")
+
+
+def analyse(tables: Tables, cfg: SearchConfig, classes: Sequence[str], search: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """Every analysis table from the runs tables present, without training: effects.parquet,
+    then each study's own in registry order (a study reads those of the studies before it).
+    Pure: the tables are returned, never written."""
+    current = dict(tables) | {"effects": effects_table(cfg.space.augmentation_names, search)}
+    made = {"effects"}
+    for study in STUDIES:
+        out = study.analyse(current, cfg, classes)
+        current |= out
+        made |= set(out)
+    return {name: current[name] for name in made}

@@ -1,0 +1,119 @@
+"""The ablation: the best config re-trained with each augmentation switched the other way,
+over several seeds, compared paired by seed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tune_search import render
+from tune_search.config import ConfigError, SearchConfig
+from tune_search.export import config_from_row
+from tune_search.stats import interval_verdict, paired_interval
+from tune_search.studies._base import Flag, Study, StudyContext, Tables, prune, train
+from tune_search.trainable.augment import strength_key, switch_key
+from tune_search.trainable.trial import RUN_KEYS
+
+ABLATION_COLUMNS = (
+    "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "verdict", "n_seeds",
+    "top1_with", "top1_without", "screen_verdict", "agrees",
+)  # fmt: skip
+
+
+def ablation_configs(best: Mapping[str, Any], augmentations: Sequence[str], *, strength: float, seeds: int) -> list[dict[str, Any]]:
+    """The best config, and each augmentation switched the other way (off if it was on; on
+    at `strength` if it was off), each over `seeds` seeds."""
+    base = {k: v for k, v in best.items() if k not in RUN_KEYS}
+    out = []
+    for seed in range(seeds):
+        out.append({**base, "study": "ablation", "design_row": -1, "seed": seed, "label": ""})
+        for name in augmentations:
+            flipped = dict(base)
+            if best.get(switch_key(name)):
+                flipped[switch_key(name)] = False
+                flipped.pop(strength_key(name), None)
+            else:
+                flipped[switch_key(name)], flipped[strength_key(name)] = True, strength
+            out.append({**flipped, "study": "ablation", "design_row": -1, "seed": seed, "label": name})
+    return out
+
+
+def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.DataFrame | None = None) -> pd.DataFrame:
+    """ablation.parquet: per augmentation, top-1 with it minus top-1 without it, paired by
+    seed, with a 95 % t-interval over seeds. `runs` has columns label (the switched
+    augmentation; empty for the best config), seed, top1 and aug_<name> for every
+    augmentation; `screen` is effects.parquet, to compare with the screen's verdicts."""
+    base = runs[runs["label"] == ""].set_index("seed")
+    screened = screen[screen["verdict"] != "not screened"] if screen is not None else None
+    screen_verdicts = dict(zip(screened["augmentation"], screened["verdict"])) if screened is not None else {}
+    rows = []
+    for name in augmentations:
+        flipped = runs[runs["label"] == name].set_index("seed")
+        seeds = base.index.intersection(flipped.index)
+        if not len(seeds):
+            continue
+        was_on = bool(base[switch_key(name)].iloc[0])
+        with_aug, without = (base, flipped) if was_on else (flipped, base)
+        diffs = (with_aug.loc[seeds, "top1"] - without.loc[seeds, "top1"]).to_numpy(float)
+        low, high = paired_interval(diffs)
+        ours = interval_verdict(low, high)
+        theirs = screen_verdicts.get(name, "")
+        rows.append(
+            {
+                "augmentation": name,
+                "switched": "off" if was_on else "on",
+                "strength": float(with_aug[strength_key(name)].iloc[0]),
+                "effect": float(diffs.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "verdict": ours,
+                "n_seeds": len(seeds),
+                "top1_with": float(with_aug.loc[seeds, "top1"].mean()),
+                "top1_without": float(without.loc[seeds, "top1"].mean()),
+                "screen_verdict": theirs,
+                "agrees": (theirs == ours) if theirs else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(ABLATION_COLUMNS))
+
+
+class Ablation(Study):
+    name = "ablation"
+    command = "ablate"
+    help = "ablate the best config of a finished search"
+    flags = (Flag("--seeds", int, "ablation.seeds"), Flag("--strength", float, "ablation.strength"))
+    tables = {"ablation_runs": "the ablation's runs", "ablation": "the ablation's paired effects"}
+
+    def run(self, ctx: StudyContext) -> None:
+        """The best config and each augmentation switched the other way, ablation.seeds times;
+        write ablation_runs.parquet."""
+        cfg, best = ctx.cfg, ctx.folder.read("best_configs")
+        if best is None or best.empty:
+            raise ConfigError(f"{ctx.folder.file('best_configs')} has no successful trial to ablate")
+        augs = list(ctx.space.augmentations)
+        configs = ablation_configs(config_from_row(best.iloc[0]), augs, strength=cfg.ablation.strength, seeds=cfg.ablation.seeds)
+        print(f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations, {cfg.ablation.seeds} seed{'s' * (cfg.ablation.seeds != 1)} each)")
+        _, runs = train(ctx, configs, "ablation")
+        if runs.empty:
+            raise RuntimeError("every ablation run failed; see Ray's log above")
+        ctx.folder.write("ablation_runs", runs)
+        prune(ctx, "ablation")
+
+    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+        runs = tables.get("ablation_runs")
+        if runs is None:
+            return {}
+        return {"ablation": paired_effects(runs, list(cfg.space.augmentation_names), tables.get("effects"))}
+
+    def section(self, tables: Tables, folder: Path) -> list[str]:
+        ablation = tables.get("ablation")
+        if ablation is None or not len(ablation):
+            return []
+        lines = [
+            f"- The screen and the ablation of the best config disagree on **{r['augmentation']}**: screen says {r['screen_verdict']}, ablation says {r['verdict']} ({render.row_interval(r)} points)."
+            for _, r in ablation[ablation["agrees"] == False].iterrows()  # noqa: E712
+        ]
+        return lines + [""] if lines else []

@@ -1,0 +1,201 @@
+"""Dose-response: where harm starts. Each augmentation the screen calls harmful (the most
+harmful `dose.max_augmentations`) re-runs alone at several strengths, paired by seed with the
+run that has none on, at the screen's settings; effect(s) = b1 s + b2 s² is fitted by least
+squares with one block per seed (strength 0 is the identity).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tune_search import render
+from tune_search.config import SearchConfig
+from tune_search.constants import CLEAN
+from tune_search.export import config_from_row
+from tune_search.stats import block_fit, mean_prediction, paired_interval
+from tune_search.studies._base import Study, StudyContext, Tables, base_settings, prune, train, with_augmentations
+from tune_search.studies.screen import harmful
+from tune_search.trainable.augment import strength_key, switch_key
+
+DOSE_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "fitted", "fit_low", "fit_high", "n_seeds")
+EFFECT_COLUMNS = ("harmful_above", "harmful_above_low", "harmful_above_high")  # its columns of effects.parquet
+
+
+def dose_configs(base: Mapping[str, Any], names: Sequence[str], levels: Sequence[float], seeds: Sequence[int], searched: Sequence[str]) -> list[dict[str, Any]]:
+    """Each augmentation in `names` alone at every strength in `levels`, and the run with
+    none on (strength 0), once per seed, at `base`'s other settings."""
+    settings = base_settings(base)
+    out = []
+    for seed in seeds:
+        out.append({**with_augmentations(settings, {}, searched), "study": "dose", "design_row": -1, "seed": seed, "label": CLEAN})
+        for name in names:
+            for level in levels:
+                config = with_augmentations(settings, {name: level}, searched)
+                out.append({**config, "study": "dose", "design_row": -1, "seed": seed, "label": name})
+    return out
+
+
+def dose_effects(runs: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Per strength of `name`: top-1 with it alone on minus the run with none on, paired by
+    seed, with a t-interval over seeds."""
+    clean = runs[runs["label"] == CLEAN].set_index("seed")["top1"]
+    mine = runs[runs["label"] == name]
+    rows = []
+    for strength, group in mine.groupby(strength_key(name)):
+        seeds = group.set_index("seed")["top1"]
+        common = seeds.index.intersection(clean.index)
+        diffs = (seeds.loc[common] - clean.loc[common]).to_numpy(float)
+        low, high = paired_interval(diffs)
+        mean = float(diffs.mean()) if len(diffs) else math.nan
+        rows.append({"augmentation": name, "strength": float(strength), "effect": mean, "ci_low": low, "ci_high": high, "n_seeds": len(diffs)})
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class DoseCurve:
+    """effect(s) = b1 s + b2 s², fitted with one block per seed."""
+
+    fit: object  # the statsmodels results
+
+    def band(self, strengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The fitted effect at `strengths` (against strength 0) and its 95 % band."""
+        columns = list(self.fit.model.exog_names)
+        rows = np.zeros((len(strengths), len(columns)))
+        rows[:, columns.index("s")] = strengths
+        rows[:, columns.index("s2")] = np.asarray(strengths) ** 2
+        frame = mean_prediction(self.fit, rows)
+        return frame["mean"].to_numpy(), frame["mean_ci_lower"].to_numpy(), frame["mean_ci_upper"].to_numpy()
+
+
+def dose_curve(runs: pd.DataFrame, name: str) -> DoseCurve | None:
+    """The dose-response fit of `name`'s runs and the runs with none on; None when the runs
+    leave no residual degrees of freedom."""
+    mine = runs[runs["label"].isin([name, CLEAN])]
+    s = mine[strength_key(name)].fillna(0.0).where(mine[switch_key(name)].astype(bool), 0.0).to_numpy(float)
+    if len(mine) <= 2 + mine["seed"].nunique():
+        return None
+    frame = pd.DataFrame({"s": s, "s2": s**2, "seed": mine["seed"].to_numpy(), "top1": mine["top1"].to_numpy(float)})
+    return DoseCurve(block_fit(frame, "top1", ["s", "s2"], intercept=False))
+
+
+def harmful_above(curve: DoseCurve | None, threshold: float, top: float = 1.0) -> tuple[float, float, float]:
+    """The strength above which the fitted curve costs more than `threshold` of top-1, and
+    its 95 % interval: from the first strength where the band's lower edge passes
+    -threshold (the earliest the harm may start) to the first where its upper edge does (by
+    then it surely has). NaN where that does not happen within [0, top]."""
+    if curve is None:
+        return math.nan, math.nan, math.nan
+    grid = np.linspace(0.0, top, 201)
+    mean, low, high = curve.band(grid)
+
+    def first(values: np.ndarray) -> float:
+        hit = np.nonzero(values <= -threshold)[0]
+        return float(grid[hit[0]]) if len(hit) else math.nan
+
+    return first(mean), first(low), first(high)
+
+
+def dose_table(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """dose.parquet: per augmentation and strength, the paired effect and the fitted curve."""
+    frames = []
+    for name in names:
+        table = dose_effects(runs, name)
+        curve = dose_curve(runs, name)
+        if curve is not None and len(table):
+            table["fitted"], table["fit_low"], table["fit_high"] = curve.band(table["strength"].to_numpy(float))
+        frames.append(table.reindex(columns=list(DOSE_COLUMNS)))
+    if not frames:
+        return pd.DataFrame(columns=list(DOSE_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def with_thresholds(effects: pd.DataFrame, thresholds: Mapping[str, tuple[float, float, float]]) -> pd.DataFrame:
+    """effects.parquet with the dose-response's columns filled in."""
+    effects = effects.copy()
+    for i, column in enumerate(EFFECT_COLUMNS):
+        effects[column] = [thresholds.get(n, (math.nan,) * 3)[i] for n in effects["augmentation"]]
+    return effects
+
+
+class Dose(Study):
+    name = "dose"
+    follows = "screen"
+    tables = {"dose_runs": "the dose-response runs", "dose": "dose-response per augmentation and strength"}
+
+    def enabled(self, cfg: SearchConfig) -> bool:
+        return cfg.screen.enabled and cfg.dose.enabled
+
+    def run(self, ctx: StudyContext) -> None:
+        """Re-run each augmentation the screen calls harmful alone at dose.strengths, with
+        dose.seeds seeds, at the screen's settings; write dose_runs.parquet."""
+        cfg, screen = ctx.cfg, ctx.folder.read("screen")
+        if screen is None:
+            return
+        names = harmful(screen, list(ctx.space.augmentations))
+        if not names:
+            return
+        if len(names) > cfg.dose.max_augmentations:
+            print(f"dose-response: the {cfg.dose.max_augmentations} most harmful of {len(names)} (dose.max_augmentations)")
+            names = names[: cfg.dose.max_augmentations]
+        base = base_settings(config_from_row(screen.iloc[0]))
+        configs = dose_configs(base, names, cfg.dose.strengths, list(range(cfg.dose.seeds)), list(ctx.space.augmentations))
+        levels = ", ".join(f"{s:g}" for s in cfg.dose.strengths)
+        print(f"dose-response: {len(configs)} runs ({', '.join(names)} at strengths {levels}, and none on; {cfg.dose.seeds} seed{'s' * (cfg.dose.seeds != 1)})")
+        _, runs = train(ctx, configs, "dose")
+        ctx.folder.write("dose_runs", runs)
+        prune(ctx, "dose")
+
+    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+        runs = tables.get("dose_runs")
+        if runs is None:
+            return {}
+        dosed = [n for n in cfg.space.augmentation_names if (runs["label"] == n).any()]
+        top = max(cfg.dose.strengths)
+        thresholds = {n: harmful_above(dose_curve(runs, n), cfg.dose.threshold, top=top) for n in dosed}
+        return {"dose": dose_table(runs, dosed), "effects": with_thresholds(tables["effects"], thresholds)}
+
+    def section(self, tables: Tables, folder: Path) -> list[str]:
+        dose = tables.get("dose")
+        if dose is None or not len(dose):
+            return []
+        dose_plot(dose, tables["effects"], folder / "dose.png")
+        return ["## Where harm starts", "", render.markdown_table(_dose_points(dose)), "", "![dose-response](dose.png)", ""]
+
+
+def _dose_points(dose: pd.DataFrame) -> pd.DataFrame:
+    """The dose table as a person reads it: effects in points with their intervals."""
+    return pd.DataFrame(
+        {
+            "augmentation": dose["augmentation"],
+            "strength": dose["strength"].map(lambda v: f"{v:g}"),
+            "measured effect [95 %], points": [render.effect_interval(*v) for v in zip(dose["effect"], dose["ci_low"], dose["ci_high"])],
+            "fitted [95 % band], points": [render.effect_interval(*v) for v in zip(dose["fitted"], dose["fit_low"], dose["fit_high"])],
+            "seeds": dose["n_seeds"],
+        }
+    )
+
+
+def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
+    """Measured effect per strength (mean over seeds, paired) with the fitted curve and its band."""
+    plt = render.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    starts = effects.set_index("augmentation")
+    for name, group in dose.groupby("augmentation", sort=False):
+        group = group.sort_values("strength")
+        # the points are means over seeds (their own intervals, on few seeds, are in the table)
+        colour = ax.plot(group["strength"], 100 * group["effect"], "o", label=name)[0].get_color()
+        ax.plot([0, *group["strength"]], [0, *(100 * group["fitted"])], color=colour, lw=1)
+        ax.fill_between([0, *group["strength"]], [0, *(100 * group["fit_low"])], [0, *(100 * group["fit_high"])], color=colour, alpha=0.12)
+        start = starts.at[name, "harmful_above"] if name in starts.index else math.nan
+        if not math.isnan(start):
+            ax.axvline(start, color=colour, ls="--", lw=1)
+    ax.axhline(0, color="black", lw=1)
+    title = "Dose-response: measured effect (dots), fitted curve with its 95 % band;\ndashed line: the strength where the harm passes the threshold"
+    render.save(fig, ax, path, xlabel="strength (0 = off)", ylabel="change in top-1 (points)", title=title, size=9)

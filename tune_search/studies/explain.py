@@ -1,0 +1,511 @@
+"""Why it hurts: the motivating thread's explanations, each tested by one contrast of a
+designed study.
+
+Every cell changes one thing against the base settings (freeze depth, random init, another
+model, oversampled classes) and trains with the augmentation bundle off and on, once per
+seed; crop alone runs at several strengths beside them. A contrast comparing two cells comes
+from one least-squares fit on those cells' runs, top-1 ~ bundle x cell + seed blocks, so the
+seeds pair the runs and the interval rests on the residual error of just those runs. The
+verdicts: `tune_search.stats.holm_support_verdicts`, Holm-corrected across the explanations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tune_search import render
+from tune_search.config import ConfigError, SearchConfig
+from tune_search.constants import CLEAN, MOTIVATING
+from tune_search.stats import ALPHA, Estimate, block_fit, contrast, holm_support_verdicts, paired_interval
+from tune_search.studies import _base as common
+from tune_search.studies._base import Flag, Study, StudyContext, Tables
+from tune_search.studies.dose import dose_table
+from tune_search.studies.screen import fit as screen_fit
+from tune_search.studies.screen import harmful
+from tune_search.trainable.trial import BUNDLE
+
+# a run's cell: what it changes against the base settings (the `cell` key of its config)
+DEPTH, SCRATCH, SCRATCH_LONG, MODEL, OVERSAMPLE, CROP = "depth", "scratch", "scratch_long", "model", "oversample", "crop"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    title: str
+    claim: str  # what it predicts, in words
+    contrast: str  # the difference measured, in short
+    sign: int  # the sign of the contrast it predicts
+    detail: str  # the two estimates behind the contrast, for the report ({a}, {b}: points)
+
+
+EXPLANATIONS = {
+    "freeze": Explanation(
+        "(a) trainable capacity", "the augmentations hurt more when fewer layers train",
+        "classifier only minus all layers", -1,
+        "the bundle's effect is {a} training all layers and {b} training the classifier only"),
+    "scratch": Explanation(
+        "(b) fine-tuning, not scratch", "augmentation helps more when training from scratch than when fine-tuning",
+        "random init minus pretrained, same budget", +1,
+        "the bundle's effect is {a} from the pretrained weights and {b} from random init"),
+    "scratch_long": Explanation(
+        "(b) ... with a longer scratch run", "augmentation helps more when training from scratch for longer",
+        "random init at the longer budget minus pretrained", +1,
+        "the bundle's effect is {a} from the pretrained weights and {b} from random init ({level_b})"),
+    "recipe": Explanation(
+        "(c) pretraining recipe", "augmentations the backbone was not pretrained with hurt more",
+        "outside the recipe minus inside", -1,
+        "the screen's mean effect is {a} for augmentations in the recipe and {b} for the others"),
+    "crop": Explanation(
+        "(d) crops lose the object", "crop hurts more the less of the image it keeps",
+        "highest strength minus lowest", -1,
+        "crop's effect is {a} at {level_a} and {b} at {level_b}"),
+    "capacity": Explanation(
+        "(a) model capacity", "a larger model suffers less from the augmentations",
+        "largest model minus smallest", +1,
+        "the bundle's effect is {a} on the smallest ({level_a}) and {b} on the largest ({level_b})"),
+    "confound": Explanation(
+        "the oversampling confound", "oversampling every class, done together with augmentation, lowers top-1 by itself",
+        "top-1 oversampled minus not, both without the bundle", -1,
+        "the bundle's effect is {a} without oversampling and {b} with it"),
+}  # fmt: skip
+
+EXPLAIN_COLUMNS = (
+    "explanation", "title", "claim", "contrast", "expected", "effect", "ci_low", "ci_high", "p_value", "p_holm",
+    "verdict", "level_a", "effect_a", "level_b", "effect_b", "n_runs", "df", "note",
+)  # fmt: skip
+CELL_COLUMNS = ("cell", "freeze_depth", "model", "weights", "oversample_to", "max_epochs", "top1_without", "top1_with", "bundle_effect", "ci_low", "ci_high", "n_seeds")
+
+
+# configs -------------------------------------------------------------------------------------
+
+
+def depth_cell(depth: int) -> str:
+    return f"depth {depth}"
+
+
+def explain_configs(
+    base: Mapping[str, Any],
+    bundle: Mapping[str, float],
+    searched: Sequence[str],
+    *,
+    model: tuple[str, str],
+    depths: Sequence[int],
+    seeds: Sequence[int],
+    scratch_epochs: int | None,
+    models: Sequence[tuple[str, str]],
+    oversample_to: int,
+    crop_strengths: Sequence[float],
+) -> list[dict[str, Any]]:
+    """The explain study: cells that each change one thing against the base settings, every
+    cell trained with the `bundle` of augmentations off and on, once per seed.
+
+    Cells: each freeze depth in `depths` (they must hold 0 and the base's depth); from
+    scratch (random init, all layers) at the same budget and, with `scratch_epochs`, at
+    that budget; each of `models` (name, weights) with all layers training; every class
+    oversampled to `oversample_to` images, all layers. Beside them, crop alone at each of
+    `crop_strengths` at the base settings (its reference: the base depth's cell with the
+    bundle off). Every config names its cell (`label` in words, `cell` its kind), model,
+    weights, oversampling and budget (`SPEC_KEYS`; None: the search's)."""
+    settings = common.base_settings(base)
+    names = list(dict.fromkeys([*searched, *bundle, "crop"]))
+    own = {"model": model[0], "weights": model[1], "oversample_to": None, "max_epochs": None}
+    all_layers = {**own, "freeze_depth": 0}
+    cells = [(depth_cell(d), DEPTH, {**own, "freeze_depth": d}) for d in depths]
+    cells.append((SCRATCH, SCRATCH, {**all_layers, "weights": "none"}))
+    if scratch_epochs:
+        cells.append((f"{SCRATCH} {scratch_epochs} epochs", SCRATCH_LONG, {**all_layers, "weights": "none", "max_epochs": scratch_epochs}))
+    cells += [(f"model {name}", MODEL, {**all_layers, "model": name, "weights": weights}) for name, weights in models if name != model[0]]
+    cells.append((f"oversample {oversample_to}", OVERSAMPLE, {**all_layers, "oversample_to": oversample_to}))
+    out = []
+    for seed in seeds:
+        run = {"study": "explain", "design_row": -1, "seed": seed}
+        for label, kind, changes in cells:
+            for on in (False, True):
+                config = common.with_augmentations({**settings, **changes}, bundle if on else {}, names)
+                out.append({**config, **run, "label": label, "cell": kind, BUNDLE: on})
+        for level in crop_strengths:
+            out.append({**common.with_augmentations({**settings, **own}, {"crop": level}, names), **run, "label": "crop", "cell": CROP, BUNDLE: False})
+    return out
+
+
+# analysis ------------------------------------------------------------------------------------
+
+
+def cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, the bundle's effect (on minus off, paired by seed) with a t-interval over
+    seeds, and the mean top-1 without and with it."""
+    rows = []
+    for label, group in runs[runs["cell"] != CROP].groupby("label", sort=False):
+        on = group[group[BUNDLE].astype(bool)].set_index("seed")["top1"]
+        off = group[~group[BUNDLE].astype(bool)].set_index("seed")["top1"]
+        common = on.index.intersection(off.index)
+        diffs = (on.loc[common] - off.loc[common]).to_numpy(float)
+        low, high = paired_interval(diffs)
+        first = group.iloc[0]
+        rows.append(
+            {
+                "cell": label,
+                **{k: first.get(k) for k in ("freeze_depth", "model", "weights", "oversample_to", "max_epochs")},
+                "top1_without": float(off.mean()),
+                "top1_with": float(on.mean()),
+                "bundle_effect": float(diffs.mean()) if len(diffs) else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "n_seeds": len(diffs),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+
+
+@dataclass(frozen=True)
+class TwoCells:
+    """The 2 x 2 fit of two cells with the bundle off and on: the bundle's effect in each,
+    the difference between those effects (the interaction), and the second cell's shift
+    with the bundle off."""
+
+    effect_a: float
+    effect_b: float
+    interaction: Estimate
+    shift: Estimate
+    n_runs: int
+
+    @property
+    def df(self) -> float:
+        return self.interaction.df
+
+
+def two_cells(runs: pd.DataFrame, a: str, b: str, response: str = "top1") -> TwoCells | None:
+    """Fit `response` ~ bundle + cell + bundle:cell + seed blocks on cells `a` and `b`;
+    None when either cell has no runs."""
+    mine = runs[runs["label"].isin([a, b])]
+    if not (mine["label"] == a).any() or not (mine["label"] == b).any():
+        return None
+    on = mine[BUNDLE].astype(bool).astype(float).to_numpy()
+    in_b = (mine["label"] == b).astype(float).to_numpy()
+    frame = pd.DataFrame({"bundle": on, "cell": in_b, "both": on * in_b, "seed": mine["seed"].to_numpy(), "_y": mine[response].to_numpy(float)})
+    results = block_fit(frame, "_y", ["bundle", "cell", "both"])
+    params = results.params
+    return TwoCells(
+        effect_a=float(params["bundle"]),
+        effect_b=float(params["bundle"] + params["both"]),
+        interaction=contrast(results, "both = 0"),
+        shift=contrast(results, "cell = 0"),
+        n_runs=len(mine),
+    )
+
+
+def _row(key: str, estimate: Estimate, **rest) -> dict:
+    e = EXPLANATIONS[key]
+    return {
+        "explanation": key, "title": e.title, "claim": e.claim, "contrast": e.contrast,
+        "expected": "negative" if e.sign < 0 else "positive", "effect": estimate.effect, "ci_low": estimate.ci_low,
+        "ci_high": estimate.ci_high, "p_value": estimate.p_value, "df": estimate.df, **rest,
+    }  # fmt: skip
+
+
+def _interaction_row(key: str, fit: TwoCells | None, a: str, b: str) -> dict | None:
+    if fit is None:
+        return None
+    return _row(key, fit.interaction, level_a=a, effect_a=fit.effect_a, level_b=b, effect_b=fit.effect_b, n_runs=fit.n_runs)
+
+
+def recipe_row(screen: pd.DataFrame, names: Sequence[str], in_recipe: Sequence[str], source: str) -> dict | None:
+    """(c): the screen's mean main effect of the screened augmentations outside the recipe
+    minus inside it, as one linear contrast of the screen's fit; None when either group is
+    empty."""
+    inside = [n for n in names if n in in_recipe]
+    outside = [n for n in names if n not in in_recipe]
+    if not inside or not outside:
+        return None
+    results = screen_fit(screen, names).fit
+    weights = np.zeros(len(results.params))
+    columns = list(results.model.exog_names)
+    for group, weight in ((outside, 2.0), (inside, -2.0)):  # a coefficient is half an effect
+        for name in group:
+            weights[columns.index(name)] = weight / len(group)
+    note = f"in the recipe: {', '.join(inside)}; outside: {', '.join(outside)}; the recipe: {source}"
+    return _row("recipe", contrast(results, weights), level_a="in recipe", effect_a=float(2 * results.params[inside].mean()),
+                level_b="outside", effect_b=float(2 * results.params[outside].mean()), n_runs=int(results.nobs), note=note)  # fmt: skip
+
+
+def crop_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Crop's dose runs beside their reference (the base depth's cell with the bundle off),
+    labelled as the dose-response's analysis reads them."""
+    crop = runs[runs["cell"] == CROP]
+    if crop.empty:
+        return crop
+    depth = int(crop["freeze_depth"].iloc[0])
+    reference = runs[(runs["cell"] == DEPTH) & (runs["freeze_depth"] == depth) & ~runs[BUNDLE].astype(bool)]
+    return pd.concat([reference.assign(label=CLEAN), crop], ignore_index=True)
+
+
+def crop_row(runs: pd.DataFrame) -> dict | None:
+    """(d): crop's effect at its highest strength minus at its lowest, from one fit of crop's
+    runs and their reference on one level per strength plus seed blocks (the reference's runs
+    add residual degrees of freedom)."""
+    runs = crop_runs(runs)
+    crop = runs[runs["cell"] == CROP]
+    levels = sorted(crop["aug_crop_strength"].unique())
+    if len(levels) < 2:
+        return None
+    frame = pd.DataFrame({f"s{i}": ((runs["cell"] == CROP) & (runs["aug_crop_strength"] == level)).astype(float).to_numpy() for i, level in enumerate(levels)})
+    frame["seed"], frame["_y"] = runs["seed"].to_numpy(), runs["top1"].to_numpy(float)
+    if len(runs) <= 1 + len(levels) + runs["seed"].nunique() - 1:
+        return None
+    results = block_fit(frame, "_y", [f"s{i}" for i in range(len(levels))])
+    last = f"s{len(levels) - 1}"
+    return _row("crop", contrast(results, f"{last} - s0 = 0"), level_a=f"strength {levels[0]:g}", effect_a=float(results.params["s0"]),
+                level_b=f"strength {levels[-1]:g}", effect_b=float(results.params[last]), n_runs=len(runs))  # fmt: skip
+
+
+def explain_table(
+    runs: pd.DataFrame,
+    *,
+    max_depth: int,
+    screen: pd.DataFrame | None = None,
+    screened: Sequence[str] = (),
+    recipe: tuple[Sequence[str], str] | None = None,
+    params: Mapping[str, int] | None = None,
+    negligible: float = 0.01,
+) -> pd.DataFrame:
+    """explain.parquet: one row per explanation the runs (and the screen) can test, with its
+    contrast, 95 % interval, raw and Holm-adjusted p-values and verdict.
+
+    `params`: each cell's parameter count, by cell label ("depth 0" is the study's own model
+    training all layers, "model NAME" the others), for the capacity contrast."""
+    kinds = runs.groupby("label")["cell"].first().to_dict()
+    all_layers = depth_cell(0)
+    rows = [_interaction_row("freeze", two_cells(runs, all_layers, depth_cell(max_depth)), all_layers, depth_cell(max_depth))]
+    rows.append(_interaction_row("scratch", two_cells(runs, all_layers, SCRATCH), all_layers, SCRATCH))
+    longer = sorted(label for label, kind in kinds.items() if kind == SCRATCH_LONG)
+    if longer:
+        rows.append(_interaction_row("scratch_long", two_cells(runs, all_layers, longer[0]), all_layers, longer[0]))
+    if recipe is not None and screen is not None:
+        rows.append(recipe_row(screen, screened, *recipe))
+    rows.append(crop_row(runs))
+    sized = sorted((n, label) for label, n in (params or {}).items() if label == all_layers or kinds.get(label) == MODEL)
+    if len(sized) >= 2:
+        (small, a), (large, b) = sized[0], sized[-1]
+        named = runs.groupby("label")["model"].first().to_dict() if "model" in runs else {}
+        row = _interaction_row("capacity", two_cells(runs, a, b), named.get(a) or a, named.get(b) or b)
+        rows.append(row | {"note": f"{small / 1e6:.1f} M and {large / 1e6:.1f} M parameters"})
+    oversampled = sorted(label for label, kind in kinds.items() if kind == OVERSAMPLE)
+    if oversampled and (fit := two_cells(runs, all_layers, oversampled[0])) is not None:
+        note = f"the bundle's effect changes by {100 * fit.interaction.effect:+.1f} points when oversampled"
+        rows.append(_row("confound", fit.shift, level_a="not oversampled", effect_a=fit.effect_a, level_b=oversampled[0],
+                         effect_b=fit.effect_b, n_runs=fit.n_runs, note=note))  # fmt: skip
+    table = pd.DataFrame([r for r in rows if r is not None], columns=list(EXPLAIN_COLUMNS))
+    return with_verdicts(table, negligible)
+
+
+def with_verdicts(table: pd.DataFrame, negligible: float, alpha: float = ALPHA) -> pd.DataFrame:
+    """Holm-adjusted p-values across the explanations tested, and each verdict."""
+    signs = np.where(table["expected"] == "negative", -1, 1)
+    adjusted, said = holm_support_verdicts(table["effect"], table["p_value"], signs, table["ci_low"], table["ci_high"], negligible, alpha)
+    return table.assign(p_holm=adjusted, verdict=said)
+
+
+def crop_sensitivity_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per kept area, over all classes: the share of validation images whose prediction the
+    crop changes, and top-1 on the crops."""
+    weights = table["images"]
+    grouped = table.assign(_changed=table["changed"] * weights, _top1=table["top1"] * weights).groupby("area")
+    return pd.DataFrame(
+        {"changed": grouped["_changed"].sum() / grouped["images"].sum(), "top1": grouped["_top1"].sum() / grouped["images"].sum()}
+    ).reset_index()
+
+
+def sentence(row: Mapping) -> str:
+    """One explanation's result in plain words (effects in points of top-1)."""
+    e = EXPLANATIONS[row["explanation"]]
+    interval = "" if math.isnan(row["ci_low"]) else f" [{render.points(row['ci_low'])}, {render.points(row['ci_high'])}]"
+    detail = e.detail.format(a=f"{render.points(row['effect_a'])} points", b=f"{render.points(row['effect_b'])} points", level_a=row["level_a"], level_b=row["level_b"])
+    note = f" ({row['note']})" if isinstance(row.get("note"), str) and row["note"] else ""
+    return (
+        f"**{e.title}: {row['verdict']}.** Claim: {e.claim}. {detail[0].upper()}{detail[1:]}; the difference "
+        f"({e.contrast}) is {render.points(row['effect'])}{interval} points, where the claim predicts a {row['expected']} one{note}."
+    )
+
+
+# the study -----------------------------------------------------------------------------------
+
+
+def explain_bundle(folder, cfg: SearchConfig, space) -> dict[str, float]:
+    """The augmentations the explain study switches together, at their strengths:
+    explain.bundle, else the screen's harmful set, else the thread's six."""
+    names: list[str] = list(cfg.explain.bundle) if cfg.explain.bundle != "auto" else []
+    screen = folder.read("screen")
+    if not names and screen is not None:
+        names = sorted(harmful(screen, list(space.augmentations)), key=list(space.augmentations).index)
+    names = names or list(MOTIVATING)
+    strengths = common.screen_strengths(cfg, space)
+    return {n: strengths.get(n, space.reference_strength) for n in names}
+
+
+def oversample_target(cfg: SearchConfig, data) -> int:
+    """explain.oversample_to, else 4x the mean class size (the thread: 60 a class -> 256)."""
+    return cfg.explain.oversample_to or 4 * math.ceil(len(data.train) / max(data.num_classes, 1))
+
+
+def _cell_params(model: str, models: list[tuple[str, str]]) -> dict[str, int]:
+    from tune_search.trainable.models import parameter_count
+
+    sizes = {depth_cell(0): parameter_count(model)}
+    return sizes | {f"model {name}": parameter_count(name) for name, _ in models if name != model}
+
+
+class Explain(Study):
+    name = "explain"
+    command = "explain"
+    help = "test the motivating thread's explanations of the harm on a finished search (best after its screen)"
+    flags = (
+        Flag("--seeds", int, "explain.seeds"),
+        Flag("--scratch-epochs", int, "explain.scratch_epochs"),
+        Flag("--models", list, "explain.models", "other models for the capacity contrast (torch hub cache weights)"),
+    )
+    tables = {
+        "explain_runs": "the explain study's runs",
+        "explain": "the thread's explanations, one contrast each",
+        "explain_cells": "the augmentation bundle's effect in each explain cell",
+        "explain_crop": "crop's dose-response in the explain study",
+        "crop_sensitivity": "how often crops change the clean model's predictions, per kept area and class",
+    }
+
+    def enabled(self, cfg: SearchConfig) -> bool:
+        return cfg.screen.enabled and cfg.explain.enabled
+
+    def check(self, cfg: SearchConfig) -> None:
+        """Every model explain.models names loads its weights."""
+        from tune_search.trainable.models import ModelSpec, WeightsError, pretrained_backbone
+
+        for m in cfg.explain.models:
+            try:
+                pretrained_backbone(ModelSpec(name=m.name, weights=m.weights))
+            except WeightsError as exc:
+                raise ConfigError(f"explain.models: {exc}") from None
+
+    def run(self, ctx: StudyContext) -> None:
+        """Train the explain study at the screen's base settings, measure how crops change the
+        clean model's predictions, and write explain_runs.parquet and crop_sensitivity.parquet."""
+        from tune_search.trainable.probes import crop_sensitivity
+        from tune_search.trainable.trial import TrialSettings, spec_for
+
+        folder, cfg, space, spec, data = ctx.folder, ctx.cfg, ctx.space, ctx.spec, ctx.data
+        base = common.study_base(folder, cfg.screen.base)
+        bundle = explain_bundle(folder, cfg, space)
+        depth = int(base["freeze_depth"])
+        depths = sorted({0, depth, space.max_depth})
+        models = [(m.name, m.weights) for m in cfg.explain.models]
+        oversample_to = oversample_target(cfg, data)
+        configs = explain_configs(
+            base, bundle, list(space.augmentations), model=(spec.model.name, spec.model.weights), depths=depths,
+            seeds=list(range(cfg.explain.seeds)), scratch_epochs=cfg.explain.scratch_epochs, models=models,
+            oversample_to=oversample_to, crop_strengths=cfg.explain.crop_strengths,
+        )  # fmt: skip
+        epoch_images = len(data.train)
+        timed = [
+            (int(c["freeze_depth"]), (c["max_epochs"] or cfg.budget.max_epochs) * (max(oversample_to * data.num_classes, epoch_images) / epoch_images if c["oversample_to"] else 1))
+            for c in configs
+        ]
+        shown = ", ".join(f"{n} {s:.2g}" for n, s in bundle.items())
+        print(
+            f"explain: {len(configs)} runs ({cfg.explain.seeds} seeds): the bundle ({shown}) off and on at freeze depths "
+            f"{', '.join(map(str, depths))}, from scratch, " + "".join(f"on {n}, " for n, _ in models if n != spec.model.name)
+            + f"with every class oversampled to {oversample_to}; crop alone at {', '.join(f'{s:g}' for s in cfg.explain.crop_strengths)}"
+            + common.estimate(folder, timed, common.slots(cfg))
+        )
+        results, runs = common.train(ctx, configs, "explain")
+        if runs.empty:
+            raise RuntimeError("every explain run failed; see Ray's log above")
+        runs["params"] = runs["label"].map(_cell_params(spec.model.name, models)).astype("Int64")
+        folder.write("explain_runs", runs)
+        reference = common.clean_model(results, depth_cell(depth), where=lambda run: not run[BUNDLE] and run["seed"] == 0)
+        if reference is not None:
+            config, state = reference
+            folder.write("crop_sensitivity", pd.DataFrame(crop_sensitivity(TrialSettings.from_config(config), spec_for(spec, config), data, state)))
+        common.prune(ctx, "explain")
+
+    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+        """explain.parquet (one row per explanation tested), explain_cells.parquet (the bundle's
+        effect per cell) and crop's dose-response beside them."""
+        from tune_search.trainable.models import ModelSpec
+        from tune_search.trainable.recipes import pretraining_recipe
+
+        runs, screen = tables.get("explain_runs"), tables.get("screen")
+        if runs is None:
+            return {}
+        recipe = pretraining_recipe(ModelSpec(name=cfg.model.name, weights=cfg.model.weights))
+        names = common.screened(screen, list(cfg.space.augmentation_names)) if screen is not None else []
+        params = runs.dropna(subset=["params"]).groupby("label")["params"].first().astype(int).to_dict() if "params" in runs else {}
+        max_depth = int(runs.loc[runs["cell"] == DEPTH, "freeze_depth"].max())
+        out = {
+            "explain": explain_table(
+                runs, max_depth=max_depth, screen=screen, screened=names, params=params, negligible=cfg.explain.negligible,
+                recipe=None if recipe is None else (recipe.augmentations, recipe.source),
+            ),  # fmt: skip
+            "explain_cells": cells(runs),
+        }
+        crop = crop_runs(runs)
+        if len(crop):
+            out["explain_crop"] = dose_table(crop, ["crop"])
+        return out
+
+    def section(self, tables: Tables, folder: Path) -> list[str]:
+        explain, explain_cells, sensitivity, runs = (tables.get(t) for t in ("explain", "explain_cells", "crop_sensitivity", "explain_runs"))
+        if explain is None:
+            return []
+        lines = ["## Why it hurts: the thread's explanations tested", ""]
+        bundle = [c.removeprefix("aug_") for c in runs.columns if c.startswith("aug_") and not c.endswith("_strength") and runs.loc[runs[BUNDLE].astype(bool), c].any()] if runs is not None else []
+        lines += [f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell; verdicts Holm-corrected across the explanations, `contradicted` also when the whole interval lies within the negligible band.", ""]
+        lines += [f"- {sentence(row)}" for row in explain.to_dict("records")]
+        lines.append("")
+        if explain_cells is not None and len(explain_cells):
+            table = pd.DataFrame(
+                {
+                    "cell": explain_cells["cell"],
+                    "top-1 without": explain_cells["top1_without"].round(3),
+                    "with the bundle": explain_cells["top1_with"].round(3),
+                    "bundle effect [95 %], points": [render.effect_interval(*v) for v in zip(explain_cells["bundle_effect"], explain_cells["ci_low"], explain_cells["ci_high"])],
+                }
+            )
+            lines += [render.markdown_table(table), ""]
+        if sensitivity is not None and len(sensitivity):
+            crop_plot(sensitivity, folder / "crop.png")
+            overall = crop_sensitivity_summary(sensitivity).set_index("area")["changed"]
+            shown = ", ".join(f"{100 * a:.0f} % kept: {100 * v:.0f} %" for a, v in overall.items() if round(10 * a) % 2 == 1)
+            lines += [f"Crops and the clean model: share of validation images whose prediction changes ({shown}).", "", "![crops](crop.png)", ""]
+        return lines
+
+    def console(self, tables: Tables) -> str | None:
+        explain = tables.get("explain")
+        if explain is None:
+            return None
+        table = pd.DataFrame(
+            {
+                "explanation": explain["title"],
+                "contrast, points [95 %]": [render.row_interval(r) for _, r in explain.iterrows()],
+                "predicted": explain["expected"],
+                "verdict": explain["verdict"],
+            }
+        )
+        return render.markdown_table(table) + "\n(the contrasts and their sentences: report.md, 'Why it hurts')"
+
+
+def crop_plot(sensitivity: pd.DataFrame, path: Path) -> None:
+    """Share of validation images whose prediction a crop changes, by kept area: all classes
+    and the three most sensitive."""
+    plt = render.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    overall = crop_sensitivity_summary(sensitivity)
+    ax.plot(100 * overall["area"], 100 * overall["changed"], "o-", color="black", label="all classes")
+    worst = sensitivity.groupby("class")["changed"].mean().nlargest(3).index
+    for name in worst:
+        mine = sensitivity[sensitivity["class"] == name]
+        ax.plot(100 * mine["area"], 100 * mine["changed"], ".--", label=str(name))
+    render.save(fig, ax, path, xlabel="kept area of the image (%)", ylabel="predictions changed (%)", title="Crops: how often the clean model changes its answer")

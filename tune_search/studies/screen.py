@@ -1,0 +1,486 @@
+"""The screen: which augmentations hurt, with honest intervals.
+
+A two-level design over the searched augmentations (a Plackett-Burman design folded over:
+resolution IV, so no main effect is aliased with a two-factor interaction), every run at the
+same other settings and the full budget, replicated over seeds, plus one run without
+augmentation (the clean model affinity is measured on). Main effects come from one
+least-squares fit of top-1 on the ±1 switches plus one block per seed, with 95 % intervals
+from the residual error; verdicts are Holm-corrected across the augmentations, so that when
+none matters the chance of any `hurts` or `helps` stays at 5 %; and the smallest harm the
+screen would detect with 80 % power is stated beside them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyDOE3 import fold, pbdesign
+
+from tune_search import render
+from tune_search.config import SearchConfig
+from tune_search.constants import BASELINES, CLEAN, MOTIVATING
+from tune_search.stats import ALPHA, MainEffects, detectable_effect, holm_verdicts, main_effects, mean_prediction
+from tune_search.studies import _base as common
+from tune_search.studies._base import Flag, Study, StudyContext, Tables
+from tune_search.trainable.augment import strength_key, switch_key
+from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
+
+EFFECT_COLUMNS = (
+    "augmentation", "strength", "effect", "ci_low", "ci_high", "p_value", "p_holm", "verdict", "detectable",
+    "top5_effect", "top5_ci_low", "top5_ci_high", "n_runs", "df",
+)  # fmt: skip  (its columns of effects.parquet)
+NOT_SCREENED = "not screened"
+
+
+# configs -------------------------------------------------------------------------------------
+
+
+def screening_design(factors: int) -> np.ndarray:
+    """A two-level design in -1/+1 with one column per factor, at resolution IV: a
+    Plackett-Burman design folded over, so that no main effect is aliased with any
+    two-factor interaction (12 factors: 32 runs; 6: 16; 5: 16)."""
+    if factors < 1:
+        raise ValueError("a screen needs at least one augmentation")
+    return fold(pbdesign(factors)).astype(int)
+
+
+def max_alias(design: np.ndarray) -> float:
+    """The largest |correlation| between a main-effect column and any two-factor
+    interaction column: 0 for a design of resolution IV or better."""
+    worst = 0.0
+    columns = design.astype(float)
+    for i in range(columns.shape[1]):
+        for j, k in combinations(range(columns.shape[1]), 2):
+            if i in (j, k):
+                continue
+            worst = max(worst, abs(float(np.mean(columns[:, i] * columns[:, j] * columns[:, k]))))
+    return worst
+
+
+def screen_configs(
+    base: Mapping[str, Any], strengths: Mapping[str, float], seeds: Sequence[int], *, clean_seed: int | None = 0
+) -> list[dict[str, Any]]:
+    """Every row of the screening design over `strengths`' augmentations (on at that
+    strength, or off), at `base`'s other settings, once per seed; plus one run with every
+    augmentation off at `clean_seed` (its model is what affinity is measured on)."""
+    names = list(strengths)
+    design = screening_design(len(names))
+    settings = common.base_settings(base)
+    out = []
+    for seed in seeds:
+        for row, levels in enumerate(design):
+            on = {n: strengths[n] for n, level in zip(names, levels) if level > 0}
+            out.append({**common.with_augmentations(settings, on, names), "study": "screen", "design_row": row, "seed": seed, "label": ""})
+    if clean_seed is not None:
+        out.append({**common.with_augmentations(settings, {}, names), "study": "screen", "design_row": -1, "seed": clean_seed, "label": CLEAN})
+    return out
+
+
+# analysis ------------------------------------------------------------------------------------
+
+
+def design_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that belong to the design (not the extra clean run)."""
+    return runs[runs["design_row"] >= 0]
+
+
+def fit(runs: pd.DataFrame, names: Sequence[str], response: str = "top1") -> MainEffects:
+    """The design's main effects on `response`."""
+    return main_effects(design_runs(runs), names, response)
+
+
+def screen_effects(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """The screen's columns of effects.parquet: per augmentation, the effect of switching it
+    on (top-1, a difference of fractions; negative hurts) with its 95 % interval, raw and
+    Holm-adjusted p-values, the verdict, the smallest harm this screen detects with 80 %
+    power, and the effect on top-5."""
+    top1, top5 = fit(runs, names, "top1"), fit(runs, names, "top5")
+    low, high = top1.conf_int()
+    low5, high5 = top5.conf_int()
+    effect, se, effect5 = top1.effect, top1.se, top5.effect
+    adjusted, said = holm_verdicts(effect, top1.p_value)
+    p_value = top1.p_value
+    design = design_runs(runs)
+    rows = []
+    for i, name in enumerate(names):
+        on = design[design[switch_key(name)].astype(bool)]
+        rows.append(
+            {
+                "augmentation": name,
+                "strength": float(on[strength_key(name)].iloc[0]) if len(on) else math.nan,
+                "effect": float(effect[i]),
+                "ci_low": float(low[i]),
+                "ci_high": float(high[i]),
+                "p_value": float(p_value[i]),
+                "p_holm": float(adjusted[i]),
+                "verdict": said[i],
+                "detectable": detectable_effect(se[i], top1.df, len(names)),
+                "top5_effect": float(effect5[i]),
+                "top5_ci_low": float(low5[i]),
+                "top5_ci_high": float(high5[i]),
+                "n_runs": len(design),
+                "df": top1.df,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
+
+
+def harmful(runs: pd.DataFrame, names: Sequence[str]) -> list[str]:
+    """The augmentations the screen calls harmful, most harmful first."""
+    effects = screen_effects(runs, common.screened(runs, names))
+    return list(effects[effects["verdict"] == "hurts"].sort_values("effect")["augmentation"])
+
+
+def per_class_effects(runs: pd.DataFrame, names: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
+    """per_class.parquet: the same fit on each class's top-1: per augmentation and class, the
+    change when it is on, with a 95 % interval, and the mean class top-1 with it on and off."""
+    design = design_runs(runs)
+    accuracy = np.stack(design["per_class_top1"].to_list()).astype(float)
+    rows = []
+    for c, cls in enumerate(classes):
+        frame = design.assign(_class=accuracy[:, c])
+        if frame["_class"].isna().any():
+            continue
+        effects = main_effects(frame, names, "_class")
+        low, high = effects.conf_int()
+        for i, name in enumerate(names):
+            on = frame[switch_key(name)].astype(bool)
+            rows.append(
+                {
+                    "augmentation": name,
+                    "class": cls,
+                    "change": float(effects.effect[i]),
+                    "ci_low": float(low[i]),
+                    "ci_high": float(high[i]),
+                    "top1_with": float(frame.loc[on, "_class"].mean()),
+                    "top1_without": float(frame.loc[~on, "_class"].mean()),
+                }
+            )
+    return pd.DataFrame(rows, columns=["augmentation", "class", "change", "ci_low", "ci_high", "top1_with", "top1_without"])
+
+
+def diversity(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """Per augmentation, how much it raises the final training loss (the same fit on
+    train_loss): diversity in the sense of Gontijo-Lopes et al. (2021), with its interval."""
+    effects = fit(runs, names, "train_loss")
+    low, high = effects.conf_int()
+    clean = runs.loc[runs["design_row"] < 0, "train_loss"]
+    return pd.DataFrame(
+        {
+            "augmentation": list(names),
+            "diversity": effects.effect,
+            "diversity_ci_low": low,
+            "diversity_ci_high": high,
+            "clean_train_loss": float(clean.mean()) if len(clean) else math.nan,
+        }
+    )
+
+
+def additivity(runs: pd.DataFrame, names: Sequence[str], bundle: Sequence[str], measured: float) -> dict[str, float]:
+    """Do the main effects add up? The screen's fitted top-1 with `bundle` on and the rest
+    off, with a 95 % prediction interval for one run, beside a `measured` run of that
+    configuration (the search's all + aug baseline when the screen ran at its settings)."""
+    results = fit(runs, names, "top1").fit
+    columns = list(results.model.exog_names)
+    blocks = [c for c in columns if c.startswith("C(seed)")]
+    row = np.zeros(len(columns))
+    row[columns.index("Intercept")] = 1.0
+    row[[columns.index(c) for c in blocks]] = 1.0 / (len(blocks) + 1)  # averaged over the seed blocks
+    for name in names:
+        row[columns.index(name)] = 1.0 if name in bundle else -1.0
+    none = row.copy()
+    none[[columns.index(n) for n in names]] = -1.0
+    frame = mean_prediction(results, np.vstack([row, none]), ALPHA)
+    predicted, low, high = (float(frame[k].iloc[0]) for k in ("mean", "obs_ci_lower", "obs_ci_upper"))
+    return {
+        "predicted": predicted,
+        "prediction_low": low,
+        "prediction_high": high,
+        "measured": measured,
+        "predicted_none": float(frame["mean"].iloc[1]),
+        "adds_up": bool(low <= measured <= high),
+    }
+
+
+def affinity_table(runs: pd.DataFrame, names: Sequence[str], strengths: pd.Series) -> pd.DataFrame:
+    """affinity.parquet: per augmentation its strength, affinity (measured on the clean run's
+    model) and diversity."""
+    table = diversity(runs, names)
+    table.insert(1, "strength", strengths.to_numpy())
+    clean = runs[runs["label"] == CLEAN]
+    table.insert(2, "affinity", [float(clean[f"affinity_{n}"].iloc[0]) if f"affinity_{n}" in clean and len(clean) else math.nan for n in names])
+    return table
+
+
+def with_screen(effects: pd.DataFrame, screen: pd.DataFrame) -> pd.DataFrame:
+    """effects.parquet with the screen's columns filled in (others as they were)."""
+    mine = effects[["augmentation"]].merge(screen, on="augmentation", how="left")
+    rest = effects.drop(columns=list(EFFECT_COLUMNS[1:]))
+    return pd.concat([mine, rest.drop(columns="augmentation")], axis=1)[list(effects.columns)]
+
+
+# the study -----------------------------------------------------------------------------------
+
+
+def seeds_flag(text: str) -> int | str:
+    """A replicate count, or `auto` (replicates added until screen.detectable is met)."""
+    return text if text == "auto" else int(text)
+
+
+def _run_line(cfg: SearchConfig, base: dict, names: list[str], replicates: int, fixed: bool, timing: str) -> str:
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in base.items())
+    design_runs_ = len(screening_design(len(names)))
+    return (
+        f"screen: {design_runs_} runs per seed (folded Plackett-Burman over {len(names)} augmentations, resolution IV) "
+        f"+ 1 without augmentation, {cfg.budget.max_epochs} epochs each, at {cfg.screen.base} settings ({shown}); "
+        + (f"{replicates} seed{'s' * (replicates != 1)}" if fixed else f"seeds added until a {100 * cfg.screen.detectable:.1f}-point harm is detectable (at most {cfg.screen.max_seeds})")
+        + timing
+        + (" for the first" if timing and not fixed else "")
+    )
+
+
+class Screen(Study):
+    name = "screen"
+    command = "screen"
+    help = "screen the augmentations of a finished search (then dose-response)"
+    flags = (Flag("--seeds", seeds_flag, "screen.seeds"), Flag("--strength", float, "screen.strength"), Flag("--base", str, "screen.base"))
+    tables = {
+        "screen": "the screen's runs",
+        "per_class": "the screen's effects per class",
+        "affinity": "affinity and diversity per augmentation",
+    }
+
+    def enabled(self, cfg: SearchConfig) -> bool:
+        return cfg.screen.enabled
+
+    def run(self, ctx: StudyContext) -> None:
+        """Train the screen, replicated over seeds as screen.seeds says, measure affinity on
+        its clean run, and write screen.parquet."""
+        from tune_search.trainable.probes import affinity
+        from tune_search.trainable.trial import TrialSettings
+
+        cfg = ctx.cfg
+        base = common.study_base(ctx.folder, cfg.screen.base)
+        strengths = common.screen_strengths(cfg, ctx.space)
+        names = list(strengths)
+        fixed = cfg.screen.seeds != "auto"
+        replicates = cfg.screen.seeds if fixed else 1
+        design_size = len(screening_design(len(names)))
+        timing = common.estimate(ctx.folder, [(int(base["freeze_depth"]), cfg.budget.max_epochs)] * (design_size * replicates + 1), common.slots(cfg))
+        print(_run_line(cfg, base, names, replicates, fixed, timing))
+        results, runs = common.train(ctx, screen_configs(base, strengths, list(range(replicates))), "screen")
+        clean = common.clean_model(results, CLEAN)
+        measured = affinity(TrialSettings.from_config(clean[0]), ctx.spec, ctx.data, clean[1], strengths) if clean else {}
+        for seed in () if fixed else range(1, cfg.screen.max_seeds):
+            effects = fit(runs, names)
+            reach = max(detectable_effect(se, effects.df, len(names)) for se in effects.se)
+            print(f"screen: {seed} seed(s), residual SD {100 * effects.residual_sd:.2f} points, detectable harm {100 * reach:.2f} points")
+            if reach <= cfg.screen.detectable:
+                break
+            _, extra = common.train(ctx, screen_configs(base, strengths, [seed], clean_seed=None), f"screen-seed{seed}")
+            runs = pd.concat([runs, extra], ignore_index=True)
+        for name, value in measured.items():
+            runs[f"affinity_{name}"] = runs["label"].eq(CLEAN).map({True: value, False: math.nan})
+        ctx.folder.write("screen", runs)
+        common.prune(ctx, "screen", *(f"screen-seed{seed}" for seed in range(1, cfg.screen.max_seeds)))
+
+    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+        runs = tables.get("screen")
+        if runs is None:
+            return {}
+        names = common.screened(runs, cfg.space.augmentation_names)
+        effects = screen_effects(runs, names)
+        classes = list(classes) or [str(i) for i in range(len(runs["per_class_top1"].iloc[0]))]
+        return {
+            "per_class": per_class_effects(runs, names, classes),
+            "affinity": affinity_table(runs, names, effects["strength"]),
+            "effects": with_screen(tables["effects"], effects),
+        }
+
+    def section(self, tables: Tables, folder: Path) -> list[str]:
+        effects = tables.get("effects")
+        lines = ["## Verdicts", ""]
+        if effects is None or effects["verdict"].eq(NOT_SCREENED).all():
+            return lines + ["No screen was run (`--no-screen`): run `tune-search screen RESULTS_DIR` for verdicts.", ""]
+        lines += _verdicts(effects, tables.get("per_class"), tables.get("ablation"), folder)
+        lines += _additivity(tables.get("trials"), tables.get("screen"), effects)
+        lines += _affinity(tables.get("affinity"), folder)
+        lines += _per_class(tables.get("per_class"), effects)
+        return lines
+
+    def console(self, tables: Tables) -> str | None:
+        return verdict_table(tables["effects"]) if "effects" in tables else None
+
+
+# rendering -----------------------------------------------------------------------------------
+
+
+def verdict_table(effects: pd.DataFrame) -> str:
+    """The console's closing table: the screen's verdicts, most harmful first."""
+    shown = effects[effects["verdict"] != NOT_SCREENED].sort_values("effect")
+    if shown.empty:
+        return "no screen: run `tune-search screen RESULTS_DIR` for verdicts"
+    table = pd.DataFrame(
+        {
+            "augmentation": shown["augmentation"],
+            "top-1 effect, points": [render.effect_interval(e, lo, hi) for e, lo, hi in zip(shown["effect"], shown["ci_low"], shown["ci_high"])],
+            "verdict": shown["verdict"],
+            "harmful above": ["" if math.isnan(v) else f"{v:.2f}" for v in shown["harmful_above"]],
+        }
+    )
+    reach = 100 * shown["detectable"].max()
+    return f"{render.markdown_table(table)}\n(unclear: smaller than {reach:.1f} points, if any; 80 % power, Holm-corrected)"
+
+
+def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.DataFrame | None = None) -> None:
+    """Each augmentation's effect on top-1 with its 95 % interval, harmful ones in red."""
+    plt = render.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.42 * len(effects) + 1.6))
+    names = list(effects["augmentation"])
+    y = list(range(len(names)))
+    colours = {"hurts": "tab:red", "helps": "tab:green"}
+    shift = 0.15 if ablation is not None and len(ablation) else 0.0
+    labelled = set()
+    for i, (_, row) in enumerate(effects.iterrows()):
+        verdict = row["verdict"]
+        err = [[100 * (row["effect"] - row["ci_low"])], [100 * (row["ci_high"] - row["effect"])]]
+        label = None if verdict in labelled else f"screen: {verdict}"
+        labelled.add(verdict)
+        ax.errorbar(100 * row["effect"], i - shift, xerr=err, fmt="o", color=colours.get(verdict, "tab:grey"), capsize=3, label=label)
+    if shift:
+        ab = ablation.set_index("augmentation").reindex(names)
+        err = [100 * (ab["effect"] - ab["ci_low"]), 100 * (ab["ci_high"] - ab["effect"])]
+        ax.errorbar(100 * ab["effect"], [v + shift for v in y], xerr=err, fmt="s", color="tab:blue", capsize=3, label="ablation of the best config")
+    ax.legend(loc="best", fontsize=8)
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("change in top-1 when switched on (percentage points), 95 % interval")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _sentence(row, per_class: pd.DataFrame | None) -> str:
+    text = (
+        f"- **{row['augmentation']}** (strength {row['strength']:.2g}) costs {-100 * row['effect']:.1f} points of top-1 "
+        f"(95 % interval {-100 * row['ci_high']:.1f} to {-100 * row['ci_low']:.1f}; Holm-adjusted p = {row['p_holm']:.2g})"
+    )
+    if per_class is not None and len(per_class):
+        mine = per_class[per_class["augmentation"] == row["augmentation"]].nsmallest(3, "change")
+        text += "; most harmed classes: " + ", ".join(f"{r['class']} {render.points(r['change'])}" for _, r in mine.iterrows())
+    start = row.get("harmful_above", math.nan)
+    if isinstance(start, float) and not math.isnan(start):
+        low, high = row.get("harmful_above_low", math.nan), row.get("harmful_above_high", math.nan)
+        high_text = f"{high:.2f}" if not math.isnan(high) else "beyond the strengths tried"
+        text += f"; it costs more than the dose threshold above strength {start:.2f} (95 % interval {low:.2f} to {high_text})"
+    return text + "."
+
+
+def _verdicts(effects: pd.DataFrame, per_class, ablation, folder: Path) -> list[str]:
+    first = effects.iloc[0]
+    reach = effects["detectable"].max()
+    hurts = effects[effects["verdict"] == "hurts"].sort_values("effect")
+    helps = effects[effects["verdict"] == "helps"]
+    lines = [
+        f"From the screen: {int(first['n_runs'])} runs at full budget in a two-level design (each augmentation on in half of them), "
+        f"main effects by least squares with {first['df']:.0f} residual degrees of freedom, Holm-corrected across "
+        f"{len(effects)} augmentations. This screen detects a harm of {100 * reach:.1f} points or more with 80 % power: "
+        f"`unclear` means smaller than that, if any.",
+        "",
+    ]
+    if len(hurts):
+        lines += ["Harmful:", ""] + [_sentence(r, per_class) for _, r in hurts.iterrows()] + [""]
+    else:
+        lines += [f"No augmentation is clearly harmful (none costs {100 * reach:.1f} points or more, at 80 % power).", ""]
+    if len(helps):
+        lines += ["Helpful: " + ", ".join(f"**{r['augmentation']}** {render.row_interval(r)}" for _, r in helps.iterrows()) + " points.", ""]
+    table = pd.DataFrame(
+        {
+            "augmentation": effects["augmentation"],
+            "strength": effects["strength"].round(2),
+            "top-1 effect [95 %], points": [render.row_interval(r) for _, r in effects.iterrows()],
+            "Holm p": effects["p_holm"].map(lambda p: f"{p:.2g}"),
+            "verdict": effects["verdict"],
+            "top-5 effect, points": effects["top5_effect"].map(render.points),
+            "harmful above strength": effects["harmful_above"].map(lambda v: "" if math.isnan(v) else f"{v:.2f}"),
+        }
+    )
+    order = effects["effect"].argsort().to_numpy()
+    forest_plot(effects.iloc[order], folder / "effects.png", title="Screen: what switching each augmentation on does to top-1", ablation=ablation)
+    return lines + [render.markdown_table(table.iloc[order]), "", "![effects](effects.png)", ""]
+
+
+def _additivity(trials: pd.DataFrame | None, screen_runs: pd.DataFrame | None, effects: pd.DataFrame) -> list[str]:
+    """With the screen at the "all layers" baseline's settings: do the main effects add up to
+    the baseline table's all + aug drop?"""
+    if screen_runs is None or trials is None:
+        return []
+    rows = {b: trials[trials["baseline"] == b] for b in BASELINES[1:]}
+    if any(not len(r) for r in rows.values()):
+        return []
+    plain, bundled = rows[BASELINES[1]].iloc[0], rows[BASELINES[2]].iloc[0]
+    first = screen_runs.iloc[0]
+    if not all(first[k] == plain[k] for k in HYPERPARAMETER_KEYS):
+        return []
+    names = list(effects.loc[effects["verdict"] != NOT_SCREENED, "augmentation"])
+    bundle = [n for n in MOTIVATING if n in names and bool(bundled[switch_key(n)])]
+    result = additivity(screen_runs, names, bundle, float(bundled["top1"]))
+    verdict = "the effects add up" if result["adds_up"] else "the augmentations interact: the measured drop is not the sum of their effects"
+    return [
+        "### Do the effects add up to the baseline table's drop?",
+        "",
+        f"The screen ran at the all-layers baseline's settings. Its fit predicts top-1 {result['predicted']:.3f} with "
+        f"{', '.join(bundle)} on (95 % prediction interval for one run {result['prediction_low']:.3f} to {result['prediction_high']:.3f}) "
+        f"and {result['predicted_none']:.3f} with none on; the search's all + aug baseline measured {result['measured']:.3f} "
+        f"(all layers without augmentation: {float(plain['top1']):.3f}): {verdict}.",
+        "",
+    ]
+
+
+def _affinity_readable(affinity: pd.DataFrame) -> pd.DataFrame:
+    """Affinity in points of top-1, diversity as the rise in final train loss with its interval."""
+    return pd.DataFrame(
+        {
+            "augmentation": affinity["augmentation"],
+            "strength": affinity["strength"].map(lambda v: f"{v:g}"),
+            "affinity, points of top-1": [f"{100 * v:+.1f}" for v in affinity["affinity"]],
+            "diversity: train-loss rise [95 %]": [
+                f"{d:+.3f}" + ("" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]")
+                for d, lo, hi in zip(affinity["diversity"], *(affinity.get(c, pd.Series(math.nan, index=affinity.index)) for c in ("diversity_ci_low", "diversity_ci_high")))
+            ],
+        }
+    ).sort_values("affinity, points of top-1", key=lambda c: c.map(float))
+
+
+def _affinity(affinity: pd.DataFrame | None, folder: Path) -> list[str]:
+    if affinity is None or not affinity["affinity"].notna().any():
+        return []
+    in_points = affinity.assign(affinity=100 * affinity["affinity"])
+    render.scatter(in_points, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images (points)", ylabel="diversity: rise in final train loss", labels="augmentation", title="Why: how far it moves the images (x), how much harder it makes training (y)")
+    return [
+        "## Why: affinity and diversity", "", render.markdown_table(_affinity_readable(affinity)), "", "![affinity](affinity.png)", "",
+        "Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out). Diversity: how much it raises the final training loss.", "",
+    ]  # fmt: skip
+
+
+def _per_class(per_class: pd.DataFrame | None, effects: pd.DataFrame) -> list[str]:
+    if per_class is None or not len(per_class):
+        return []
+    lines = ["## For which classes", ""]
+    verdicts = effects.set_index("augmentation")["verdict"]
+    order = list(effects.sort_values("effect")["augmentation"])
+    groups = dict(list(per_class.groupby("augmentation", sort=False)))
+    for name in [n for n in order if n in groups] + [n for n in groups if n not in order]:
+        worst = groups[name].nsmallest(3, "change")
+        cells = ", ".join(f"{r['class']} {render.points(r['change'])}" for _, r in worst.iterrows())
+        lines.append(f"- {name} ({verdicts.get(name, NOT_SCREENED)}): most harmed classes {cells} (points of per-class top-1)")
+    return lines + [""]
