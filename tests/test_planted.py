@@ -24,6 +24,8 @@ def test_the_screen_calls_planted_harms_harmful_and_no_harmless_one(planted_run)
     assert effects.loc["hflip", "effect"] < 0 and "hflip" in PLANTED_HARMS
     for name in HARMLESS:
         assert effects.loc[name, "verdict"] != "hurts", effects.loc[name].to_dict()
+    for name in set(PLANTED_HARMS) & set(SEARCHED):
+        assert effects.loc[name, "verdict"] != "harmless", effects.loc[name].to_dict()
     assert effects["detectable"].notna().all() and effects["search_method"].isna().all()  # 3 trials: no search effects
 
 
@@ -37,7 +39,7 @@ def test_the_harm_lands_in_the_classes_it_was_planted_in(planted_run):
 
 def test_report_leads_with_verdicts_and_explains_them(planted_run):
     text = (planted_run / "report.md").read_text()
-    assert text.index("## Verdicts") < text.index("## Why") < text.index("## Baselines")
+    assert text.index("## The answer") < text.index("## Verdicts") < text.index("## Why") < text.index("## Baselines")
     for name in TARGETS:
         assert f"- **{name}** (strength 1) costs" in text
     affinity = pd.read_parquet(planted_run / "affinity.parquet").set_index("augmentation")
@@ -46,3 +48,26 @@ def test_report_leads_with_verdicts_and_explains_them(planted_run):
     assert affinity.loc["blur", "affinity"] < affinity.loc["brightness", "affinity"]
     assert affinity.loc["color", "affinity"] < affinity.loc["brightness", "affinity"]
     assert (planted_run / "effects.png").is_file() and (planted_run / "affinity.png").is_file()
+
+
+def test_the_recipe_leaves_the_planted_harms_out_and_is_confirmed(planted_run):
+    from tune_search.export import config_from_row
+    from tune_search.studies.confirm import RECOMMENDED
+
+    best = pd.read_parquet(planted_run / "best_configs.parquet")
+    assert best["trial_id"].iloc[-1] == RECOMMENDED and (best["trial_id"] == RECOMMENDED).sum() == 1
+    recipe = config_from_row(best.iloc[-1])
+    assert not any(recipe[f"aug_{name}"] for name in PLANTED_HARMS)
+    decisions = pd.read_parquet(planted_run / "recipe.parquet").set_index("augmentation")
+    assert (decisions.loc[list(TARGETS), "decision"] == "dropped").all()
+    confirm = pd.read_parquet(planted_run / "confirm.parquet").set_index("arm")
+    assert "original" in confirm.index and (("none" in confirm.index) == any(recipe[f"aug_{n}"] for n in SEARCHED))
+    # the recipe is at least as good as no augmentation: not shown worse, and better than the planted harms switched on
+    assert "none" not in confirm.index or confirm.loc["none", "verdict"] != "worse"
+    assert confirm.loc["original", "effect"] > 0 and (confirm["ci_low"] <= confirm["effect"]).all()
+    runs = pd.read_parquet(planted_run / "confirm_runs.parquet")
+    assert runs.groupby("label").size().eq(3).all()
+    kept = [d for d in (planted_run.parent / "planted-confirm").glob("trial_*/checkpoint_*")]
+    assert len(kept) == 1  # the recipe's trained weights, seed 0
+    text = (planted_run / "recipe.yaml").read_text()
+    assert "--config-from best_configs.parquet --row" in text

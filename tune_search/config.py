@@ -143,8 +143,8 @@ class ScreenConfig(_Section):
     enabled: bool = True
     base: Literal["best", "baseline"] = "best"  # the best config's settings, or the "all layers" baseline's
     strength: Strength | dict[str, Strength] | None = None  # None: the baselines' strength
-    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicate until `detectable` is met
-    detectable: Annotated[float, Field(gt=0, lt=1)] = 0.015  # smallest harm to detect with 80 % power
+    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicates added while any verdict is unclear
+    negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # harmless: an equivalence test puts the effect within +-this
     max_seeds: PositiveInt = 2
 
 
@@ -152,12 +152,36 @@ class DoseConfig(_Section):
     """Dose-response of each augmentation the screen calls harmful."""
 
     enabled: bool = True
-    strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
+    strengths: tuple[Strength, ...] = (0.1, 0.25, 0.5, 1.0)  # 0.1: a run near where harm may start
     seeds: Annotated[int, Field(ge=2)] = 2
     max_augmentations: PositiveInt = 1  # the most harmful ones first
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.005  # harmful above: where it costs more than this
 
     _levels = field_validator("strengths")(lambda value: _two_levels(value, "dose-response"))
+
+
+class RecipeConfig(_Section):
+    """The recipe the screen's verdicts recommend: hurts dropped, helps and harmless kept."""
+
+    keep_unclear: bool = False  # also keep augmentations whose verdict is unclear
+
+
+class ConfirmConfig(_Section):
+    """The confirmation study: the recipe against no augmentation, the original set and the
+    search's best config, at full budget, paired by seed."""
+
+    enabled: bool = True
+    seeds: Annotated[int, Field(ge=2)] = 3
+    compare: tuple[str, ...] | None = None  # the original set; None: the all + aug baseline's
+
+    @field_validator("compare")
+    @classmethod
+    def _known_compare(cls, value):
+        if value is not None:
+            bad = unknown_names(value)
+            if bad or not value:
+                raise ValueError(f"unknown augmentation(s) {', '.join(bad)}; valid: null, or a list of {', '.join(NAMES)}")
+        return value
 
 
 class AblationConfig(_Section):
@@ -182,7 +206,7 @@ class ExplainConfig(_Section):
     models: tuple[str | ExplainModel, ...] = ()  # capacity: other models, all layers training
     oversample_to: PositiveInt | None = None  # None: 4x the mean class size (the thread: 60 -> 256)
     crop_strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
-    negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # contradicted: the interval within +-this
+    negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # negligible: an equivalence test puts the contrast within +-this
 
     @field_validator("bundle")
     @classmethod
@@ -224,6 +248,8 @@ class SearchConfig(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     screen: ScreenConfig = ScreenConfig()
     dose: DoseConfig = DoseConfig()
+    recipe: RecipeConfig = RecipeConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
     ablation: AblationConfig = AblationConfig()
     explain: ExplainConfig = ExplainConfig()
     run: RunSection = RunSection()

@@ -215,6 +215,9 @@ def run_studies(ctx: StudyContext, chosen: Sequence[Study]) -> None:
             print("\n" + shown)
     if {"trials", "best_configs"} <= set(tables):
         print("\n" + baseline_table(tables["trials"], tables["best_configs"]))
+    for study in registry.STUDIES:
+        if (shown := study.closing(tables)) is not None:
+            print("\n" + shown)
     print(f"\nreport: {path}")
 
 
@@ -249,6 +252,9 @@ def analyse(folder: ResultsFolder, cfg: SearchConfig) -> dict[str, pd.DataFrame]
     classes = folder.read_facts().get("data", {}).get("classes") or folder.classes()
     made = registry.analyse(tables, cfg, classes, search)
     folder.write_tables(made)
+    for study in registry.STUDIES:
+        for name, text in study.files(tables | made, cfg).items():
+            write_text(text, folder.path / name)
     return tables | made
 
 

@@ -90,6 +90,8 @@ def build_report(folder: Path) -> Path:
     trials = tables["trials"]
     statuses = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
     lines = [f"# tune-search report: {folder.name}", "", f"Search: {len(trials)} trials ({statuses}).", ""]
+    for study in STUDIES:
+        lines += study.headline(tables)
     lines += _facts_lines(results.read_facts())
     for study in STUDIES:
         lines += study.section(tables, folder)

@@ -88,6 +88,13 @@ def holm_adjusted(p_value: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
     return multipletests(np.asarray(p_value, float), alpha=alpha, method="holm")[1]
 
 
+def fdr_adjusted(p_value: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate at alpha)."""
+    if not len(p_value):
+        return np.array([])
+    return multipletests(np.asarray(p_value, float), alpha=alpha, method="fdr_bh")[1]
+
+
 def holm_verdicts(effect: np.ndarray, p_value: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, list[str]]:
     """Holm-adjusted p-values and verdicts: `hurts` / `helps` where the adjusted p-value is
     below alpha, by the effect's sign; `unclear` otherwise."""
@@ -95,24 +102,28 @@ def holm_verdicts(effect: np.ndarray, p_value: np.ndarray, alpha: float = ALPHA)
     return adjusted, ["unclear" if p >= alpha else ("hurts" if e < 0 else "helps") for e, p in zip(effect, adjusted)]
 
 
-def holm_support_verdicts(effect, p_value, sign, ci_low, ci_high, negligible: float, alpha: float = ALPHA) -> tuple[np.ndarray, list[str]]:
-    """Verdicts on claims that each predict the sign of an effect: Holm-adjusted across the
-    claims tested (NaN p-values are not tested); `supported` when the adjusted test rejects
-    zero with the predicted sign, `contradicted` when it rejects it with the other, or when
-    the whole interval lies within ±negligible; `unclear` otherwise."""
-    p_value = np.asarray(p_value, float)
-    adjusted = np.full(len(p_value), math.nan)
+def support_verdicts(effect, se, p_value, sign, df, negligible: float, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Verdicts on claims that each predict the sign of an effect, Holm-corrected across the
+    claims tested (NaN p-values are not tested): `supported` where the two-sided test rejects
+    zero with the predicted sign, `opposite` where it rejects it with the other, `negligible`
+    where the equivalence test (TOST) puts the effect within ±negligible, `unclear`
+    otherwise. The Holm-adjusted two-sided and equivalence p-values, and the verdicts."""
+    effect, se, p_value = (np.asarray(v, float) for v in (effect, se, p_value))
+    df = np.broadcast_to(np.asarray(df, float), effect.shape)
+    adjusted, equivalent = np.full(len(effect), math.nan), np.full(len(effect), math.nan)
     tested = ~np.isnan(p_value)
     adjusted[tested] = holm_adjusted(p_value[tested], alpha)
+    tost = np.array([equivalence_p(e, x, d, negligible) for e, x, d in zip(effect[tested], se[tested], df[tested])], float)
+    equivalent[tested] = holm_adjusted(tost, alpha)
     said = []
-    for e, p, s, low, high in zip(effect, adjusted, sign, ci_low, ci_high):
+    for e, p, q, s in zip(effect, adjusted, equivalent, sign):
         if p < alpha:
-            said.append("supported" if s * e > 0 else "contradicted")
-        elif -negligible <= low and high <= negligible:
-            said.append("contradicted")
+            said.append("supported" if s * e > 0 else "opposite")
+        elif q < alpha:
+            said.append("negligible")
         else:
             said.append("unclear")
-    return adjusted, said
+    return adjusted, equivalent, said
 
 
 def interval_verdict(ci_low: float, ci_high: float) -> str:
@@ -158,6 +169,7 @@ class Estimate:
     ci_high: float
     p_value: float
     df: float
+    se: float = math.nan
 
 
 def contrast(fit, weights: np.ndarray | str, alpha: float = ALPHA) -> Estimate:
@@ -168,10 +180,45 @@ def contrast(fit, weights: np.ndarray | str, alpha: float = ALPHA) -> Estimate:
     if not (df > 0 and float(np.squeeze(test.sd)) > 0):
         return Estimate(effect, math.nan, math.nan, math.nan, df)
     low, high = (float(v) for v in np.squeeze(test.conf_int(alpha=alpha)))
-    return Estimate(effect, low, high, float(np.squeeze(test.pvalue)), df)
+    return Estimate(effect, low, high, float(np.squeeze(test.pvalue)), df, float(np.squeeze(test.sd)))
 
 
 def mean_prediction(fit, rows: np.ndarray, alpha: float = ALPHA) -> pd.DataFrame:
     """`fit.get_prediction` for rows of the design matrix (columns in the fit's order):
     mean, mean_ci_lower/upper (the fitted value's interval) and obs_ci_lower/upper (one run's)."""
     return fit.get_prediction(np.atleast_2d(rows), transform=False).summary_frame(alpha=alpha)
+
+
+def equivalence_p(effect, se, df: float, bound: float) -> np.ndarray:
+    """Two one-sided tests (TOST) of |effect| >= bound: the larger of the two one-sided
+    p-values (H0: effect <= -bound, H0: effect >= bound); small when the effect surely lies
+    within ±bound."""
+    effect, se = np.asarray(effect, float), np.asarray(se, float)
+    below = stats.t.sf((effect + bound) / se, df)
+    above = stats.t.cdf((effect - bound) / se, df)
+    return np.maximum(below, above)
+
+
+def equivalence_verdicts(effect, se, p_value, df: float, bound: float, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Four verdicts on a family of effects: `hurts` / `helps` where Holm's correction of the
+    two-sided tests rejects zero; else `harmless` where Holm's correction of the equivalence
+    tests (TOST, ±bound) rejects a difference of `bound` or more; else `unclear`. The
+    Holm-adjusted two-sided and equivalence p-values, and the verdicts."""
+    adjusted, said = holm_verdicts(np.asarray(effect, float), np.asarray(p_value, float), alpha)
+    equivalent = holm_adjusted(equivalence_p(effect, se, df, bound), alpha)
+    said = ["harmless" if v == "unclear" and q < alpha else v for v, q in zip(said, equivalent)]
+    return adjusted, equivalent, said
+
+
+def replicates_to_settle(se: float, df_per_replicate: float, replicates: int, effect: float, bound: float, tests: int, alpha: float = ALPHA) -> int | None:
+    """How many replicates in all would likely (at the estimated effect and its standard
+    error shrinking as 1/sqrt(replicates)) turn an `unclear` effect into a verdict: the
+    first count, up to 16 replicates, where either test would reject at alpha / tests; None
+    when no count up to that does."""
+    for total in range(replicates + 1, 17):
+        scaled = se * math.sqrt(replicates / total)
+        df = df_per_replicate * total
+        critical = stats.t.ppf(1 - alpha / (2 * tests), df)
+        if abs(effect) / scaled > critical or (bound - abs(effect)) / scaled > stats.t.ppf(1 - alpha / tests, df):
+            return total
+    return None

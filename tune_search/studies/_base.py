@@ -43,6 +43,8 @@ class Folder(Protocol):
 
     def write(self, table: str, frame: pd.DataFrame) -> Path: ...
 
+    def read_all(self) -> dict[str, pd.DataFrame]: ...
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -101,6 +103,18 @@ class Study(abc.ABC):
     def console(self, tables: Tables) -> str | None:
         """What the console prints of it at the end of a run."""
         return None
+
+    def headline(self, tables: Tables) -> list[str]:
+        """Lines for the top of the report, before every section: the answer first."""
+        return []
+
+    def closing(self, tables: Tables) -> str | None:
+        """The console's last lines, after the baseline table."""
+        return None
+
+    def files(self, tables: Tables, cfg: SearchConfig) -> dict[str, str]:
+        """Files besides tables it writes into the results folder: name -> text."""
+        return {}
 
 
 # configs -------------------------------------------------------------------------------------
@@ -192,13 +206,16 @@ def train(ctx: StudyContext, configs: list[dict], suffix: str):
     return results, runs
 
 
-def prune(ctx: StudyContext, *suffixes: str) -> None:
-    """A finished study's checkpoints served its resume; they go unless run.keep_checkpoints."""
+def prune(ctx: StudyContext, *suffixes: str, keep: set[str] = frozenset()) -> None:
+    """A finished study's checkpoints served its resume; they go unless run.keep_checkpoints,
+    but for the runs in `keep`, whose trained weights stay (the rest of their state goes)."""
+    from tune_search.trainable.trial import keep_weights_only
+
     if ctx.cfg.run.keep_checkpoints:
         return
     for suffix in suffixes:
         if (folder := ctx.location.study_folder(suffix)) is not None:
-            prune_checkpoints(folder)
+            prune_checkpoints(folder, keep, slim=keep_weights_only)
 
 
 def clean_model(results, label: str, *, where: Callable[[Mapping], bool] = lambda run: True):

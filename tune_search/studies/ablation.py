@@ -1,5 +1,5 @@
 """The ablation: the best config re-trained with each augmentation switched the other way,
-over several seeds, compared paired by seed."""
+over several seeds, compared paired by seed in one pooled fit with the screen's four verdicts."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tune_search import render
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.export import config_from_row
-from tune_search.stats import interval_verdict, paired_interval
+from tune_search.stats import block_fit, contrast, equivalence_verdicts
 from tune_search.studies._base import Flag, Study, StudyContext, Tables, prune, train
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.trial import RUN_KEYS
 
 ABLATION_COLUMNS = (
-    "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "verdict", "n_seeds",
-    "top1_with", "top1_without", "screen_verdict", "agrees",
+    "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "p_value", "p_holm", "p_equivalence_holm",
+    "verdict", "n_seeds", "df", "top1_with", "top1_without", "screen_verdict", "agrees",
 )  # fmt: skip
 
 
@@ -41,40 +42,57 @@ def ablation_configs(best: Mapping[str, Any], augmentations: Sequence[str], *, s
     return out
 
 
-def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.DataFrame | None = None) -> pd.DataFrame:
-    """ablation.parquet: per augmentation, top-1 with it minus top-1 without it, paired by
-    seed, with a 95 % t-interval over seeds. `runs` has columns label (the switched
-    augmentation; empty for the best config), seed, top1 and aug_<name> for every
-    augmentation; `screen` is effects.parquet, to compare with the screen's verdicts."""
+def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.DataFrame | None = None, *, negligible: float = 0.01) -> pd.DataFrame:
+    """ablation.parquet: per augmentation, top-1 with it minus top-1 without it, from one fit
+    of every run on its variant (the best config as reference) and seed blocks, so the seeds
+    pair the runs and every interval rests on all runs' residual error; Holm-corrected
+    across the augmentations, with the screen's four verdicts (`stats.equivalence_verdicts`,
+    harmless within ±`negligible`). `runs` has columns label (the switched augmentation;
+    empty for the best config), seed, top1 and aug_<name> for every augmentation; `screen`
+    is effects.parquet, to compare with the screen's verdicts."""
     base = runs[runs["label"] == ""].set_index("seed")
+    variants = [n for n in augmentations if (runs["label"] == n).any()]
+    if not len(base) or not variants or runs["seed"].nunique() < 2:
+        return pd.DataFrame(columns=list(ABLATION_COLUMNS))
+    frame = pd.DataFrame({f"v{i}": (runs["label"] == n).astype(float).to_numpy() for i, n in enumerate(variants)})
+    frame["seed"], frame["_y"] = runs["seed"].to_numpy(), runs["top1"].to_numpy(float)
+    fit = block_fit(frame, "_y", [f"v{i}" for i in range(len(variants))])
+    columns = list(fit.model.exog_names)
+    was_on = {n: bool(base[switch_key(n)].iloc[0]) for n in variants}
+    estimates = []
+    for i, name in enumerate(variants):
+        weights = np.zeros(len(columns))
+        weights[columns.index(f"v{i}")] = -1.0 if was_on[name] else 1.0  # with it minus without it
+        estimates.append(contrast(fit, weights))
+    effect = np.array([e.effect for e in estimates])
+    se = np.sqrt([fit.cov_params().iloc[columns.index(f"v{i}"), columns.index(f"v{i}")] for i in range(len(variants))])
+    p_holm, p_equivalence, said = equivalence_verdicts(effect, se, np.array([e.p_value for e in estimates]), float(fit.df_resid), negligible)
     screened = screen[screen["verdict"] != "not screened"] if screen is not None else None
     screen_verdicts = dict(zip(screened["augmentation"], screened["verdict"])) if screened is not None else {}
     rows = []
-    for name in augmentations:
+    for i, (name, e) in enumerate(zip(variants, estimates)):
         flipped = runs[runs["label"] == name].set_index("seed")
         seeds = base.index.intersection(flipped.index)
-        if not len(seeds):
-            continue
-        was_on = bool(base[switch_key(name)].iloc[0])
-        with_aug, without = (base, flipped) if was_on else (flipped, base)
-        diffs = (with_aug.loc[seeds, "top1"] - without.loc[seeds, "top1"]).to_numpy(float)
-        low, high = paired_interval(diffs)
-        ours = interval_verdict(low, high)
+        with_aug, without = (base, flipped) if was_on[name] else (flipped, base)
         theirs = screen_verdicts.get(name, "")
         rows.append(
             {
                 "augmentation": name,
-                "switched": "off" if was_on else "on",
+                "switched": "off" if was_on[name] else "on",
                 "strength": float(with_aug[strength_key(name)].iloc[0]),
-                "effect": float(diffs.mean()),
-                "ci_low": low,
-                "ci_high": high,
-                "verdict": ours,
+                "effect": e.effect,
+                "ci_low": e.ci_low,
+                "ci_high": e.ci_high,
+                "p_value": e.p_value,
+                "p_holm": float(p_holm[i]),
+                "p_equivalence_holm": float(p_equivalence[i]),
+                "verdict": said[i],
                 "n_seeds": len(seeds),
+                "df": e.df,
                 "top1_with": float(with_aug.loc[seeds, "top1"].mean()),
                 "top1_without": float(without.loc[seeds, "top1"].mean()),
                 "screen_verdict": theirs,
-                "agrees": (theirs == ours) if theirs else None,
+                "agrees": (theirs == said[i]) if theirs else None,
             }
         )
     return pd.DataFrame(rows, columns=list(ABLATION_COLUMNS))
@@ -106,7 +124,7 @@ class Ablation(Study):
         runs = tables.get("ablation_runs")
         if runs is None:
             return {}
-        return {"ablation": paired_effects(runs, list(cfg.space.augmentation_names), tables.get("effects"))}
+        return {"ablation": paired_effects(runs, list(cfg.space.augmentation_names), tables.get("effects"), negligible=cfg.screen.negligible)}
 
     def section(self, tables: Tables, folder: Path) -> list[str]:
         ablation = tables.get("ablation")

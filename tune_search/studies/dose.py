@@ -1,7 +1,9 @@
 """Dose-response: where harm starts. Each augmentation the screen calls harmful (the most
 harmful `dose.max_augmentations`) re-runs alone at several strengths, paired by seed with the
 run that has none on, at the screen's settings; effect(s) = b1 s + b2 s² is fitted by least
-squares with one block per seed (strength 0 is the identity).
+squares with one block per seed (strength 0 is the identity). Where harm starts is read
+off the curve made monotone (at each strength, the worst the fit reaches up to it: more
+augmentation never undoes harm), and only where the whole 95 % band passes the threshold.
 """
 
 from __future__ import annotations
@@ -89,16 +91,18 @@ def harmful_above(curve: DoseCurve | None, threshold: float, top: float = 1.0) -
     """The strength above which the fitted curve costs more than `threshold` of top-1, and
     its 95 % interval: from the first strength where the band's lower edge passes
     -threshold (the earliest the harm may start) to the first where its upper edge does (by
-    then it surely has). NaN where that does not happen within [0, top]."""
+    then it surely has). NaN unless the whole band passes -threshold within [0, top]."""
     if curve is None:
         return math.nan, math.nan, math.nan
     grid = np.linspace(0.0, top, 201)
-    mean, low, high = curve.band(grid)
+    mean, low, high = (np.minimum.accumulate(np.minimum(v, 0.0)) for v in curve.band(grid))  # monotone: harm is never undone
 
     def first(values: np.ndarray) -> float:
         hit = np.nonzero(values <= -threshold)[0]
         return float(grid[hit[0]]) if len(hit) else math.nan
 
+    if math.isnan(first(high)):  # the harm may never pass the threshold: no start to name
+        return math.nan, math.nan, math.nan
     return first(mean), first(low), first(high)
 
 
@@ -138,7 +142,7 @@ class Dose(Study):
         cfg, screen = ctx.cfg, ctx.folder.read("screen")
         if screen is None:
             return
-        names = harmful(screen, list(ctx.space.augmentations))
+        names = harmful(screen, list(ctx.space.augmentations), cfg)
         if not names:
             return
         if len(names) > cfg.dose.max_augmentations:

@@ -23,7 +23,7 @@ import pandas as pd
 from tune_search import render
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import CLEAN, MOTIVATING
-from tune_search.stats import ALPHA, Estimate, block_fit, contrast, holm_support_verdicts, paired_interval
+from tune_search.stats import ALPHA, Estimate, block_fit, contrast, paired_interval, support_verdicts
 from tune_search.studies import _base as common
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.dose import dose_table
@@ -76,8 +76,8 @@ EXPLANATIONS = {
 }  # fmt: skip
 
 EXPLAIN_COLUMNS = (
-    "explanation", "title", "claim", "contrast", "expected", "effect", "ci_low", "ci_high", "p_value", "p_holm",
-    "verdict", "level_a", "effect_a", "level_b", "effect_b", "n_runs", "df", "note",
+    "explanation", "title", "claim", "contrast", "expected", "effect", "ci_low", "ci_high", "se", "p_value", "p_holm",
+    "p_equivalence_holm", "verdict", "level_a", "effect_a", "level_b", "effect_b", "n_runs", "df", "note",
 )  # fmt: skip
 CELL_COLUMNS = ("cell", "freeze_depth", "model", "weights", "oversample_to", "max_epochs", "top1_without", "top1_with", "bundle_effect", "ci_low", "ci_high", "n_seeds")
 
@@ -205,7 +205,7 @@ def _row(key: str, estimate: Estimate, **rest) -> dict:
     return {
         "explanation": key, "title": e.title, "claim": e.claim, "contrast": e.contrast,
         "expected": "negative" if e.sign < 0 else "positive", "effect": estimate.effect, "ci_low": estimate.ci_low,
-        "ci_high": estimate.ci_high, "p_value": estimate.p_value, "df": estimate.df, **rest,
+        "ci_high": estimate.ci_high, "se": estimate.se, "p_value": estimate.p_value, "df": estimate.df, **rest,
     }  # fmt: skip
 
 
@@ -213,6 +213,22 @@ def _interaction_row(key: str, fit: TwoCells | None, a: str, b: str) -> dict | N
     if fit is None:
         return None
     return _row(key, fit.interaction, level_a=a, effect_a=fit.effect_a, level_b=b, effect_b=fit.effect_b, n_runs=fit.n_runs)
+
+
+NEAR_CHANCE = 0.05  # top-1 within this of chance: a model that learned too little to compare
+
+
+def _near_chance(runs: pd.DataFrame, row: dict | None, label: str) -> dict | None:
+    """No verdict from a from-scratch cell whose top-1 without the bundle stays near chance:
+    a model that learned nothing cannot say whether augmentation helps it."""
+    if row is None or "per_class_top1" not in runs:
+        return row
+    cell = runs[(runs["label"] == label) & ~runs[BUNDLE].astype(bool)]
+    chance = 1 / len(runs["per_class_top1"].iloc[0])
+    top1 = float(cell["top1"].mean())
+    if top1 > chance + NEAR_CHANCE:
+        return row
+    return row | {"p_value": math.nan, "note": f"no verdict: from scratch top-1 {top1:.3f} stays near chance ({chance:.3f})"}
 
 
 def recipe_row(screen: pd.DataFrame, names: Sequence[str], in_recipe: Sequence[str], source: str) -> dict | None:
@@ -229,7 +245,7 @@ def recipe_row(screen: pd.DataFrame, names: Sequence[str], in_recipe: Sequence[s
     for group, weight in ((outside, 2.0), (inside, -2.0)):  # a coefficient is half an effect
         for name in group:
             weights[columns.index(name)] = weight / len(group)
-    note = f"in the recipe: {', '.join(inside)}; outside: {', '.join(outside)}; the recipe: {source}"
+    note = f"these {len(names)} screened augmentations only, not a sample of augmentations; in the recipe: {', '.join(inside)}; outside: {', '.join(outside)}; the recipe: {source}"
     return _row("recipe", contrast(results, weights), level_a="in recipe", effect_a=float(2 * results.params[inside].mean()),
                 level_b="outside", effect_b=float(2 * results.params[outside].mean()), n_runs=int(results.nobs), note=note)  # fmt: skip
 
@@ -282,10 +298,10 @@ def explain_table(
     kinds = runs.groupby("label")["cell"].first().to_dict()
     all_layers = depth_cell(0)
     rows = [_interaction_row("freeze", two_cells(runs, all_layers, depth_cell(max_depth)), all_layers, depth_cell(max_depth))]
-    rows.append(_interaction_row("scratch", two_cells(runs, all_layers, SCRATCH), all_layers, SCRATCH))
+    rows.append(_near_chance(runs, _interaction_row("scratch", two_cells(runs, all_layers, SCRATCH), all_layers, SCRATCH), SCRATCH))
     longer = sorted(label for label, kind in kinds.items() if kind == SCRATCH_LONG)
     if longer:
-        rows.append(_interaction_row("scratch_long", two_cells(runs, all_layers, longer[0]), all_layers, longer[0]))
+        rows.append(_near_chance(runs, _interaction_row("scratch_long", two_cells(runs, all_layers, longer[0]), all_layers, longer[0]), longer[0]))
     if recipe is not None and screen is not None:
         rows.append(recipe_row(screen, screened, *recipe))
     rows.append(crop_row(runs))
@@ -305,10 +321,11 @@ def explain_table(
 
 
 def with_verdicts(table: pd.DataFrame, negligible: float, alpha: float = ALPHA) -> pd.DataFrame:
-    """Holm-adjusted p-values across the explanations tested, and each verdict."""
+    """Holm-adjusted p-values across the explanations tested, and each verdict
+    (`stats.support_verdicts`)."""
     signs = np.where(table["expected"] == "negative", -1, 1)
-    adjusted, said = holm_support_verdicts(table["effect"], table["p_value"], signs, table["ci_low"], table["ci_high"], negligible, alpha)
-    return table.assign(p_holm=adjusted, verdict=said)
+    adjusted, equivalent, said = support_verdicts(table["effect"], table["se"], table["p_value"], signs, table["df"], negligible, alpha)
+    return table.assign(p_holm=adjusted, p_equivalence_holm=equivalent, verdict=said)
 
 
 def crop_sensitivity_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -342,7 +359,7 @@ def explain_bundle(folder, cfg: SearchConfig, space) -> dict[str, float]:
     names: list[str] = list(cfg.explain.bundle) if cfg.explain.bundle != "auto" else []
     screen = folder.read("screen")
     if not names and screen is not None:
-        names = sorted(harmful(screen, list(space.augmentations)), key=list(space.augmentations).index)
+        names = sorted(harmful(screen, list(space.augmentations), cfg), key=list(space.augmentations).index)
     names = names or list(MOTIVATING)
     strengths = common.screen_strengths(cfg, space)
     return {n: strengths.get(n, space.reference_strength) for n in names}
@@ -462,7 +479,7 @@ class Explain(Study):
             return []
         lines = ["## Why it hurts: the thread's explanations tested", ""]
         bundle = [c.removeprefix("aug_") for c in runs.columns if c.startswith("aug_") and not c.endswith("_strength") and runs.loc[runs[BUNDLE].astype(bool), c].any()] if runs is not None else []
-        lines += [f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell; verdicts Holm-corrected across the explanations, `contradicted` also when the whole interval lies within the negligible band.", ""]
+        lines += [f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell; verdicts Holm-corrected across the explanations: `supported` / `opposite` where the difference is shown with the predicted / the other sign, `negligible` where an equivalence test puts it within the negligible band, `unclear` otherwise.", ""]
         lines += [f"- {sentence(row)}" for row in explain.to_dict("records")]
         lines.append("")
         if explain_cells is not None and len(explain_cells):

@@ -25,7 +25,7 @@ from pyDOE3 import fold, pbdesign
 from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES, CLEAN, MOTIVATING
-from tune_search.stats import ALPHA, MainEffects, detectable_effect, holm_verdicts, main_effects, mean_prediction
+from tune_search.stats import ALPHA, fdr_adjusted, MainEffects, detectable_effect, equivalence_p, equivalence_verdicts, main_effects, mean_prediction, replicates_to_settle
 from tune_search.studies import _base as common
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.trainable.augment import strength_key, switch_key
@@ -33,9 +33,19 @@ from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
 
 EFFECT_COLUMNS = (
     "augmentation", "strength", "effect", "ci_low", "ci_high", "p_value", "p_holm", "verdict", "detectable",
+    "negligible", "p_equivalence", "p_equivalence_holm", "alpha", "settle_replicates",
     "top5_effect", "top5_ci_low", "top5_ci_high", "n_runs", "df",
 )  # fmt: skip  (its columns of effects.parquet)
 NOT_SCREENED = "not screened"
+VERDICTS = ("hurts", "helps", "harmless", "unclear")
+
+
+def family_alpha(cfg: SearchConfig) -> float:
+    """The error rate each look at the screen spends: with `screen.seeds: auto` the screen
+    is looked at after every replicate, up to `max_seeds` times, and each look's verdicts are
+    Holm-corrected at alpha / max_seeds, so that the chance of any false verdict over all
+    looks together stays at alpha (a union bound over the looks)."""
+    return ALPHA / cfg.screen.max_seeds if cfg.screen.seeds == "auto" else ALPHA
 
 
 # configs -------------------------------------------------------------------------------------
@@ -95,17 +105,22 @@ def fit(runs: pd.DataFrame, names: Sequence[str], response: str = "top1") -> Mai
     return main_effects(design_runs(runs), names, response)
 
 
-def screen_effects(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+def screen_effects(runs: pd.DataFrame, names: Sequence[str], *, alpha: float = ALPHA, negligible: float = 0.01) -> pd.DataFrame:
     """The screen's columns of effects.parquet: per augmentation, the effect of switching it
     on (top-1, a difference of fractions; negative hurts) with its 95 % interval, raw and
-    Holm-adjusted p-values, the verdict, the smallest harm this screen detects with 80 %
-    power, and the effect on top-5."""
+    Holm-adjusted p-values, the smallest harm this screen detects with 80 % power, the
+    equivalence test's p-values (raw and Holm-adjusted) against ±`negligible`, the verdict
+    (`stats.equivalence_verdicts` at `alpha`), for an `unclear` one how many replicates in
+    all would likely settle it, and the effect on top-5."""
     top1, top5 = fit(runs, names, "top1"), fit(runs, names, "top5")
     low, high = top1.conf_int()
     low5, high5 = top5.conf_int()
     effect, se, effect5 = top1.effect, top1.se, top5.effect
-    adjusted, said = holm_verdicts(effect, top1.p_value)
     p_value = top1.p_value
+    adjusted, equivalent, said = equivalence_verdicts(effect, se, p_value, top1.df, negligible, alpha)
+    raw_equivalence = equivalence_p(effect, se, top1.df, negligible)
+    replicates = runs["seed"].nunique()
+    reach = {x: detectable_effect(x, top1.df, len(names), alpha=alpha) for x in set(np.round(se, 12))}  # one per distinct error
     design = design_runs(runs)
     rows = []
     for i, name in enumerate(names):
@@ -120,7 +135,12 @@ def screen_effects(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
                 "p_value": float(p_value[i]),
                 "p_holm": float(adjusted[i]),
                 "verdict": said[i],
-                "detectable": detectable_effect(se[i], top1.df, len(names)),
+                "detectable": reach[round(float(se[i]), 12)],
+                "negligible": negligible,
+                "p_equivalence": float(raw_equivalence[i]),
+                "p_equivalence_holm": float(equivalent[i]),
+                "alpha": alpha,
+                "settle_replicates": _settle(said[i], se[i], top1.df, replicates, effect[i], negligible, len(names), alpha),
                 "top5_effect": float(effect5[i]),
                 "top5_ci_low": float(low5[i]),
                 "top5_ci_high": float(high5[i]),
@@ -131,15 +151,36 @@ def screen_effects(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(EFFECT_COLUMNS))
 
 
-def harmful(runs: pd.DataFrame, names: Sequence[str]) -> list[str]:
+def _settle(verdict: str, se: float, df: float, replicates: int, effect: float, negligible: float, tests: int, alpha: float) -> float:
+    if verdict != "unclear":
+        return math.nan
+    total = replicates_to_settle(se, df / replicates, replicates, effect, negligible, tests, alpha)
+    return math.nan if total is None else float(total)
+
+
+def another_replicate(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig) -> bool:
+    """The sequential rule of `screen.seeds: auto`: after a look, add a replicate while any
+    verdict is unclear and fewer than `max_seeds` replicates ran."""
+    if cfg.screen.seeds != "auto" or runs["seed"].nunique() >= cfg.screen.max_seeds:
+        return False
+    effects = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
+    return bool((effects["verdict"] == "unclear").any())
+
+
+def harmful(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig) -> list[str]:
     """The augmentations the screen calls harmful, most harmful first."""
-    effects = screen_effects(runs, common.screened(runs, names))
+    effects = screen_effects(runs, common.screened(runs, names), alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
     return list(effects[effects["verdict"] == "hurts"].sort_values("effect")["augmentation"])
+
+
+PER_CLASS_COLUMNS = ("augmentation", "class", "change", "ci_low", "ci_high", "p_value", "p_fdr", "top1_with", "top1_without")
 
 
 def per_class_effects(runs: pd.DataFrame, names: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
     """per_class.parquet: the same fit on each class's top-1: per augmentation and class, the
-    change when it is on, with a 95 % interval, and the mean class top-1 with it on and off."""
+    change when it is on, with a 95 % interval and p-value, the p-value adjusted for the false
+    discovery rate across every (augmentation, class) cell (Benjamini-Hochberg), and the mean
+    class top-1 with it on and off."""
     design = design_runs(runs)
     accuracy = np.stack(design["per_class_top1"].to_list()).astype(float)
     rows = []
@@ -158,11 +199,22 @@ def per_class_effects(runs: pd.DataFrame, names: Sequence[str], classes: Sequenc
                     "change": float(effects.effect[i]),
                     "ci_low": float(low[i]),
                     "ci_high": float(high[i]),
+                    "p_value": float(effects.p_value[i]),
                     "top1_with": float(frame.loc[on, "_class"].mean()),
                     "top1_without": float(frame.loc[~on, "_class"].mean()),
                 }
             )
-    return pd.DataFrame(rows, columns=["augmentation", "class", "change", "ci_low", "ci_high", "top1_with", "top1_without"])
+    table = pd.DataFrame(rows, columns=list(PER_CLASS_COLUMNS))
+    table["p_fdr"] = fdr_adjusted(table["p_value"]) if len(table) else []
+    return table
+
+
+def harmed_classes(per_class: pd.DataFrame | None, name: str, alpha: float = ALPHA, most: int = 3) -> pd.DataFrame:
+    """The classes `name` harms after the false-discovery correction, most harmed first."""
+    if per_class is None or not len(per_class) or "p_fdr" not in per_class:
+        return pd.DataFrame(columns=list(PER_CLASS_COLUMNS))
+    mine = per_class[(per_class["augmentation"] == name) & (per_class["p_fdr"] < alpha) & (per_class["change"] < 0)]
+    return mine.nsmallest(most, "change")
 
 
 def diversity(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
@@ -228,8 +280,16 @@ def with_screen(effects: pd.DataFrame, screen: pd.DataFrame) -> pd.DataFrame:
 # the study -----------------------------------------------------------------------------------
 
 
+def look_line(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig, seeds: int) -> str:
+    """One look at the screen so far, in a line: its noise, reach and verdict counts."""
+    effects = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
+    residual = fit(runs, names).residual_sd
+    counts = ", ".join(f"{n} {v}" for v in VERDICTS if (n := int((effects["verdict"] == v).sum())))
+    return f"screen: {seeds} seed(s), residual SD {100 * residual:.2f} points, detectable harm {100 * effects['detectable'].max():.2f} points; {counts}"
+
+
 def seeds_flag(text: str) -> int | str:
-    """A replicate count, or `auto` (replicates added until screen.detectable is met)."""
+    """A replicate count, or `auto` (replicates added while any verdict is unclear)."""
     return text if text == "auto" else int(text)
 
 
@@ -239,7 +299,7 @@ def _run_line(cfg: SearchConfig, base: dict, names: list[str], replicates: int, 
     return (
         f"screen: {design_runs_} runs per seed (folded Plackett-Burman over {len(names)} augmentations, resolution IV) "
         f"+ 1 without augmentation, {cfg.budget.max_epochs} epochs each, at {cfg.screen.base} settings ({shown}); "
-        + (f"{replicates} seed{'s' * (replicates != 1)}" if fixed else f"seeds added until a {100 * cfg.screen.detectable:.1f}-point harm is detectable (at most {cfg.screen.max_seeds})")
+        + (f"{replicates} seed{'s' * (replicates != 1)}" if fixed else f"seeds added while any verdict is unclear (at most {cfg.screen.max_seeds}, each look at alpha {family_alpha(cfg):.3g})")
         + timing
         + (" for the first" if timing and not fixed else "")
     )
@@ -278,10 +338,8 @@ class Screen(Study):
         clean = common.clean_model(results, CLEAN)
         measured = affinity(TrialSettings.from_config(clean[0]), ctx.spec, ctx.data, clean[1], strengths) if clean else {}
         for seed in () if fixed else range(1, cfg.screen.max_seeds):
-            effects = fit(runs, names)
-            reach = max(detectable_effect(se, effects.df, len(names)) for se in effects.se)
-            print(f"screen: {seed} seed(s), residual SD {100 * effects.residual_sd:.2f} points, detectable harm {100 * reach:.2f} points")
-            if reach <= cfg.screen.detectable:
+            print(look_line(runs, names, cfg, seed))
+            if not another_replicate(runs, names, cfg):
                 break
             _, extra = common.train(ctx, screen_configs(base, strengths, [seed], clean_seed=None), f"screen-seed{seed}")
             runs = pd.concat([runs, extra], ignore_index=True)
@@ -295,7 +353,7 @@ class Screen(Study):
         if runs is None:
             return {}
         names = common.screened(runs, cfg.space.augmentation_names)
-        effects = screen_effects(runs, names)
+        effects = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
         classes = list(classes) or [str(i) for i in range(len(runs["per_class_top1"].iloc[0]))]
         return {
             "per_class": per_class_effects(runs, names, classes),
@@ -334,8 +392,7 @@ def verdict_table(effects: pd.DataFrame) -> str:
             "harmful above": ["" if math.isnan(v) else f"{v:.2f}" for v in shown["harmful_above"]],
         }
     )
-    reach = 100 * shown["detectable"].max()
-    return f"{render.markdown_table(table)}\n(unclear: smaller than {reach:.1f} points, if any; 80 % power, Holm-corrected)"
+    return f"{render.markdown_table(table)}\n({caption(shown)})"
 
 
 def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.DataFrame | None = None) -> None:
@@ -344,7 +401,7 @@ def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.D
     fig, ax = plt.subplots(figsize=(7, 0.42 * len(effects) + 1.6))
     names = list(effects["augmentation"])
     y = list(range(len(names)))
-    colours = {"hurts": "tab:red", "helps": "tab:green"}
+    colours = {"hurts": "tab:red", "helps": "tab:green", "harmless": "tab:purple"}
     shift = 0.15 if ablation is not None and len(ablation) else 0.0
     labelled = set()
     for i, (_, row) in enumerate(effects.iterrows()):
@@ -374,9 +431,9 @@ def _sentence(row, per_class: pd.DataFrame | None) -> str:
         f"- **{row['augmentation']}** (strength {row['strength']:.2g}) costs {-100 * row['effect']:.1f} points of top-1 "
         f"(95 % interval {-100 * row['ci_high']:.1f} to {-100 * row['ci_low']:.1f}; Holm-adjusted p = {row['p_holm']:.2g})"
     )
-    if per_class is not None and len(per_class):
-        mine = per_class[per_class["augmentation"] == row["augmentation"]].nsmallest(3, "change")
-        text += "; most harmed classes: " + ", ".join(f"{r['class']} {render.points(r['change'])}" for _, r in mine.iterrows())
+    harmed = harmed_classes(per_class, row["augmentation"])
+    if len(harmed):
+        text += "; most harmed classes (false-discovery corrected): " + ", ".join(f"{r['class']} {render.row_interval(r.rename({'change': 'effect'}))}" for _, r in harmed.iterrows())
     start = row.get("harmful_above", math.nan)
     if isinstance(start, float) and not math.isnan(start):
         low, high = row.get("harmful_above_low", math.nan), row.get("harmful_above_high", math.nan)
@@ -385,30 +442,52 @@ def _sentence(row, per_class: pd.DataFrame | None) -> str:
     return text + "."
 
 
+def caption(effects: pd.DataFrame) -> str:
+    """What the four verdicts mean for this screen, in one sentence."""
+    first = effects.iloc[0]
+    unclear = effects[effects["verdict"] == "unclear"]
+    settle = unclear["settle_replicates"].dropna()
+    more = ""
+    if len(unclear):
+        replicates = int(first["n_runs"] // max(1, len(screening_design(len(effects)))))
+        more = (
+            f" {len(unclear)} unclear: about {int(settle.max())} replicates in all (this screen has {replicates}) would likely settle them."
+            if len(settle) == len(unclear) else f" {len(unclear)} unclear: more than 16 replicates would be needed for some."
+        )
+    return (
+        f"harmless: an equivalence test puts the effect within ±{100 * first['negligible']:.1f} points; hurts / helps: "
+        f"it differs from zero; both Holm-corrected across {len(effects)} augmentations at alpha {first['alpha']:.3g}.{more}"
+    )
+
+
 def _verdicts(effects: pd.DataFrame, per_class, ablation, folder: Path) -> list[str]:
     first = effects.iloc[0]
     reach = effects["detectable"].max()
     hurts = effects[effects["verdict"] == "hurts"].sort_values("effect")
     helps = effects[effects["verdict"] == "helps"]
+    harmless = effects[effects["verdict"] == "harmless"]
     lines = [
         f"From the screen: {int(first['n_runs'])} runs at full budget in a two-level design (each augmentation on in half of them), "
-        f"main effects by least squares with {first['df']:.0f} residual degrees of freedom, Holm-corrected across "
-        f"{len(effects)} augmentations. This screen detects a harm of {100 * reach:.1f} points or more with 80 % power: "
-        f"`unclear` means smaller than that, if any.",
+        f"main effects by least squares with {first['df']:.0f} residual degrees of freedom. {caption(effects)[0].upper()}{caption(effects)[1:]} "
+        f"This screen detects a harm of {100 * reach:.1f} points or more with 80 % power; no evidence of harm is not "
+        f"evidence of no harm: only `harmless` says that.",
         "",
     ]
     if len(hurts):
         lines += ["Harmful:", ""] + [_sentence(r, per_class) for _, r in hurts.iterrows()] + [""]
     else:
-        lines += [f"No augmentation is clearly harmful (none costs {100 * reach:.1f} points or more, at 80 % power).", ""]
+        lines += [f"No augmentation is shown harmful (this screen detects a harm of {100 * reach:.1f} points or more with 80 % power).", ""]
     if len(helps):
         lines += ["Helpful: " + ", ".join(f"**{r['augmentation']}** {render.row_interval(r)}" for _, r in helps.iterrows()) + " points.", ""]
+    if len(harmless):
+        lines += [f"Harmless (within ±{100 * first['negligible']:.1f} points): " + ", ".join(f"**{r['augmentation']}** {render.row_interval(r)}" for _, r in harmless.iterrows()) + " points.", ""]
     table = pd.DataFrame(
         {
             "augmentation": effects["augmentation"],
             "strength": effects["strength"].round(2),
             "top-1 effect [95 %], points": [render.row_interval(r) for _, r in effects.iterrows()],
             "Holm p": effects["p_holm"].map(lambda p: f"{p:.2g}"),
+            "equivalence p (Holm)": effects["p_equivalence_holm"].map(lambda p: f"{p:.2g}"),
             "verdict": effects["verdict"],
             "top-5 effect, points": effects["top5_effect"].map(render.points),
             "harmful above strength": effects["harmful_above"].map(lambda v: "" if math.isnan(v) else f"{v:.2f}"),
@@ -475,12 +554,17 @@ def _affinity(affinity: pd.DataFrame | None, folder: Path) -> list[str]:
 def _per_class(per_class: pd.DataFrame | None, effects: pd.DataFrame) -> list[str]:
     if per_class is None or not len(per_class):
         return []
-    lines = ["## For which classes", ""]
+    lines = ["## For which classes", "", "Per-class harms that survive a false-discovery correction (Benjamini-Hochberg, across every augmentation and class), in points of per-class top-1 with 95 % intervals:", ""]
     verdicts = effects.set_index("augmentation")["verdict"]
     order = list(effects.sort_values("effect")["augmentation"])
-    groups = dict(list(per_class.groupby("augmentation", sort=False)))
-    for name in [n for n in order if n in groups] + [n for n in groups if n not in order]:
-        worst = groups[name].nsmallest(3, "change")
-        cells = ", ".join(f"{r['class']} {render.points(r['change'])}" for _, r in worst.iterrows())
-        lines.append(f"- {name} ({verdicts.get(name, NOT_SCREENED)}): most harmed classes {cells} (points of per-class top-1)")
+    names = list(dict.fromkeys(per_class["augmentation"]))
+    named = 0
+    for name in [n for n in order if n in names] + [n for n in names if n not in order]:
+        harmed = harmed_classes(per_class, name)
+        if len(harmed):
+            named += 1
+            cells = ", ".join(f"{r['class']} {render.row_interval(r.rename({'change': 'effect'}))}" for _, r in harmed.iterrows())
+            lines.append(f"- {name} ({verdicts.get(name, NOT_SCREENED)}): {cells}")
+    if not named:
+        lines.append("- none: no class's change survives the correction")
     return lines + [""]

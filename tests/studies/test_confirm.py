@@ -1,0 +1,108 @@
+"""The recipe and its confirmation: pure functions over tables, with planted effects."""
+
+import gc
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tune_search.config import SearchConfig, load_config
+from tune_search.export import config_from_row, search_tables
+from tune_search.studies.confirm import (
+    BEST,
+    NONE,
+    ORIGINAL,
+    RECIPE,
+    RECOMMENDED,
+    comparisons,
+    confirm_configs,
+    decisions,
+    recipe_config,
+    recipe_space,
+    recommended_row,
+)
+from tests.test_export import RECORDS
+
+NAMES = ["hflip", "crop", "blur", "contrast", "rotate"]
+BASE = {"lr": 2e-3, "freeze_depth": 3, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0, "aug_rotate": True, "aug_rotate_strength": 0.9}
+
+
+def effects(verdicts: dict[str, str], harmful_above: dict[str, float] | None = None) -> pd.DataFrame:
+    signs = {"hurts": -0.03, "helps": 0.02, "harmless": 0.001, "unclear": -0.006}
+    return pd.DataFrame(
+        {
+            "augmentation": list(verdicts),
+            "verdict": list(verdicts.values()),
+            "strength": 0.5,
+            "effect": [signs[v] for v in verdicts.values()],
+            "ci_low": [signs[v] - 0.005 for v in verdicts.values()],
+            "ci_high": [signs[v] + 0.005 for v in verdicts.values()],
+            "harmful_above_low": [(harmful_above or {}).get(n, math.nan) for n in verdicts],
+        }
+    )
+
+
+def test_the_recipe_drops_what_hurts_keeps_what_helps_or_is_harmless_and_leaves_unclear_out():
+    table = decisions(effects({"hflip": "helps", "crop": "hurts", "blur": "harmless", "contrast": "unclear", "rotate": "hurts"})).set_index("augmentation")
+    assert table["decision"].to_dict() == {"hflip": "kept", "blur": "kept", "contrast": "left out", "crop": "dropped", "rotate": "dropped"}
+    assert table.loc["hflip", "strength"] == 0.5 and math.isnan(table.loc["crop", "strength"])
+    recipe = recipe_config(BASE, table.reset_index(), NAMES)
+    assert recipe["aug_hflip"] and recipe["aug_blur"] and not recipe["aug_rotate"] and not recipe["aug_contrast"]
+    assert (recipe["lr"], recipe["freeze_depth"]) == (2e-3, 3)  # the screen's settings, its augmentations replaced
+    kept = decisions(effects({"contrast": "unclear"}), keep_unclear=True)
+    assert kept["decision"].tolist() == ["kept"]
+
+
+def test_a_kept_augmentation_stays_below_where_dose_response_saw_harm_start():
+    table = decisions(effects({"blur": "harmless"}, harmful_above={"blur": 0.3}))
+    assert table["strength"].iloc[0] == pytest.approx(0.25)
+
+
+def test_the_recommended_row_retrains_the_recipe_and_replaces_an_earlier_one(tmp_path):
+    best = search_tables(RECORDS, max_epochs=3, top_k=3)["best_configs"]
+    recipe = recipe_config(BASE, decisions(effects({"hflip": "helps", "crop": "hurts"})), NAMES)
+    once = recommended_row(recipe, best, 0.81, 3)
+    twice = recommended_row(recipe, once, 0.82, 3)
+    assert len(once) == len(best) + 1 and len(twice) == len(once) and (twice["trial_id"] == RECOMMENDED).sum() == 1
+    assert twice.dtypes.to_dict() == best.dtypes.to_dict() and twice["top1"].iloc[-1] == 0.82
+    again = config_from_row(twice.iloc[-1])
+    assert again["aug_hflip"] and again["aug_hflip_strength"] == 0.5 and not again["aug_crop"] and again["lr"] == 2e-3
+    text = recipe_space(SearchConfig(), again, len(twice) - 1)
+    (tmp_path / "recipe.yaml").write_text(text)
+    cfg = load_config(tmp_path / "recipe.yaml")  # a valid space file
+    assert cfg.space.augmentations == ("hflip",) and cfg.space.lr == 2e-3 and cfg.space.freeze_depth == 3
+    assert f"--row {len(twice) - 1}" in text and yaml.safe_load(text)["space"]["strength"] == [0.5, 0.5]
+
+
+ARM_EFFECT = {RECIPE: 0.0, NONE: -0.03, ORIGINAL: -0.05, BEST: 0.0}  # top-1 of each arm against the recipe
+
+
+def simulate(arm_effect=ARM_EFFECT, seeds=3, sd=0.004, rng=None) -> pd.DataFrame:
+    rng = rng or np.random.default_rng(0)
+    rows = []
+    for config in confirm_configs({a: BASE for a in arm_effect}, list(range(seeds))):
+        rows.append({**config, "top1": 0.8 + 0.02 * config["seed"] + arm_effect[config["label"]] + rng.normal(0, sd)})
+    return pd.DataFrame(rows)
+
+
+def test_the_confirmation_recovers_each_arm_with_covering_intervals():
+    table = comparisons(simulate(), negligible=0.01).set_index("arm")
+    assert list(table.index) == [NONE, ORIGINAL, BEST]
+    for arm in table.index:
+        truth = -ARM_EFFECT[arm]  # recipe minus the arm
+        assert table.loc[arm, "ci_low"] <= truth <= table.loc[arm, "ci_high"]
+    assert table.loc[NONE, "verdict"] == "better" and table.loc[ORIGINAL, "verdict"] == "better"
+    assert table.loc[BEST, "verdict"] in ("no different", "unclear")
+    assert (table["n_seeds"] == 3).all() and (table["df"] == 12 - 4 - 2).all()
+    assert table.loc[NONE, "comparison"] == "recipe vs no augmentation"
+
+
+def test_when_no_arm_differs_false_verdicts_stay_at_or_under_5_percent():
+    rng = np.random.default_rng(11)
+    null = dict.fromkeys(ARM_EFFECT, 0.0)
+    gc.freeze()  # statsmodels' Holm runs gc.collect() per call
+    false = sum(bool(comparisons(simulate(null, sd=0.01, rng=rng), negligible=1e-6)["verdict"].isin(["better", "worse"]).any()) for _ in range(400))
+    gc.unfreeze()
+    assert false / 400 <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 400)
