@@ -18,6 +18,11 @@ Sections (each prints a markdown table; all figures also go to results/bench/spe
   verdicts   the planted-harm search + screen with and without the fast path
   screen     precision per compute: the screen's intervals against the ablation's, same data
              (the demo's configuration, 12 augmentations; `--screen-data planted`: 5)
+  rates      the screen's four verdicts as a whole procedure, by simulation through the real
+             analysis (12 augmentations, residual SD 1.5 points): the share of truly null
+             augmentations called harmless, how often a 1.5-point harm is called harmless and a
+             1.3-point harm unclear, false hurts/helps over null screens; fixed 2 replicates and
+             `seeds: auto`, at equivalence bounds 1 and 1.5 points (no training, ~2 min)
   gpu        (not in the default run) resnet18 at 224 px on the GPU: bare step and trial
              images/s, GPU utilisation; `--sections gpu --gpu-dry-run` checks it on a CPU
 """
@@ -629,7 +634,55 @@ def section_gpu(args) -> dict:
     return {"device": name, "image_size": size, "batch": batch, "rows": rows}
 
 
-SECTIONS = {"augment": section_augment, "steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "screen": section_screen, "gpu": section_gpu}
+def section_rates(args) -> dict:
+    """The four verdicts' error rates and power, simulated through `screen_effects` and the
+    sequential rule of `seeds: auto` (`another_replicate`)."""
+    import gc
+
+    from tune_search.config import load_config
+    from tune_search.studies.screen import another_replicate, family_alpha, screen_configs, screen_effects
+
+    names = list(NAMES)
+    base = {"lr": 1e-3, "freeze_depth": 4, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0}
+    rng = np.random.default_rng(0)
+
+    def replicate(planted: dict, seed: int, clean: bool) -> pd.DataFrame:
+        rows = []
+        for c in screen_configs(base, dict.fromkeys(names, 0.5), [seed], clean_seed=seed if clean else None):
+            top1 = 0.8 + sum(planted.get(n, 0.0) for n in names if c[f"aug_{n}"]) + rng.normal(0, 0.015)
+            rows.append({**c, "top1": top1, "top5": top1})
+        return pd.DataFrame(rows)
+
+    planted = {"crop": -0.015, "blur": -0.013}
+    rows = []
+    gc.freeze()  # statsmodels' Holm runs gc.collect() per call
+    for mode in ("2", "auto"):
+        for bound in (0.01, 0.015):
+            cfg = load_config(None, {"screen.seeds": mode if mode == "auto" else int(mode), "screen.negligible": bound})
+            harmless, false_harmless, unclear, false_verdict = [], 0, 0, 0
+            for _ in range(args.rate_screens):
+                for effects, truth in ((planted, "planted"), ({}, "null")):
+                    runs = replicate(effects, 0, True)
+                    while (mode != "auto" and runs["seed"].nunique() < 2) or another_replicate(runs, names, cfg):
+                        runs = pd.concat([runs, replicate(effects, runs["seed"].nunique(), False)], ignore_index=True)
+                    said = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=bound).set_index("augmentation")
+                    if truth == "planted":
+                        harmless.append((said.drop(index=list(planted))["verdict"] == "harmless").mean())
+                        false_harmless += said.loc["crop", "verdict"] == "harmless"
+                        unclear += said.loc["blur", "verdict"] == "unclear"
+                    else:
+                        false_verdict += said["verdict"].isin(["hurts", "helps"]).any()
+            n = args.rate_screens
+            rows.append({"replicates": mode, "bound, points": f"{100 * bound:g}", "null augmentations harmless": f"{100 * np.mean(harmless):.1f} %",
+                         "1.5-point harm harmless": f"{100 * false_harmless / n:.1f} %", "1.3-point harm unclear": f"{100 * unclear / n:.1f} %",
+                         "null screens with a false hurts/helps": f"{100 * false_verdict / n:.1f} %"})  # fmt: skip
+    gc.unfreeze()
+    print(f"\n## The four verdicts, simulated ({args.rate_screens} screens per row, 12 augmentations, residual SD 1.5 points)\n")
+    print(table(rows, list(rows[0])))
+    return {"rows": rows}
+
+
+SECTIONS = {"rates": section_rates, "augment": section_augment, "steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "screen": section_screen, "gpu": section_gpu}
 DEFAULT_SECTIONS = ("augment", "steps", "precision", "search", "verdicts", "screen")
 
 
@@ -650,6 +703,7 @@ def main() -> None:
     p.add_argument("--screen-data", choices=("demo", "planted"), default="demo", help="the screen section's data")
     p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the fast-path-off search run")
     p.add_argument("--gpu-train-size", type=int, default=8000, help="training images for the gpu section")
+    p.add_argument("--rate-screens", type=int, default=200, help="simulated screens per row in the rates section")
     p.add_argument("--gpu-dry-run", action="store_true", help="run the gpu section on the CPU, small, where there is no GPU")
     p.add_argument("--out", default="results/bench/speed.json")
     p.add_argument("--keep", action="store_true", help="keep the sections' work folders (removed at exit otherwise)")

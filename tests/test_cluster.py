@@ -23,6 +23,7 @@ data: {source: mnist, image_size: 32, train_size: 1000, val_size: 200}
 space: {augmentations: [hflip, blur]}
 budget: {num_samples: 6, max_epochs: 2, grace_period: 2}
 screen: {seeds: 1}
+confirm: {enabled: false}  # the studies' spread over nodes is the screen's to show
 """
 
 

@@ -58,7 +58,7 @@ resources: {{max_concurrent: 1}}
 """
 
 
-RESUMABLE = one_at_a_time(6, "screen: {seeds: 1}\ndose: {enabled: false}")
+RESUMABLE = one_at_a_time(6, "screen: {seeds: 1}\ndose: {enabled: false}\nconfirm: {enabled: false}")
 
 
 def listening_addresses(root: int) -> set[str]:

@@ -160,6 +160,15 @@ class DoseConfig(_Section):
     _levels = field_validator("strengths")(lambda value: _two_levels(value, "dose-response"))
 
 
+def _augmentation_list(value, default: str):
+    """A non-empty list of registry names, or the key's `default` word (None for null)."""
+    if value not in (None, default):
+        bad = unknown_names(value)
+        if bad or not value:
+            raise ValueError(f"unknown augmentation(s) {', '.join(bad)}; valid: {default}, or a list of {', '.join(NAMES)}")
+    return value
+
+
 class RecipeConfig(_Section):
     """The recipe the screen's verdicts recommend: hurts dropped, helps and harmless kept."""
 
@@ -174,14 +183,7 @@ class ConfirmConfig(_Section):
     seeds: Annotated[int, Field(ge=2)] = 3
     compare: tuple[str, ...] | None = None  # the original set; None: the all + aug baseline's
 
-    @field_validator("compare")
-    @classmethod
-    def _known_compare(cls, value):
-        if value is not None:
-            bad = unknown_names(value)
-            if bad or not value:
-                raise ValueError(f"unknown augmentation(s) {', '.join(bad)}; valid: null, or a list of {', '.join(NAMES)}")
-        return value
+    _known = field_validator("compare")(lambda value: _augmentation_list(value, "null"))
 
 
 class AblationConfig(_Section):
@@ -203,19 +205,13 @@ class ExplainConfig(_Section):
     bundle: Literal["auto"] | tuple[str, ...] = "auto"  # auto: the screen's harmful set, else constants.MOTIVATING
     seeds: Annotated[int, Field(ge=2)] = 2
     scratch_epochs: PositiveInt | None = None  # also a longer from-scratch run, at this budget
+    scratch_lr: tuple[Annotated[float, Field(gt=0)], ...] = (1.0, 3.0, 10.0)  # the from-scratch lr sweep: multiples of the base lr
     models: tuple[str | ExplainModel, ...] = ()  # capacity: other models, all layers training
     oversample_to: PositiveInt | None = None  # None: 4x the mean class size (the thread: 60 -> 256)
     crop_strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
     negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # negligible: an equivalence test puts the contrast within +-this
 
-    @field_validator("bundle")
-    @classmethod
-    def _known_bundle(cls, value):
-        if value != "auto":
-            bad = unknown_names(value)
-            if bad or not value:
-                raise ValueError(f"unknown augmentation(s) {', '.join(bad)}; valid: auto, or a list of {', '.join(NAMES)}")
-        return value
+    _known_bundle = field_validator("bundle")(lambda value: _augmentation_list(value, "auto"))
 
     @field_validator("models")
     @classmethod

@@ -73,7 +73,8 @@ def test_the_two_cell_fit_recovers_planted_effects_and_their_interaction():
     assert fit.effect_a == pytest.approx(-0.01, abs=0.006) and fit.effect_b == pytest.approx(-0.06, abs=0.006)
     low, high = fit.interaction.ci_low, fit.interaction.ci_high
     assert low <= -0.05 <= high and high < 0
-    assert fit.n_runs == 12 and fit.df == 12 - 6  # const, bundle, cell, both, two seed blocks
+    # one fit of all 8 cells: a level for 7, a bundle effect for 8, two seed blocks, the constant
+    assert fit.n_runs == 48 and fit.df == 48 - (1 + 7 + 8 + 2)
 
 
 def test_the_explanations_come_out_as_planted():
@@ -249,3 +250,19 @@ def test_a_search_with_explain_enabled_runs_it_after_the_screen(tmp_path, capsys
     out = capsys.readouterr().out
     assert out.index("| augmentation | top-1 effect, points | verdict |") < out.index("(a) trainable capacity") < out.index("| head only")
     assert "## Why it hurts" in (folder / "report.md").read_text()
+
+
+def test_the_scratch_cells_train_at_the_lr_their_own_sweep_picked():
+    from tune_search.studies.explain import best_lr, scratch_sweep_configs
+
+    sweep = scratch_sweep_configs(BASE, ["hflip", "crop"], ("efficientnet_lite0", "auto"), (1.0, 3.0, 10.0))
+    assert [c["lr"] for c in sweep] == pytest.approx([1e-3, 3e-3, 1e-2])
+    assert all(c["weights"] == "none" and c["freeze_depth"] == 0 and not c["aug_hflip"] and c["seed"] == 0 for c in sweep)
+    picked = best_lr(pd.DataFrame(sweep).assign(top1=[0.3, 0.55, 0.41]))
+    assert picked == pytest.approx(3e-3)
+    runs = explain_configs(
+        BASE, BUNDLE_SIX, ["hflip", "crop", "blur", "sharpen", "contrast", "affine"], model=("efficientnet_lite0", "auto"),
+        depths=[0, 4, MAX_DEPTH], seeds=[0, 1], scratch_epochs=8, models=[], oversample_to=400, crop_strengths=[0.5, 1.0], scratch_lr=picked,
+    )  # fmt: skip
+    assert {c["lr"] for c in runs if c["cell"] in ("scratch", "scratch_long")} == {picked}
+    assert {c["lr"] for c in runs if c["cell"] not in ("scratch", "scratch_long")} == {1e-3}

