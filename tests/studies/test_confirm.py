@@ -106,3 +106,23 @@ def test_when_no_arm_differs_false_verdicts_stay_at_or_under_5_percent():
     false = sum(bool(comparisons(simulate(null, sd=0.01, rng=rng), negligible=1e-6)["verdict"].isin(["better", "worse"]).any()) for _ in range(400))
     gc.unfreeze()
     assert false / 400 <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 400)
+
+
+def test_the_original_set_is_the_all_aug_baseline_or_the_list_asked_for():
+    from tune_search.constants import MOTIVATING
+    from tune_search.studies.confirm import original_set
+
+    screened = effects({"hflip": "helps", "crop": "hurts"})
+    trials = search_tables(RECORDS, max_epochs=3, top_k=3)["trials"]
+    assert original_set(trials, screened, None) == dict.fromkeys(MOTIVATING, 0.5)  # no baseline ran: the six at 0.5
+    trials.loc[0, "baseline"] = "all + aug"
+    trials.loc[0, ["aug_hflip", "aug_hflip_strength", "aug_blur", "aug_blur_strength"]] = [True, 0.7, True, 0.3]
+    ran = original_set(trials, screened, None)
+    assert ran == strengths(trials.iloc[0]) and (ran["hflip"], ran["blur"]) == (0.7, 0.3)  # as the baseline ran them
+    assert original_set(trials, screened, ("hflip", "blur")) == {"hflip": 0.5, "blur": 0.5}  # the screen's strengths; blur not screened: 0.5
+
+
+def strengths(row) -> dict:
+    from tune_search.trainable.augment import strengths_in
+
+    return strengths_in(config_from_row(row))

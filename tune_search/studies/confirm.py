@@ -74,9 +74,9 @@ def recipe_config(base: Mapping[str, Any], table: pd.DataFrame, names: Sequence[
 def original_set(trials: pd.DataFrame | None, effects: pd.DataFrame, compare: Sequence[str] | None) -> dict[str, float]:
     """The augmentations a user trained with before: `compare` at the screen's strengths, else
     the all + aug baseline's (the thread's six), as the search ran them."""
-    screened = effects.set_index("augmentation")["strength"]
+    screened = effects.set_index("augmentation")["strength"].dropna()
     if compare is not None:
-        return {n: float(screened.get(n, 0.5)) if not math.isnan(screened.get(n, math.nan)) else 0.5 for n in compare}
+        return {n: float(screened.get(n, 0.5)) for n in compare}
     if trials is not None and len(row := trials[trials["baseline"] == BASELINES[2]]):
         return strengths_in(config_from_row(row.iloc[0]))
     return {n: float(screened.get(n, 0.5)) for n in MOTIVATING}
