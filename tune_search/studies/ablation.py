@@ -65,7 +65,7 @@ def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.Data
         weights[columns.index(f"v{i}")] = -1.0 if was_on[name] else 1.0  # with it minus without it
         estimates.append(contrast(fit, weights))
     effect = np.array([e.effect for e in estimates])
-    se = np.sqrt([fit.cov_params().iloc[columns.index(f"v{i}"), columns.index(f"v{i}")] for i in range(len(variants))])
+    se = np.array([e.se for e in estimates])
     p_holm, p_equivalence, said = equivalence_verdicts(effect, se, np.array([e.p_value for e in estimates]), float(fit.df_resid), negligible)
     screened = screen[screen["verdict"] != "not screened"] if screen is not None else None
     screen_verdicts = dict(zip(screened["augmentation"], screened["verdict"])) if screened is not None else {}

@@ -139,7 +139,7 @@ def comparisons(runs: pd.DataFrame, *, negligible: float, alpha: float = ALPHA) 
         weights[columns.index(f"arm{i}")] = -1.0  # recipe minus the arm
         estimates.append(contrast(fit, weights, alpha=simultaneous))
     effect = np.array([e.effect for e in estimates])
-    se = np.array([(e.ci_high - e.ci_low) / 2 for e in estimates]) / _t(simultaneous, fit.df_resid)
+    se = np.array([e.se for e in estimates])
     p_holm, p_equivalence, said = equivalence_verdicts(effect, se, np.array([e.p_value for e in estimates]), float(fit.df_resid), negligible, alpha)
     mean = runs.groupby("label")["top1"].mean()
     return pd.DataFrame(
@@ -151,12 +151,6 @@ def comparisons(runs: pd.DataFrame, *, negligible: float, alpha: float = ALPHA) 
         ],
         columns=list(CONFIRM_COLUMNS),
     )  # fmt: skip
-
-
-def _t(alpha: float, df: float) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(1 - alpha / 2, df))
 
 
 def _beats_none(table: pd.DataFrame) -> bool:

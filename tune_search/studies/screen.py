@@ -466,9 +466,10 @@ def _verdicts(effects: pd.DataFrame, per_class, ablation, folder: Path) -> list[
     hurts = effects[effects["verdict"] == "hurts"].sort_values("effect")
     helps = effects[effects["verdict"] == "helps"]
     harmless = effects[effects["verdict"] == "harmless"]
+    said = caption(effects)
     lines = [
         f"From the screen: {int(first['n_runs'])} runs at full budget in a two-level design (each augmentation on in half of them), "
-        f"main effects by least squares with {first['df']:.0f} residual degrees of freedom. {caption(effects)[0].upper()}{caption(effects)[1:]} "
+        f"main effects by least squares with {first['df']:.0f} residual degrees of freedom. {said[0].upper()}{said[1:]} "
         f"This screen detects a harm of {100 * reach:.1f} points or more with 80 % power; no evidence of harm is not "
         f"evidence of no harm: only `harmless` says that.",
         "",
