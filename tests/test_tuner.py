@@ -18,7 +18,9 @@ def searcher(max_t=4) -> PruneAwareOptunaSearch:
 
 
 def report(s, trial_id, values):
-    for step, v in enumerate(values, start=1):
+    """As Ray Tune drives a searcher: every result but the last to on_trial_result, the last
+    only to on_trial_complete (the result returned here)."""
+    for step, v in enumerate(values[:-1], start=1):
         s.on_trial_result(trial_id, {"top1": v, "training_iteration": step})
     return {"top1": values[-1], "training_iteration": len(values)} if values else None
 
@@ -29,7 +31,15 @@ def test_early_stopped_trial_reaches_optuna_as_pruned_with_its_curve():
     s.on_trial_complete("a", report(s, "a", [0.30, 0.35]))
     t = s.study.trials[0]
     assert t.state == TrialState.PRUNED
-    assert t.intermediate_values == {1: 0.30, 2: 0.35}
+    assert t.intermediate_values == {1: 0.30, 2: 0.35} and t.value == 0.35  # the last epoch reached Optuna
+
+
+def test_a_trial_stopped_after_one_epoch_is_told_that_epoch():
+    s = searcher()
+    s.suggest("a")
+    s.on_trial_complete("a", report(s, "a", [0.42]))
+    t = s.study.trials[0]
+    assert t.state == TrialState.PRUNED and t.intermediate_values == {1: 0.42} and t.value == 0.42
 
 
 def test_full_budget_trial_is_complete_and_errored_one_failed():
@@ -39,7 +49,7 @@ def test_full_budget_trial_is_complete_and_errored_one_failed():
     s.on_trial_complete("full", report(s, "full", [0.5, 0.6, 0.7, 0.8]))
     s.on_trial_complete("broken", report(s, "broken", [0.4]), error=True)
     full, broken = s.study.trials
-    assert full.state == TrialState.COMPLETE and full.value == 0.8
+    assert full.state == TrialState.COMPLETE and full.value == 0.8 and full.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7, 4: 0.8}
     assert broken.state == TrialState.FAIL
 
 

@@ -1,11 +1,13 @@
-"""What a person sees on the console: while a phase runs, one progress bar (done / running /
-total, best top-1, time left) and one short line per finished trial, from Ray Tune's callback
-hooks; after the search, its outcome; at the end, each study's table and the baselines."""
+"""What a person sees on the console: per phase one progress bar on a terminal (done /
+running / total, best top-1, time left) or one summary line in a log, from Ray Tune's callback
+hooks, with a line per run only for baselines, failures and `--verbose`; after the search, its
+outcome; at the end, each study's table, the baselines and the recipe."""
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import Any
 
 from ray import tune
@@ -30,23 +32,29 @@ def trial_summary(config: dict[str, Any]) -> str:
 
 
 class Progress(tune.Callback):
-    """A tqdm bar over one phase's trials and a line per finished trial. The bar is made in
-    `setup` so the callback pickles (Ray stores it with the run for `Tuner.restore`)."""
+    """A tqdm bar over one phase's runs (left on screen when the phase ends), or off a terminal
+    one line when it ends: runs, time, best top-1. A line per finished run only for the
+    baselines, failed runs and with `every_run`. The bar is made in `setup` so the callback
+    pickles (Ray stores it with the run for `Tuner.restore`)."""
 
-    def __init__(self, phase: str, total: int, max_epochs: int):
-        self.phase, self.total, self.max_epochs = phase, total, max_epochs
+    def __init__(self, phase: str, total: int, max_epochs: int, every_run: bool = False):
+        self.phase, self.total, self.max_epochs, self.every_run = phase, total, max_epochs, every_run
         self._bar: tqdm | None = None
         self._best = -math.inf
         self._last: dict[str, dict] = {}
         self._running: set[str] = set()
         self._done: set[str] = set()
+        self._failed = 0
+        self._started = time.time()
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_bar": None}
 
     def setup(self, **info) -> None:
-        # disable=None: a bar on a terminal; in a log file only the per-trial lines
-        self._bar = tqdm(total=self.total, desc=self.phase, unit="trial", file=sys.stdout, dynamic_ncols=True, leave=True, disable=None)
+        self._started = time.time()
+        # disable=None: a bar on a terminal, none in a log file
+        bar = tqdm(total=self.total, desc=self.phase, unit="run", file=sys.stdout, dynamic_ncols=True, leave=True, disable=None)
+        self._bar = None if bar.disable else bar
 
     def _show(self) -> None:
         if self._bar is not None:
@@ -59,10 +67,6 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._last[trial.trial_id] = result
-        top1 = result.get("top1")
-        if isinstance(top1, float) and math.isfinite(top1):
-            self._best = max(self._best, top1)
-        self._show()
 
     def _finish(self, trial, status: str) -> None:
         self._running.discard(trial.trial_id)
@@ -76,14 +80,22 @@ class Progress(tune.Callback):
         elif status == "completed" and epochs < self.max_epochs:
             status = "stopped early"
         top1 = result.get("top1")
-        score = f"top-1 {top1:.3f}" if isinstance(top1, float) else "no result"
-        line = f"  {trial.trial_id} {status:<13} {epochs} ep  {score}  {trial_summary(trial.config)}"
+        if status == "errored":
+            self._failed += 1
+        elif status != "diverged" and isinstance(top1, float) and math.isfinite(top1):
+            self._best = max(self._best, top1)  # finished runs' last top-1, as the tables have it
+        if self.every_run or status == "errored" or run_of(trial.config).get("baseline"):
+            score = f"top-1 {top1:.3f}" if isinstance(top1, float) else "no result"
+            self._write(f"  {trial.trial_id} {status:<13} {epochs} ep  {score}  {trial_summary(trial.config)}")
+        if self._bar is not None:
+            self._bar.update(1)
+            self._show()
+
+    def _write(self, line: str) -> None:
         if self._bar is None:
             print(line)
         else:
             self._bar.write(line, file=sys.stdout)
-            self._bar.update(1)
-            self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, "completed")
@@ -92,25 +104,32 @@ class Progress(tune.Callback):
         self._finish(trial, "errored")
         log = f"{trial.path}/error.txt" if trial.path else "Ray's log"
         message = (str(getattr(trial, "error_msg", "") or "").strip().splitlines() or ["error"])[-1][:160]
-        (self._bar.write if self._bar is not None else print)(f"    {message} (full log: {log})")
+        self._write(f"    {message} (full log: {log})")
 
     def on_experiment_end(self, trials, **info) -> None:
-        if self._bar is not None:
+        if self._bar is not None:  # the finished bar stays as the phase's line
             self._bar.close()
             self._bar = None
+            return
+        best = f", best top-1 {self._best:.3f}" if self._best > -math.inf else ""
+        failed = f", {self._failed} failed" if self._failed else ""
+        print(f"{self.phase}: {len(trials)} runs in {time.time() - self._started:.0f} s{failed}{best}")
 
 
-def search_outcome(tables: dict[str, pd.DataFrame], seconds: float, *, baselines: bool) -> str:
-    """The search's trials by status, its best config, and (`baselines`) the baseline table."""
+def search_outcome(tables: dict[str, pd.DataFrame], *, baselines: bool) -> str:
+    """The search's trials by status and its best config in a line (the baseline table
+    below with `baselines`)."""
     trials, best = tables["trials"], tables["best_configs"]
-    lines = [f"\n{len(trials)} trials in {seconds:.0f} s: " + ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())]
+    statuses = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in trials["status"].value_counts().items())
+    lines = [f"search: {statuses}"]
     if len(best):
         row = best.iloc[0]
         config = config_from_row(row)
-        lines += ["\nbest config:", *(f"  {h.name}: {h.show(config[h.name])}" for h in HYPERPARAMETERS)]
-        augs = [f"{n} {s:.2f}" for n, s in strengths_in(config).items()]
-        lines.append(f"  augmentations: {', '.join(augs) or 'none'}")
-        lines.append(f"  -> top-1 {row['top1']:.4f}, top-5 {row['top5']:.4f} after {row['epochs']} epochs")
+        settings = ", ".join(f"{h.name.replace('_', ' ')} {h.show(config[h.name])}" for h in HYPERPARAMETERS)
+        augs = ", ".join(f"{n} {s:.2f}" for n, s in strengths_in(config).items()) or "no augmentation"
+        top5 = f", top-5 {row['top5']:.3f}" if pd.notna(row["top5"]) else ""
+        epochs = f"{row['epochs']} epoch{'s' * int(row['epochs'] != 1)}"
+        lines[0] += f"; best top-1 {row['top1']:.3f}{top5} after {epochs}: {settings}; {augs}"
     if baselines:
         lines.append("\n" + baseline_table(trials, best))
     return "\n".join(lines)

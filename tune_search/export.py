@@ -221,7 +221,8 @@ def config_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def baseline_summary(trials: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
-    """top-1 and top-5 of the three baselines and of the best found config, at their last epoch."""
+    """top-1 and top-5 of the three baselines and of the best found config, at their last
+    epoch; no top-5 column where it was not measured (5 classes or fewer)."""
     rows = []
     for name in BASELINES:
         match = trials[trials["baseline"] == name]
@@ -229,7 +230,8 @@ def baseline_summary(trials: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
             rows.append({"": name, "top-1": match["top1"].iloc[0], "top-5": match["top5"].iloc[0]})
     if len(best):
         rows.append({"": "best found", "top-1": best["top1"].iloc[0], "top-5": best["top5"].iloc[0]})
-    return pd.DataFrame(rows, columns=["", "top-1", "top-5"])
+    table = pd.DataFrame(rows, columns=["", "top-1", "top-5"])
+    return table if table["top-5"].notna().any() else table.drop(columns="top-5")
 
 
 def search_tables(records: list[TrialRecord], *, max_epochs: int, top_k: int) -> dict[str, pd.DataFrame]:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from tune_search import studies as registry
 from tune_search.checks import check_resources, check_resumable, check_writable
@@ -27,6 +27,9 @@ from tune_search.studies import Study, StudyContext
 from tune_search.trainable.data import DataSpec, Dataset, load_dataset
 from tune_search.trainable.models import ModelSpec, max_freeze_depth, pretrained_backbone
 from tune_search.trainable.trial import TrialSpec, keep_weights_only
+
+
+IMBALANCED = 1.5  # largest over smallest class: worth a word on the console
 
 
 def prepare(cfg: SearchConfig) -> tuple[Space, TrialSpec, Dataset]:
@@ -50,6 +53,9 @@ def prepare(cfg: SearchConfig) -> tuple[Space, TrialSpec, Dataset]:
     spec_data = DataSpec(source=d.source, image_size=d.image_size, train_size=d.train_size, val_size=d.val_size, val_fraction=d.val_fraction, seed=cfg.run.seed)
     data = load_dataset(spec_data)
     print(f"data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, {data.num_classes} classes, {d.image_size} px")
+    low, high = (int(f(data.train.class_counts(data.num_classes))) for f in (torch.min, torch.max))
+    if d.balance == "none" and high > IMBALANCED * low:
+        print(f"  imbalanced: {low} to {high} train images per class; `data: {{balance: oversample}}` (or `weighted`) evens them out")
     if data.skipped:
         shown = "".join(f"\n  {line}" for line in data.skipped[:10])
         more = f"\n  ... and {len(data.skipped) - 10} more (all listed in facts.json)" if len(data.skipped) > 10 else ""
@@ -152,9 +158,8 @@ def search(cfg: SearchConfig, *, address: str | None = None, resume: bool = Fals
     folder = _open(cfg, location, space, data)
     with ray_session(address, cfg.run.verbose):
         print(resources_line(cfg, spec))
-        started = time.time()
         results = resume_search(cfg, data, spec, location) if resume else run_search(cfg, data, spec, space, location, journal=folder.journal)
-        _write_search(cfg, folder, location, results, time.time() - started, baselines=False)
+        _write_search(cfg, folder, location, results, baselines=False)
         run_studies(StudyContext(folder, cfg, space, spec, data, location, resume=resume), chosen)
     _publish(location)
     return folder.path
@@ -172,21 +177,20 @@ def rerun(cfg: SearchConfig, config: dict, *, name: str, address: str | None = N
     folder = _open(cfg, location, space, data)
     with ray_session(address, cfg.run.verbose):
         print(resources_line(cfg, spec))
-        started = time.time()
         results = run_fixed(cfg, data, spec, {**config, "baseline": ""}, location)
-        _write_search(cfg, folder, location, results, time.time() - started, baselines=True)
+        _write_search(cfg, folder, location, results, baselines=True)
     _publish(location)
     return folder.path
 
 
-def _write_search(cfg: SearchConfig, folder: ResultsFolder, location: RunLocation, results, seconds: float, *, baselines: bool) -> None:
+def _write_search(cfg: SearchConfig, folder: ResultsFolder, location: RunLocation, results, *, baselines: bool) -> None:
     """The search's tables written, the checkpoints it no longer needs pruned, its outcome printed."""
     tables = search_tables(records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
     folder.write_tables(tables)
     if not location.remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k's weights stay
         prune_checkpoints(folder.path, set(tables["best_configs"]["trial_id"]), slim=keep_weights_only)
-    print(search_outcome(tables, seconds, baselines=baselines))
-    print(f"\nexports: {folder.path}/{{trials,history,best_configs}}.parquet, config.yaml, facts.json")
+    print(search_outcome(tables, baselines=baselines))
+    print(f"exports: {folder.path}/{{trials,history,best_configs}}.parquet, config.yaml, facts.json")
     if folder.journal.is_file():
         print(f"live views: optuna-dashboard {folder.journal}  |  tensorboard --logdir {folder.path}")
 
@@ -245,10 +249,8 @@ def analyse(folder: ResultsFolder, cfg: SearchConfig) -> dict[str, pd.DataFrame]
     tables = folder.read_all()
     search = None
     if "trials" in tables and "history" in tables:
-        try:
+        with contextlib.suppress(ValueError):  # too few trials for the search's own estimates: none
             search = search_effects(tables["trials"], tables["history"], list(cfg.space.augmentation_names), seed=cfg.run.seed)
-        except ValueError as exc:
-            print(f"no search effects: {exc}")
     classes = folder.read_facts().get("data", {}).get("classes") or folder.classes()
     made = registry.analyse(tables, cfg, classes, search)
     folder.write_tables(made)

@@ -63,9 +63,6 @@ def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, yla
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.scatter(frame[x], frame[y], s=22, alpha=0.8)
-    if labels is not None:
-        for label, xv, yv in zip(frame[labels], frame[x], frame[y]):
-            ax.annotate(label, (xv, yv), fontsize=8, xytext=(3, 3), textcoords="offset points")
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -73,5 +70,13 @@ def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, yla
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    if labels is not None:
+        from adjustText import adjust_text
+
+        ax.margins(0.12)  # room for the labels inside the axes
+        texts = [ax.text(xv, yv, label, fontsize=8) for label, xv, yv in zip(frame[labels], frame[x], frame[y])]
+        # moved apart from each other and the points, kept inside the axes, each joined to its point
+        adjust_text(texts, x=frame[x].to_numpy(float), y=frame[y].to_numpy(float), ax=ax, ensure_inside_axes=True,
+                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})  # fmt: skip
     fig.savefig(path, dpi=110)
     plt.close(fig)

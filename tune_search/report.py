@@ -37,7 +37,7 @@ def _facts_lines(facts: dict) -> list[str]:
     if model := facts.get("model"):
         depth = model["max_freeze_depth"]
         lines.append(f"- model: {model['name']} (weights: {model['weights']}), freeze depths 0 to {depth} ({depth} trains the classifier only)")
-    return lines + [""] if lines else []
+    return ["## Data and model", "", *lines, ""] if lines else []
 
 
 def _search_effects(effects: pd.DataFrame | None) -> list[str]:
@@ -63,8 +63,10 @@ def _lr_and_depth(trials: pd.DataFrame, history: pd.DataFrame, folder: Path) -> 
     at = history[history["epoch"] == epoch].merge(trials[["trial_id", "lr", "freeze_depth"]], on="trial_id")
     if not len(at):
         return []
-    render.scatter(at, "freeze_depth", "top1", folder / "freeze_depth.png", xlabel="freeze depth (backbone stages frozen)", ylabel=f"validation top-1 at epoch {epoch}", title="Search: top-1 by freeze depth, every trial")
-    render.scatter(at, "lr", "top1", folder / "lr.png", xlabel="learning rate (AdamW)", ylabel=f"validation top-1 at epoch {epoch}", title="Search: top-1 by learning rate, every trial", logx=True)
+    at = at.assign(top1=100 * at["top1"])  # points, as every other plot
+    ylabel = f"validation top-1 at epoch {epoch}, %"
+    render.scatter(at, "freeze_depth", "top1", folder / "freeze_depth.png", xlabel="freeze depth (backbone stages frozen)", ylabel=ylabel, title="Search: top-1 by freeze depth, every trial")
+    render.scatter(at, "lr", "top1", folder / "lr.png", xlabel="learning rate (AdamW)", ylabel=ylabel, title="Search: top-1 by learning rate, every trial", logx=True)
     return ["## Learning rate and freeze depth", "", f"Every search trial at epoch {epoch}:", "", "![freeze depth](freeze_depth.png) ![lr](lr.png)", ""]
 
 
@@ -77,7 +79,7 @@ def _baselines_and_best(trials: pd.DataFrame) -> list[str]:
         lines += [
             "## Best config",
             "",
-            f"{describe_settings(config)}; augmentations: {augs}. top-1 {best.iloc[0]['top1']:.4f} after {best.iloc[0]['epochs']} epochs.",
+            f"{describe_settings(config)}; augmentations: {augs}. top-1 {best.iloc[0]['top1']:.4f} after {best.iloc[0]['epochs']} epoch{'s' * int(best.iloc[0]['epochs'] != 1)}.",
             "",
         ]
     return lines

@@ -55,14 +55,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         result = result or {}
         value = result.get(self.metric)
-        finished = result.get(TRAINING_ITERATION, 0) >= self._max_t
+        step = result.get(TRAINING_ITERATION)
+        ot_trial = self._ot_trials[trial_id]
+        # Ray hands the last result to on_trial_complete only, never to on_trial_result:
+        # reported here, every epoch reaches Optuna and a pruned trial's value is its last
+        reported = self._ot_study.get_trials(deepcopy=False)[ot_trial.number].intermediate_values
+        if isinstance(value, float) and math.isfinite(value) and step is not None and step not in reported:
+            ot_trial.report(value, step)
+        finished = (step or 0) >= self._max_t
         if error or result.get("diverged"):
             state = TrialState.FAIL
         elif finished and value is not None and math.isfinite(value):
             state = TrialState.COMPLETE
         else:
             state = TrialState.PRUNED
-        self._ot_study.tell(self._ot_trials[trial_id], value if state == TrialState.COMPLETE else None, state=state)
+        # PRUNED with no value: Optuna takes the last reported one
+        self._ot_study.tell(ot_trial, value if state == TrialState.COMPLETE else None, state=state)
         self._completed_trials.add(trial_id)
 
     @property
@@ -136,7 +144,7 @@ def reuse_actors() -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
-def _run_config(cfg: SearchConfig, storage: str, name: str, trials: int) -> tune.RunConfig:
+def _run_config(cfg: SearchConfig, storage: str, name: str, trials: int, phase: str) -> tune.RunConfig:
     return tune.RunConfig(
         name=name,
         storage_path=storage,
@@ -144,9 +152,9 @@ def _run_config(cfg: SearchConfig, storage: str, name: str, trials: int) -> tune
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # a trial whose process dies (OOM killer, a lost node) restarts from its last epoch
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-        # Ray's status tables and configuration boxes with --verbose, else one bar and a line per trial
+        # Ray's status tables and configuration boxes with --verbose, and a line per run
         verbose=1 if cfg.run.verbose else 0,
-        callbacks=[] if cfg.run.verbose else [Progress(name, trials, cfg.budget.max_epochs)],
+        callbacks=[Progress(phase, trials, cfg.budget.max_epochs, every_run=cfg.run.verbose)],
     )
 
 
@@ -183,7 +191,7 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, 
             reuse_actors=reuse_actors(),
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=_run_config(cfg, location.storage, location.name, cfg.budget.num_samples),
+        run_config=_run_config(cfg, location.storage, location.name, cfg.budget.num_samples, "search"),
     )
     return tuner.fit()
 
@@ -208,7 +216,7 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[st
         _trainable(cfg, data, spec),
         param_space=config,
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, location.storage, location.name, 1),
+        run_config=_run_config(cfg, location.storage, location.name, 1, "rerun"),
     )
     return tuner.fit()
 
@@ -248,6 +256,6 @@ def run_study(cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[d
         trainable,
         param_space={STUDY_RUN: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, location.storage, name, len(configs)),
+        run_config=_run_config(cfg, location.storage, name, len(configs), suffix),
     )
     return tuner.fit()

@@ -22,7 +22,7 @@ def test_dose_response_finds_where_harm_starts():
     # no harm up to 0.5, then 8 points per unit strength: more than 1 point above 0.625
     curve = lambda s: -0.08 * max(0.0, s - 0.5) * 2 * s  # noqa: E731
     runs = dose_runs(curve)
-    table = dose_table(runs, ["blur"])
+    table = dose_table(runs, ["blur"], 0.01)
     assert list(table["strength"]) == [0.25, 0.5, 0.75, 1.0] and (table["n_seeds"] == 3).all()
     at_one = table.set_index("strength").loc[1.0]
     assert at_one["ci_low"] <= curve(1.0) <= at_one["ci_high"]

@@ -66,7 +66,39 @@ def test_broken_and_non_image_files_are_skipped_and_listed(image_folder):
     assert len(ds.train) + len(ds.val) == 36
     reasons = dict(line.rsplit(": ", 1)[0].rsplit("/", 1)[-1:] + [line] for line in ds.skipped)
     assert set(reasons) == {"broken.png", "cut.png", "notes.txt"}
-    assert "not an image file" in reasons["notes.txt"] and "cannot decode" in reasons["broken.png"]
+    assert "not an image file" in reasons["notes.txt"] and "not a readable image (damaged" in reasons["broken.png"]
+    assert not any(word in line for line in ds.skipped for word in (".cpp", "csrc", "avif", "heic"))  # plain words
+
+
+def test_a_symlink_loop_and_repeated_files_are_read_once(tmp_path, image_folder):
+    root = tmp_path / "looped"
+    for cls in ("ant", "bee"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            (root / cls / f"{i}.png").write_bytes((image_folder / cls / f"{i}.png").read_bytes())
+    (root / "ant" / "again").symlink_to(root)  # a loop back to the root: every class under ant
+    (root / "bee" / "copy.png").symlink_to(root / "bee" / "0.png")  # the same file twice
+    ds = load_dataset(DataSpec(source=str(root), image_size=16, val_fraction=1 / 3))
+    assert (len(ds.train), len(ds.val)) == (4, 2)  # 6 images, each once
+    train = {tuple(x.flatten().tolist()) for x in ds.train.images}
+    assert not train & {tuple(x.flatten().tolist()) for x in ds.val.images}
+    assert sorted(line.split(": ", 1)[1].split(" (")[0].split(";")[0] for line in ds.skipped) == [
+        "a link to a folder already read", "the same file as " + str(root / "bee" / "0.png")]  # fmt: skip
+
+
+def test_a_file_in_both_train_and_val_is_kept_in_train_only(tmp_path, image_folder):
+    root = tmp_path / "split"
+    for part in ("train", "val"):
+        for cls in ("ant", "bee"):
+            (root / part / cls).mkdir(parents=True)
+    for cls in ("ant", "bee"):
+        for i in range(3):
+            (root / "train" / cls / f"{i}.png").write_bytes((image_folder / cls / f"{i}.png").read_bytes())
+        (root / "val" / cls / "3.png").write_bytes((image_folder / cls / "3.png").read_bytes())
+        (root / "val" / cls / "leak.png").symlink_to(root / "train" / cls / "0.png")
+    ds = load_dataset(DataSpec(source=str(root), image_size=16))
+    assert (len(ds.train), len(ds.val)) == (6, 2)
+    assert sum("the same file as" in line for line in ds.skipped) == 2
 
 
 def test_sixteen_bit_images_are_scaled_to_eight(tmp_path):

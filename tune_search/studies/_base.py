@@ -199,11 +199,7 @@ def train(ctx: StudyContext, configs: list[dict], suffix: str):
     from tune_search.tuner import run_study
 
     results = run_study(ctx.cfg, ctx.data, ctx.spec, configs, location=ctx.location, suffix=suffix, resume=ctx.resume)
-    runs = runs_table(results)
-    failed = len(configs) - len(runs)
-    if failed:
-        print(f"{ctx.location.study_name(suffix)}: {failed} of {len(configs)} runs failed; see Ray's log above")
-    return results, runs
+    return results, runs_table(results)  # a failed run is not in the table; the console named it
 
 
 def prune(ctx: StudyContext, *suffixes: str, keep: set[str] = frozenset()) -> None:

@@ -246,8 +246,11 @@ class Confirm(Study):
         return {"recipe.yaml": recipe_space(cfg, config_from_row(best.iloc[row]), row)}
 
     def headline(self, tables: Tables) -> list[str]:
-        lines = recipe_lines(tables)
-        return ["## The answer", "", *(f"- {line.strip()}" for line in lines), ""] if lines else []
+        lines = [line.strip() for line in recipe_lines(tables)]
+        if not lines:
+            return []
+        recipe, where, *rest = lines
+        return ["## The answer", "", f"**Train with {recipe.removeprefix('recipe: ')}** {where}.", "", *(f"- {line}" for line in rest), ""]
 
     def closing(self, tables: Tables) -> str | None:
         lines = recipe_lines(tables)

@@ -26,7 +26,7 @@ from tune_search.studies._base import Study, StudyContext, Tables, base_settings
 from tune_search.studies.screen import harmful
 from tune_search.trainable.augment import strength_key, switch_key
 
-DOSE_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "fitted", "fit_low", "fit_high", "n_seeds")
+DOSE_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "fitted", "fit_low", "fit_high", "n_seeds", "threshold")
 EFFECT_COLUMNS = ("harmful_above", "harmful_above_low", "harmful_above_high")  # its columns of effects.parquet
 
 
@@ -106,14 +106,16 @@ def harmful_above(curve: DoseCurve | None, threshold: float, top: float = 1.0) -
     return first(mean), first(low), first(high)
 
 
-def dose_table(runs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
-    """dose.parquet: per augmentation and strength, the paired effect and the fitted curve."""
+def dose_table(runs: pd.DataFrame, names: Sequence[str], threshold: float) -> pd.DataFrame:
+    """dose.parquet: per augmentation and strength, the paired effect and the fitted curve,
+    with the harm threshold it was read against."""
     frames = []
     for name in names:
         table = dose_effects(runs, name)
         curve = dose_curve(runs, name)
         if curve is not None and len(table):
             table["fitted"], table["fit_low"], table["fit_high"] = curve.band(table["strength"].to_numpy(float))
+        table["threshold"] = threshold
         frames.append(table.reindex(columns=list(DOSE_COLUMNS)))
     if not frames:
         return pd.DataFrame(columns=list(DOSE_COLUMNS))
@@ -145,13 +147,12 @@ class Dose(Study):
         names = harmful(screen, list(ctx.space.augmentations), cfg)
         if not names:
             return
-        if len(names) > cfg.dose.max_augmentations:
-            print(f"dose-response: the {cfg.dose.max_augmentations} most harmful of {len(names)} (dose.max_augmentations)")
-            names = names[: cfg.dose.max_augmentations]
+        which = f"; the {cfg.dose.max_augmentations} most harmful of {len(names)} that hurt (dose.max_augmentations)" if len(names) > cfg.dose.max_augmentations else ""
+        names = names[: cfg.dose.max_augmentations]
         base = base_settings(config_from_row(screen.iloc[0]))
         configs = dose_configs(base, names, cfg.dose.strengths, list(range(cfg.dose.seeds)), list(ctx.space.augmentations))
         levels = ", ".join(f"{s:g}" for s in cfg.dose.strengths)
-        print(f"dose-response: {len(configs)} runs ({', '.join(names)} at strengths {levels}, and none on; {cfg.dose.seeds} seed{'s' * (cfg.dose.seeds != 1)})")
+        print(f"dose-response: {len(configs)} runs, {', '.join(names)} at strengths {levels} and none on, {cfg.dose.seeds} seed{'s' * (cfg.dose.seeds != 1)}{which}")
         _, runs = train(ctx, configs, "dose")
         ctx.folder.write("dose_runs", runs)
         prune(ctx, "dose")
@@ -163,13 +164,13 @@ class Dose(Study):
         dosed = [n for n in cfg.space.augmentation_names if (runs["label"] == n).any()]
         top = max(cfg.dose.strengths)
         thresholds = {n: harmful_above(dose_curve(runs, n), cfg.dose.threshold, top=top) for n in dosed}
-        return {"dose": dose_table(runs, dosed), "effects": with_thresholds(tables["effects"], thresholds)}
+        return {"dose": dose_table(runs, dosed, cfg.dose.threshold), "effects": with_thresholds(tables["effects"], thresholds)}
 
     def section(self, tables: Tables, folder: Path) -> list[str]:
         dose = tables.get("dose")
         if dose is None or not len(dose):
             return []
-        dose_plot(dose, tables["effects"], folder / "dose.png")
+        dose_plot(dose, tables["dose_runs"], tables["effects"], folder / "dose.png")
         return ["## Where harm starts", "", render.markdown_table(_dose_points(dose)), "", "![dose-response](dose.png)", ""]
 
 
@@ -186,20 +187,29 @@ def _dose_points(dose: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def dose_plot(dose: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
-    """Measured effect per strength (mean over seeds, paired) with the fitted curve and its band."""
+def dose_plot(dose: pd.DataFrame, runs: pd.DataFrame, effects: pd.DataFrame, path: Path) -> None:
+    """Measured effect per strength (mean over seeds, paired, with its t-interval) and the
+    fitted curve with its 95 % band, in points; the harm threshold and where harm starts."""
     plt = render.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
     starts = effects.set_index("augmentation")
     for name, group in dose.groupby("augmentation", sort=False):
         group = group.sort_values("strength")
-        # the points are means over seeds (their own intervals, on few seeds, are in the table)
-        colour = ax.plot(group["strength"], 100 * group["effect"], "o", label=name)[0].get_color()
-        ax.plot([0, *group["strength"]], [0, *(100 * group["fitted"])], color=colour, lw=1)
-        ax.fill_between([0, *group["strength"]], [0, *(100 * group["fit_low"])], [0, *(100 * group["fit_high"])], color=colour, alpha=0.12)
+        effect = 100 * group["effect"].to_numpy(float)
+        below = np.nan_to_num(effect - 100 * group["ci_low"].to_numpy(float))  # one seed: no interval
+        above = np.nan_to_num(100 * group["ci_high"].to_numpy(float) - effect)
+        colour = ax.errorbar(group["strength"], effect, yerr=[below, above], fmt="o", capsize=3, label=f"{name}, measured")[0].get_color()
+        curve = dose_curve(runs, name)
+        if curve is not None:
+            grid = np.linspace(0.0, float(group["strength"].max()), 101)
+            mean, low, high = (100 * v for v in curve.band(grid))
+            ax.plot(grid, mean, color=colour, lw=1.2, label=f"{name}, fitted")
+            ax.fill_between(grid, low, high, color=colour, alpha=0.12)
         start = starts.at[name, "harmful_above"] if name in starts.index else math.nan
         if not math.isnan(start):
             ax.axvline(start, color=colour, ls="--", lw=1)
     ax.axhline(0, color="black", lw=1)
-    title = "Dose-response: measured effect (dots), fitted curve with its 95 % band;\ndashed line: the strength where the harm passes the threshold"
+    threshold = float(dose["threshold"].iloc[0])
+    ax.axhline(-100 * threshold, color="grey", ls=":", lw=1, label=f"threshold (-{100 * threshold:g} points)")
+    title = "Dose-response: measured effect (dots, 95 % intervals), fitted curve with its 95 % band;\ndashed: the strength where the whole band passes the threshold"
     render.save(fig, ax, path, xlabel="strength (0 = off)", ylabel="change in top-1 (points)", title=title, size=9)

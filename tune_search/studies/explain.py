@@ -512,7 +512,7 @@ class Explain(Study):
         }
         crop = crop_runs(runs)
         if len(crop):
-            out["explain_crop"] = dose_table(crop, ["crop"])
+            out["explain_crop"] = dose_table(crop, ["crop"], cfg.dose.threshold)
         return out
 
     def section(self, tables: Tables, folder: Path) -> list[str]:

@@ -112,10 +112,14 @@ def screen_effects(runs: pd.DataFrame, names: Sequence[str], *, alpha: float = A
     equivalence test's p-values (raw and Holm-adjusted) against ±`negligible`, the verdict
     (`stats.equivalence_verdicts` at `alpha`), for an `unclear` one how many replicates in
     all would likely settle it, and the effect on top-5."""
-    top1, top5 = fit(runs, names, "top1"), fit(runs, names, "top5")
+    top1 = fit(runs, names, "top1")
     low, high = top1.conf_int()
-    low5, high5 = top5.conf_int()
-    effect, se, effect5 = top1.effect, top1.se, top5.effect
+    if runs["top5"].notna().all():
+        top5 = fit(runs, names, "top5")
+        (low5, high5), effect5 = top5.conf_int(), top5.effect
+    else:  # 5 classes or fewer: top-5 is not measured
+        low5 = high5 = effect5 = np.full(len(names), math.nan)
+    effect, se = top1.effect, top1.se
     p_value = top1.p_value
     adjusted, equivalent, said = equivalence_verdicts(effect, se, p_value, top1.df, negligible, alpha)
     raw_equivalence = equivalence_p(effect, se, top1.df, negligible)
@@ -285,7 +289,7 @@ def look_line(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig, seeds
     effects = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
     residual = fit(runs, names).residual_sd
     counts = ", ".join(f"{n} {v}" for v in VERDICTS if (n := int((effects["verdict"] == v).sum())))
-    return f"screen: {seeds} seed(s), residual SD {100 * residual:.2f} points, detectable harm {100 * effects['detectable'].max():.2f} points; {counts}"
+    return f"screen after {seeds} replicate{'s' * (seeds != 1)}: residual SD {100 * residual:.2f} points, detectable harm {100 * effects['detectable'].max():.2f} points; {counts}"
 
 
 def seeds_flag(text: str) -> int | str:
@@ -295,13 +299,11 @@ def seeds_flag(text: str) -> int | str:
 
 def _run_line(cfg: SearchConfig, base: dict, names: list[str], replicates: int, fixed: bool, timing: str) -> str:
     shown = ", ".join(f"{k} {v:.3g}" for k, v in base.items())
-    design_runs_ = len(screening_design(len(names)))
+    runs = len(screening_design(len(names))) + 1
+    seeds = f"{replicates} replicate{'s' * (replicates != 1)}" if fixed else f"replicates while a verdict is unclear (at most {cfg.screen.max_seeds}, each look at alpha {family_alpha(cfg):.3g})"
     return (
-        f"screen: {design_runs_} runs per seed (folded Plackett-Burman over {len(names)} augmentations, resolution IV) "
-        f"+ 1 without augmentation, {cfg.budget.max_epochs} epochs each, at {cfg.screen.base} settings ({shown}); "
-        + (f"{replicates} seed{'s' * (replicates != 1)}" if fixed else f"seeds added while any verdict is unclear (at most {cfg.screen.max_seeds}, each look at alpha {family_alpha(cfg):.3g})")
-        + timing
-        + (" for the first" if timing and not fixed else "")
+        f"screen: {runs} runs per replicate ({len(names)} augmentations in a folded Plackett-Burman design, and none on), "
+        f"{cfg.budget.max_epochs} epochs at the {cfg.screen.base} config's {shown}; {seeds}{timing}{' for the first' if timing and not fixed else ''}"
     )
 
 
@@ -490,7 +492,7 @@ def _verdicts(effects: pd.DataFrame, per_class, ablation, folder: Path) -> list[
             "Holm p": effects["p_holm"].map(lambda p: f"{p:.2g}"),
             "equivalence p (Holm)": effects["p_equivalence_holm"].map(lambda p: f"{p:.2g}"),
             "verdict": effects["verdict"],
-            "top-5 effect, points": effects["top5_effect"].map(render.points),
+            **({"top-5 effect, points": effects["top5_effect"].map(render.points)} if effects["top5_effect"].notna().any() else {}),
             "harmful above strength": effects["harmful_above"].map(lambda v: "" if math.isnan(v) else f"{v:.2f}"),
         }
     )

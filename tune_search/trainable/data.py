@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
@@ -191,12 +191,44 @@ def _decode(path: str, side: int) -> torch.Tensor:
     return fit_images(image, side)
 
 
-def _folder_samples(root: Path, classes: list[str], class_to_idx: dict[str, int], skipped: list[str]) -> list[tuple[str, int]]:
-    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    kept = {path for path, _ in samples}
-    for cls in classes:
-        skipped += [f"{p}: not an image file" for p in sorted((root / cls).rglob("*")) if p.is_file() and str(p) not in kept]
-    return samples
+class _Walk:
+    """Files under class folders, each identified by its resolved path: symlinks are
+    followed, a link back to a folder already walked (a loop, or another class) is not
+    walked again, and a file reached twice (a repeat, or the same file in train and val)
+    is kept once, where it was first found. What is left out is listed in `skipped`."""
+
+    def __init__(self, roots: list[Path], skipped: list[str]):
+        self.skipped = skipped
+        self.dirs = {os.path.realpath(r) for r in roots}  # the data's own folders: never reached through a link
+        self.files: dict[str, str] = {}
+
+    def samples(self, root: Path, classes: list[str], class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+        out = []
+        for cls in classes:
+            out += [(path, class_to_idx[cls]) for path in self._images(root / cls)]
+        return out
+
+    def _images(self, folder: Path) -> list[str]:
+        found = []
+        for top, dirs, files in os.walk(folder, followlinks=True):
+            for name in sorted(dirs):
+                path = os.path.join(top, name)
+                real = os.path.realpath(path)
+                if real in self.dirs:
+                    self.skipped.append(f"{path}: a link to a folder already read ({real}); not read again")
+                    dirs.remove(name)
+                else:
+                    self.dirs.add(real)
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(top, name)
+                if not name.lower().endswith(IMG_EXTENSIONS):
+                    self.skipped.append(f"{path}: not an image file")
+                elif (first := self.files.setdefault(os.path.realpath(path), path)) != path:
+                    self.skipped.append(f"{path}: the same file as {first}; used once")
+                else:
+                    found.append(path)
+        return found
 
 
 def _require(samples: list[tuple[str, int]], classes: list[str], root: Path, at_least: int, why: str) -> None:
@@ -213,7 +245,8 @@ def _load_split(samples: list[tuple[str, int]], side: int, skipped: list[str]) -
         try:
             images.append(_decode(path, side))
         except RuntimeError as exc:
-            skipped.append(f"{path}: cannot decode ({str(exc).splitlines()[0]})")
+            why = "an empty file" if os.path.getsize(path) == 0 else "not a readable image (damaged, cut short, or a format torchvision cannot decode)"
+            skipped.append(f"{path}: {why}")
             continue
         kept.append((path, label))
     if not images:
@@ -241,9 +274,10 @@ def _image_folder(spec: DataSpec) -> Dataset:
         val_classes = find_classes(str(split_dirs[1]))[0]
         if val_classes != classes:
             raise DataError(f"{split_dirs[1]} has classes {val_classes}, {split_dirs[0]} has {classes}: they must match")
-        parts = [_folder_samples(d, classes, class_to_idx, skipped) for d in split_dirs]
+        walk = _Walk([root, *split_dirs, *(d / c for d in split_dirs for c in classes)], skipped)
+        parts = [walk.samples(d, classes, class_to_idx) for d in split_dirs]
     else:
-        parts = [_folder_samples(root, classes, class_to_idx, skipped)]
+        parts = [_Walk([root, *(root / c for c in classes)], skipped).samples(root, classes, class_to_idx)]
     decoded = [_load_split(p, spec.image_size, skipped) for p in parts]
     if separate:
         _require(decoded[0][1], classes, split_dirs[0], 1, "to train on")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import torch
@@ -91,14 +92,12 @@ def predict(
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Top-1 and top-5 accuracy as fractions (top-5 is top-k with k = min(5, classes)),
-    and mean cross-entropy."""
-    k = min(5, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices
-    hits = topk == labels[:, None]
+    """Top-1 and top-5 accuracy as fractions, and mean cross-entropy. With 5 classes or
+    fewer every label is in the top 5: top-5 is NaN there (not a measurement)."""
+    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
     return {
         "top1": hits[:, 0].float().mean().item(),
-        "top5": hits.any(dim=1).float().mean().item(),
+        "top5": hits.any(dim=1).float().mean().item() if logits.shape[1] > 5 else math.nan,
         "val_loss": nn.functional.cross_entropy(logits, labels).item(),
     }
 
