@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -20,6 +21,12 @@ from tune_search.export import baseline_summary, config_from_row
 from tune_search.trainable.augment import strengths_in
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS
 from tune_search.trainable.trial import run_of
+
+
+def shown(path: Path) -> str:
+    """A path as a person would type it here: relative to the working folder when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def trial_summary(config: dict[str, Any]) -> str:

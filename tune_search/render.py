@@ -59,10 +59,15 @@ def save(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str, size: int
     pyplot().close(fig)
 
 
-def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, ylabel: str, title: str, logx: bool = False, labels=None) -> None:
+def scatter(frame: pd.DataFrame, x: str, y: str, path: Path, *, xlabel: str, ylabel: str, title: str, logx: bool = False, labels=None, interval=None) -> None:
+    """Points of `y` against `x`, each labelled from column `labels` when given, with the
+    95 % interval of `y` from the two columns `interval` (low, high) as error bars."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.scatter(frame[x], frame[y], s=22, alpha=0.8)
+    if interval is not None:
+        low, high = (frame[c].to_numpy(float) for c in interval)
+        ax.errorbar(frame[x], frame[y], yerr=[frame[y] - low, high - frame[y]], fmt="none", ecolor="grey", elinewidth=0.8, capsize=2)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

@@ -240,7 +240,9 @@ def _same_study(folder: Path | None, configs: list[dict[str, Any]]) -> None:
         raise ConfigError(f"--resume: {folder} holds a study started with other settings ({len(stray)} runs differ); remove it to run the study afresh")
 
 
-def run_study(cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[dict[str, Any]], *, location: RunLocation, suffix: str, resume: bool = False) -> tune.ResultGrid:
+def run_study(
+    cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[dict[str, Any]], *, location: RunLocation, suffix: str, resume: bool = False, phase: str | None = None
+) -> tune.ResultGrid:
     """Train every config of a designed study for the full budget, in parallel, with no
     early stopping, into STORAGE/NAME-<suffix>. With `resume`, a study a killed driver left
     there continues: finished runs are kept, the others restart from their last checkpoint."""
@@ -256,6 +258,6 @@ def run_study(cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[d
         trainable,
         param_space={STUDY_RUN: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, location.storage, name, len(configs), suffix),
+        run_config=_run_config(cfg, location.storage, name, len(configs), phase or suffix),
     )
     return tuner.fit()

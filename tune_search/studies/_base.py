@@ -194,11 +194,11 @@ def slots(cfg: SearchConfig) -> int:
     return max(1, min(by_cpu, by_gpu, cfg.resources.max_concurrent or by_cpu))
 
 
-def train(ctx: StudyContext, configs: list[dict], suffix: str):
+def train(ctx: StudyContext, configs: list[dict], suffix: str, phase: str | None = None):
     """Train `configs` into STORAGE/NAME-<suffix>: Ray's results and the finished runs' table."""
     from tune_search.tuner import run_study
 
-    results = run_study(ctx.cfg, ctx.data, ctx.spec, configs, location=ctx.location, suffix=suffix, resume=ctx.resume)
+    results = run_study(ctx.cfg, ctx.data, ctx.spec, configs, location=ctx.location, suffix=suffix, resume=ctx.resume, phase=phase)
     return results, runs_table(results)  # a failed run is not in the table; the console named it
 
 

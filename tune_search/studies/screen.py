@@ -343,7 +343,7 @@ class Screen(Study):
             print(look_line(runs, names, cfg, seed))
             if not another_replicate(runs, names, cfg):
                 break
-            _, extra = common.train(ctx, screen_configs(base, strengths, [seed], clean_seed=None), f"screen-seed{seed}")
+            _, extra = common.train(ctx, screen_configs(base, strengths, [seed], clean_seed=None), f"screen-seed{seed}", phase=f"screen replicate {seed + 1}")
             runs = pd.concat([runs, extra], ignore_index=True)
         for name, value in measured.items():
             runs[f"affinity_{name}"] = runs["label"].eq(CLEAN).map({True: value, False: math.nan})
@@ -547,7 +547,8 @@ def _affinity(affinity: pd.DataFrame | None, folder: Path) -> list[str]:
     if affinity is None or not affinity["affinity"].notna().any():
         return []
     in_points = affinity.assign(affinity=100 * affinity["affinity"])
-    render.scatter(in_points, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images (points)", ylabel="diversity: rise in final train loss", labels="augmentation", title="Why: how far it moves the images (x), how much harder it makes training (y)")
+    render.scatter(in_points, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images (points)", ylabel="diversity: rise in final train loss (95 % interval)", labels="augmentation", title="Why: how far it moves the images (x), how much harder it makes training (y)",
+                   interval=("diversity_ci_low", "diversity_ci_high") if {"diversity_ci_low", "diversity_ci_high"} <= set(affinity) else None)  # fmt: skip
     return [
         "## Why: affinity and diversity", "", render.markdown_table(_affinity_readable(affinity)), "", "![affinity](affinity.png)", "",
         "Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out). Diversity: how much it raises the final training loss.", "",
