@@ -51,6 +51,12 @@ def test_the_console_is_short_and_ends_with_the_tables(search_run):
     assert len(finished) == 3 and all(any(b in line for b in BASELINES) for line in finished)  # the baselines' lines only
     assert any(line.startswith("search: 6 runs in ") for line in lines)  # the phase's summary line
     assert "| best found |" in console and "optuna-dashboard" in console
+    # one TensorBoard logdir, printed as it is; the search's runs in it by name
+    logdir = results / "small" / "tensorboard"
+    assert f"tensorboard --logdir {logdir}" in console
+    runs = sorted(p.name.rsplit("-", 1)[0] for p in (logdir / "search").iterdir())
+    assert runs == ["all-aug", "all-layers", "head-only", "trial", "trial", "trial"]
+    assert all(any(p.glob("events.out.tfevents.*")) for p in (logdir / "search").iterdir())
 
 
 @pytest.mark.slow

@@ -46,6 +46,41 @@ def check_writable(folder: Path, what: str) -> None:
         raise ConfigError(f"{what} {folder} cannot be written: {exc.strerror or exc}") from None
 
 
+def check_remote_storage(storage: str) -> None:
+    """A storage URI (`s3://BUCKET/PATH`, `gs://...`, any URI pyarrow opens, its endpoint in the
+    URI's query or the environment as the AWS tools read it) whose bucket exists (object stores)
+    or whose folder can be made (any other), and which takes a file; or one line saying which
+    of these fails."""
+    import uuid
+    from urllib.parse import urlsplit
+
+    import pyarrow.fs
+
+    parts = urlsplit(storage)
+    where = f"run.storage {storage}"
+    if parts.scheme in ("s3", "gs", "gcs") and not parts.netloc:
+        raise ConfigError(f"{where} names no bucket; use {parts.scheme}://BUCKET/PATH")
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(storage)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a URI it cannot open
+        raise ConfigError(f"{where} cannot be opened: {str(exc).splitlines()[0]}") from None
+    bucket = path.split("/", 1)[0] if parts.scheme in ("s3", "gs", "gcs") else None
+    try:
+        if bucket is not None and filesystem.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
+            raise ConfigError(f"{where}: bucket {bucket!r} does not exist; create it first")
+        if bucket is None:
+            filesystem.create_dir(path, recursive=True)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {path!r} cannot be reached: {str(exc).splitlines()[0]}") from None
+    probe = f"{path.rstrip('/')}/.write-check-{uuid.uuid4().hex}"
+    try:
+        with filesystem.open_output_stream(probe) as out:
+            out.write(b"")
+        filesystem.delete_file(probe)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {bucket or path!r} cannot be written: {str(exc).splitlines()[0]}") from None
+
+
 def check_resumable(cfg: SearchConfig, folder: Path, state_present: bool) -> None:
     """`--resume` restores Ray's pickled state: only from a folder this search wrote, with the
     same settings (its config.yaml), and with that state present."""

@@ -23,7 +23,7 @@ from tune_search.trainable.hyperparameters import HYPERPARAMETERS
 from tune_search.trainable.trial import run_of
 
 
-def shown(path: Path) -> str:
+def display_path(path: Path) -> str:
     """A path as a person would type it here: relative to the working folder when inside it."""
     path = Path(path).resolve()
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)

@@ -58,6 +58,11 @@ class RunLocation:
         staging folder results/NAME whose files are copied beside Ray's at the end."""
         return (Path("results") / self.name).resolve() if self.remote else Path(self.storage) / self.name
 
+    @property
+    def board(self) -> Path:
+        """TensorBoard's one logdir for the search and every study."""
+        return self.folder / "tensorboard"
+
     def study_name(self, suffix: str) -> str:
         return f"{self.name}-{suffix}"
 

@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 
 from tune_search import studies as registry
-from tune_search.checks import check_resources, check_resumable, check_writable
+from tune_search.checks import check_remote_storage, check_resources, check_resumable, check_writable
 from tune_search.config import ConfigError, SearchConfig
-from tune_search.console import baseline_table, search_outcome, shown
+from tune_search.console import baseline_table, display_path, search_outcome
 from tune_search.export import records_from_folder, records_from_results, search_tables
 from tune_search.location import RunLocation
 from tune_search.report import build_report
@@ -152,6 +152,8 @@ def search(cfg: SearchConfig, *, address: str | None = None, resume: bool = Fals
 
     location = RunLocation.of(cfg.run.storage, cfg.run.name)
     chosen = registry.selected(default_studies(cfg) if studies is None else studies, cfg)
+    if location.remote:
+        check_remote_storage(location.storage)
     if resume:
         check_resumable(cfg, location.folder, resumable(location))
     space, spec, data = _checked(cfg, address, chosen)
@@ -171,6 +173,8 @@ def rerun(cfg: SearchConfig, config: dict, *, name: str, address: str | None = N
     from tune_search.tuner import resources_line, run_fixed
 
     location = RunLocation.of(cfg.run.storage, name)
+    if location.remote:
+        check_remote_storage(location.storage)
     space, spec, data = _checked(cfg, address, [])
     if not 0 <= config["freeze_depth"] <= space.max_depth:
         raise ConfigError(f"saved freeze_depth {config['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
@@ -190,9 +194,9 @@ def _write_search(cfg: SearchConfig, folder: ResultsFolder, location: RunLocatio
     if not location.remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k's weights stay
         prune_checkpoints(folder.path, set(tables["best_configs"]["trial_id"]), slim=keep_weights_only)
     print(search_outcome(tables, baselines=baselines))
-    print(f"exports: {shown(folder.path)}/{{trials,history,best_configs}}.parquet, config.yaml, facts.json")
+    print(f"exports: {display_path(folder.path)}/{{trials,history,best_configs}}.parquet, config.yaml, facts.json")
     if folder.journal.is_file():
-        print(f"live views: optuna-dashboard {shown(folder.journal)}  |  tensorboard --logdir {shown(folder.path)}")
+        print(f"live views: optuna-dashboard {display_path(folder.journal)}  |  tensorboard --logdir {display_path(location.board)}")
 
 
 def _publish(location: RunLocation) -> None:
@@ -222,7 +226,7 @@ def run_studies(ctx: StudyContext, chosen: Sequence[Study]) -> None:
     for study in registry.STUDIES:
         if (shown := study.closing(tables)) is not None:
             print("\n" + shown)
-    print(f"\nreport: {shown(path)}")
+    print(f"\nreport: {display_path(path)}")
 
 
 def study_of(folder: ResultsFolder, cfg: SearchConfig, command: str, *, address: str | None, resume: bool) -> None:
@@ -265,7 +269,7 @@ def report(folder: ResultsFolder, cfg: SearchConfig) -> Path:
     folder.require("trials", "history")
     tables = analyse(folder, cfg)
     path = build_report(folder.path)
-    print(f"report: {shown(path)}")
+    print(f"report: {display_path(path)}")
     print("\n" + registry.by_name["screen"].console(tables))
     return path
 
@@ -280,5 +284,5 @@ def export(folder: ResultsFolder, cfg: SearchConfig) -> Path:
         raise ConfigError(f"{folder.path} holds no trial folders (trial_*/params.json) to export")
     tables = search_tables(records, max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
     folder.write_tables(tables)
-    print(f"{len(tables['trials'])} trials exported to {shown(folder.path)}")
+    print(f"{len(tables['trials'])} trials exported to {display_path(folder.path)}")
     return report(folder, cfg)

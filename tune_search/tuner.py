@@ -17,6 +17,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from tune_search.board import TensorBoard
 from tune_search.config import ConfigError, ResourcesConfig, SearchConfig
 from tune_search.console import Progress
 from tune_search.space import Space
@@ -144,17 +145,17 @@ def reuse_actors() -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
-def _run_config(cfg: SearchConfig, storage: str, name: str, trials: int, phase: str) -> tune.RunConfig:
+def _run_config(cfg: SearchConfig, location: RunLocation, name: str, trials: int, phase: str) -> tune.RunConfig:
     return tune.RunConfig(
         name=name,
-        storage_path=storage,
-        storage_filesystem=storage_filesystem(storage),
+        storage_path=location.storage,
+        storage_filesystem=storage_filesystem(location.storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # a trial whose process dies (OOM killer, a lost node) restarts from its last epoch
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
         # Ray's status tables and configuration boxes with --verbose, and a line per run
         verbose=1 if cfg.run.verbose else 0,
-        callbacks=[Progress(phase, trials, cfg.budget.max_epochs, every_run=cfg.run.verbose)],
+        callbacks=[Progress(phase, trials, cfg.budget.max_epochs, every_run=cfg.run.verbose), TensorBoard(location.board, phase)],
     )
 
 
@@ -191,7 +192,7 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, 
             reuse_actors=reuse_actors(),
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=_run_config(cfg, location.storage, location.name, cfg.budget.num_samples, "search"),
+        run_config=_run_config(cfg, location, location.name, cfg.budget.num_samples, "search"),
     )
     return tuner.fit()
 
@@ -216,7 +217,7 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[st
         _trainable(cfg, data, spec),
         param_space=config,
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, location.storage, location.name, 1, "rerun"),
+        run_config=_run_config(cfg, location, location.name, 1, "rerun"),
     )
     return tuner.fit()
 
@@ -258,6 +259,6 @@ def run_study(
         trainable,
         param_space={STUDY_RUN: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
-        run_config=_run_config(cfg, location.storage, name, len(configs), phase or suffix),
+        run_config=_run_config(cfg, location, name, len(configs), phase or suffix),
     )
     return tuner.fit()
