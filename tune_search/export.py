@@ -234,7 +234,18 @@ def baseline_summary(trials: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     return table if table["top-5"].notna().any() else table.drop(columns="top-5")
 
 
+def _started(record: TrialRecord) -> tuple[float, str]:
+    """When a trial's first kept result began (Ray's timestamp), then its id: one order for
+    the tables whether the records come from Ray's results or from its trial folders."""
+    h = record.history
+    if "timestamp" not in h or h.empty:
+        return math.inf, record.trial_id
+    return float(h["timestamp"].min() - (h["time_this_iter_s"].iloc[0] if "time_this_iter_s" in h else 0.0)), record.trial_id
+
+
 def search_tables(records: list[TrialRecord], *, max_epochs: int, top_k: int) -> dict[str, pd.DataFrame]:
-    """The search's tables (trials, history, best_configs) from its trial records."""
+    """The search's tables (trials, history, best_configs) from its trial records, trials in
+    the order they started."""
+    records = sorted(records, key=_started)
     trials = trials_table(records, max_epochs)
     return {"trials": trials, "history": history_table(records), "best_configs": best_configs(trials, top_k)}
