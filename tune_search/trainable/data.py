@@ -244,7 +244,7 @@ def _load_split(samples: list[tuple[str, int]], side: int, skipped: list[str]) -
     for path, label in samples:
         try:
             images.append(_decode(path, side))
-        except RuntimeError as exc:
+        except RuntimeError:
             why = "an empty file" if os.path.getsize(path) == 0 else "not a readable image (damaged, cut short, or a format torchvision cannot decode)"
             skipped.append(f"{path}: {why}")
             continue
