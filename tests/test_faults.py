@@ -166,3 +166,40 @@ def test_a_trial_whose_process_is_killed_loses_at_most_the_epoch_in_flight(tmp_p
             assert (folder / name / "error.txt").is_file() and main(["export", str(folder)]) == 0
         trials = pd.read_parquet(folder / "trials.parquet")
         assert len(trials) == 3 and (trials["status"] == "completed").all() and trials["error"].isna().all()
+
+
+def _checkpoint_names(folder: Path) -> set[str]:
+    return {f"{c.parent.name}/{c.name}" for c in folder.glob("trial_*/checkpoint_*")}
+
+
+def test_a_driver_killed_right_after_each_checkpoint_change_resumes_every_time(tmp_path):
+    """The moment a checkpoint appears, and the moment an older one is deleted, are where a
+    snapshot that lags behind would name a checkpoint that is gone; kill the driver there
+    (alternately), resume, again and again."""
+    (tmp_path / "space.yaml").write_text(one_at_a_time(3, "screen: {enabled: false}"))
+    args = ["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "k"]
+    folder, kills, finished = tmp_path / "k", [], False
+    for attempt in range(8):
+        wanted = ("new", "deleted")[attempt % 2]
+        proc = subprocess.Popen([sys.executable, "-m", "tune_search.cli", *args, *(["--resume"] if attempt else [])], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seen = _checkpoint_names(folder)
+        while proc.poll() is None:
+            now = _checkpoint_names(folder)
+            if (now - seen if wanted == "new" else seen - now):
+                break
+            seen |= now
+            time.sleep(0.005)
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read()
+            finished = True
+            break
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills.append(wanted)
+    assert kills.count("new") >= 2 and kills.count("deleted") >= 2, kills
+    if not finished:
+        assert main([*args, "--resume"]) == 0
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 3 and (trials["status"] == "completed").all() and (trials["epochs"] == 3).all()
+    history = pd.read_parquet(folder / "history.parquet")
+    assert not history.duplicated(["trial_id", "epoch"]).any() and len(history) == 9

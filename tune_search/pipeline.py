@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from tune_search import studies as registry
+from tune_search.checkpoints import prune_checkpoints
 from tune_search.checks import check_remote_storage, check_resources, check_resumable, check_writable
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.console import baseline_table, display_path, search_outcome
@@ -22,7 +23,7 @@ from tune_search.location import RunLocation
 from tune_search.report import build_report
 from tune_search.results import ResultsFolder
 from tune_search.space import Space
-from tune_search.storage import prune_checkpoints, write_text
+from tune_search.storage import write_text
 from tune_search.studies import Study, StudyContext
 from tune_search.trainable.data import DataSpec, Dataset, load_dataset
 from tune_search.trainable.models import ModelSpec, max_freeze_depth, pretrained_backbone
@@ -191,8 +192,8 @@ def _write_search(cfg: SearchConfig, folder: ResultsFolder, location: RunLocatio
     """The search's tables written, the checkpoints it no longer needs pruned, its outcome printed."""
     tables = search_tables(records_from_results(results), max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
     folder.write_tables(tables)
-    if not location.remote and not cfg.run.keep_checkpoints:  # they served resume; the top_k's weights stay
-        prune_checkpoints(folder.path, set(tables["best_configs"]["trial_id"]), slim=keep_weights_only)
+    if not cfg.run.keep_checkpoints:  # they served resume; the top_k's weights stay
+        prune_checkpoints(location.uri, set(tables["best_configs"]["trial_id"]), slim=keep_weights_only)
     print(search_outcome(tables, baselines=baselines))
     print(f"exports: {display_path(folder.path)}/{{trials,history,best_configs}}.parquet, config.yaml, facts.json")
     if folder.journal.is_file():

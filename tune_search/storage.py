@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,21 +71,6 @@ def storage_filesystem(uri: str) -> pyarrow.fs.FileSystem | None:
     if is_remote(uri):
         return None
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(ReplacingLocalFileSystem(auto_mkdir=True)))
-
-
-def prune_checkpoints(experiment: Path, keep: set[str] = frozenset(), slim: Callable[[Path], int] | None = None) -> int:
-    """Delete the checkpoints of every trial in a finished local Ray experiment folder except
-    those of the trial ids in `keep`, and pass each kept one to `slim`; the bytes freed.
-    Checkpoints serve resume while a phase runs; afterwards the best trials' are enough."""
-    freed = 0
-    for trial in experiment.glob("trial_*"):
-        for checkpoint in trial.glob("checkpoint_*"):
-            if trial.name.removeprefix("trial_") in keep:
-                freed += slim(checkpoint) if slim is not None else 0
-                continue
-            freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
-            shutil.rmtree(checkpoint)
-    return freed
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:

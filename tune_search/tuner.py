@@ -18,10 +18,11 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_search.board import TensorBoard
+from tune_search.checkpoints import CheckpointRetention, prune_behind_snapshot
 from tune_search.config import ConfigError, ResourcesConfig, SearchConfig
 from tune_search.console import Progress
 from tune_search.space import Space
-from tune_search.location import RunLocation
+from tune_search.location import RunLocation, join
 from tune_search.storage import storage_filesystem
 from tune_search.trainable.data import Dataset
 from tune_search.trainable.trial import STUDY_RUN, TrialSpec, amp_dtype, run_of, spec_for, train_trial
@@ -51,16 +52,32 @@ class PruneAwareOptunaSearch(OptunaSearch):
         for name, params in baselines:
             self._ot_study.enqueue_trial(params, user_attrs={"baseline": name})
 
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        """The trial as the study's storage holds it now."""
+        return self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number]
+
+    def _told_before(self, trial_id: str) -> bool:
+        """Whether the journal already holds how this trial ended: a driver killed after
+        telling Optuna but before Ray's next snapshot resumes a trial Optuna has closed."""
+        if trial_id not in self._completed_trials and self._stored(trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+        return trial_id in self._completed_trials
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._ot_trials and self._told_before(trial_id):
+            return
+        super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
+        if trial_id not in self._ot_trials or self._told_before(trial_id):
+            return
         result = result or {}
         value = result.get(self.metric)
         step = result.get(TRAINING_ITERATION)
         ot_trial = self._ot_trials[trial_id]
         # Ray hands the last result to on_trial_complete only, never to on_trial_result:
         # reported here, every epoch reaches Optuna and a pruned trial's value is its last
-        reported = self._ot_study.get_trials(deepcopy=False)[ot_trial.number].intermediate_values
+        reported = self._stored(trial_id).intermediate_values
         if isinstance(value, float) and math.isfinite(value) and step is not None and step not in reported:
             ot_trial.report(value, step)
         finished = (step or 0) >= self._max_t
@@ -150,13 +167,25 @@ def _run_config(cfg: SearchConfig, location: RunLocation, name: str, trials: int
         name=name,
         storage_path=location.storage,
         storage_filesystem=storage_filesystem(location.storage),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # every checkpoint stays until the stored snapshot names a newer one (CheckpointRetention)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         # a trial whose process dies (OOM killer, a lost node) restarts from its last epoch
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
         # Ray's status tables and configuration boxes with --verbose, and a line per run
         verbose=1 if cfg.run.verbose else 0,
-        callbacks=[Progress(phase, trials, cfg.budget.max_epochs, every_run=cfg.run.verbose), TensorBoard(location.board, phase)],
+        callbacks=[
+            Progress(phase, trials, cfg.budget.max_epochs, every_run=cfg.run.verbose),
+            TensorBoard(location.board, phase),
+            CheckpointRetention(join(location.storage, name)),
+        ],
     )
+
+
+def _fit(tuner: tune.Tuner, uri: str) -> tune.ResultGrid:
+    """Run the tuner; then each trial's checkpoints older than the final snapshot's go."""
+    results = tuner.fit()
+    prune_behind_snapshot(uri)
+    return results
 
 
 def make_searcher(cfg: SearchConfig, space: Space, journal: Path | None = None) -> PruneAwareOptunaSearch:
@@ -194,7 +223,7 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, 
         ),
         run_config=_run_config(cfg, location, location.name, cfg.budget.num_samples, "search"),
     )
-    return tuner.fit()
+    return _fit(tuner, location.uri)
 
 
 def resumable(location: RunLocation) -> bool:
@@ -208,7 +237,7 @@ def resume_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, location: R
     tuner = tune.Tuner.restore(
         location.uri, trainable=_trainable(cfg, data, spec), resume_unfinished=True, storage_filesystem=storage_filesystem(location.storage)
     )
-    return tuner.fit()
+    return _fit(tuner, location.uri)
 
 
 def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[str, Any], location: RunLocation) -> tune.ResultGrid:
@@ -219,7 +248,7 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[st
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname),
         run_config=_run_config(cfg, location, location.name, 1, "rerun"),
     )
-    return tuner.fit()
+    return _fit(tuner, location.uri)
 
 
 def train_fixed(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
@@ -254,11 +283,11 @@ def run_study(
         _same_study(location.study_folder(suffix), configs)
         print(f"{name}: resuming the runs left unfinished")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
-        return tuner.fit()
+        return _fit(tuner, path)
     tuner = tune.Tuner(
         trainable,
         param_space={STUDY_RUN: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
         run_config=_run_config(cfg, location, name, len(configs), phase or suffix),
     )
-    return tuner.fit()
+    return _fit(tuner, path)

@@ -20,7 +20,7 @@ from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import BASELINES, FINISHED
 from tune_search.export import config_from_row, runs_table
 from tune_search.location import RunLocation
-from tune_search.storage import prune_checkpoints
+from tune_search.checkpoints import prune_checkpoints
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.trial import RUN_KEYS, SPEC_KEYS
 
@@ -210,8 +210,7 @@ def prune(ctx: StudyContext, *suffixes: str, keep: set[str] = frozenset()) -> No
     if ctx.cfg.run.keep_checkpoints:
         return
     for suffix in suffixes:
-        if (folder := ctx.location.study_folder(suffix)) is not None:
-            prune_checkpoints(folder, keep, slim=keep_weights_only)
+        prune_checkpoints(ctx.location.study_uri(suffix), keep, slim=keep_weights_only)
 
 
 def clean_model(results, label: str, *, where: Callable[[Mapping], bool] = lambda run: True):

@@ -1,0 +1,134 @@
+"""Which trial checkpoints a run keeps, and when the others go, on any storage.
+
+Ray Tune's `CheckpointConfig(num_to_keep=N)` deletes a trial's older checkpoint the moment it
+registers a newer one, and uploads the experiment snapshot (the trial table `Tuner.restore`
+reads) later, in the background. A driver killed between the two leaves a snapshot that names
+a checkpoint that is gone, and the trial cannot be resumed. Here Ray keeps every checkpoint
+(`num_to_keep=None`) and `CheckpointRetention` deletes a trial's older ones only once the
+snapshot in storage names a newer one: whatever the snapshot names is always there.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.fs as pafs
+from ray import tune
+
+from tune_search.location import is_remote
+
+SNAPSHOT = re.compile(r"experiment_state-.*\.json")
+CHECKPOINT = re.compile(r"checkpoint_(\d+)")
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A storage URI (query included, as pyarrow reads it) or a local folder: its filesystem
+    and the path in it."""
+    if is_remote(uri):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def _listing(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    return fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+
+
+def checkpoints(fs: pafs.FileSystem, experiment: str) -> dict[str, list[str]]:
+    """Each trial folder's checkpoint folders, oldest first: {trial folder name: [paths]}."""
+    found: dict[str, list[str]] = {}
+    for trial in _listing(fs, experiment):
+        if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
+            continue
+        inside = [i for i in _listing(fs, trial.path) if i.type == pafs.FileType.Directory and CHECKPOINT.fullmatch(i.base_name)]
+        found[trial.base_name] = [i.path for i in sorted(inside, key=lambda i: int(CHECKPOINT.fullmatch(i.base_name)[1]))]
+    return found
+
+
+def named_by_snapshot(fs: pafs.FileSystem, experiment: str) -> dict[str, int | None] | None:
+    """{trial folder name: index of the checkpoint Ray would resume it from} as the newest
+    experiment snapshot in storage says (plain JSON, read as data); None without a snapshot.
+    A trial whose last result carried no checkpoint maps to None."""
+    snapshots = sorted(i.path for i in _listing(fs, experiment) if i.type == pafs.FileType.File and SNAPSHOT.fullmatch(i.base_name))
+    if not snapshots:
+        return None
+    with fs.open_input_stream(snapshots[-1]) as stream:
+        state = json.loads(stream.read())
+    named: dict[str, int | None] = {}
+    for trial_json, runtime_json in state.get("trial_data", []):
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        folder = posixpath.basename(str(trial.get("relative_logdir") or ""))
+        checkpoint = (runtime.get("last_result") or {}).get("checkpoint_dir_name")
+        match = CHECKPOINT.fullmatch(checkpoint or "")
+        named[folder] = int(match[1]) if match else None
+    return named
+
+
+def prune_behind_snapshot(uri: str) -> tuple[int, int]:
+    """Delete each trial's checkpoints older than the one the stored snapshot resumes it
+    from; (deleted, older ones left because the snapshot does not name a newer one yet)."""
+    fs, experiment = filesystem(uri)
+    named = named_by_snapshot(fs, experiment)
+    if named is None:
+        return 0, 0
+    deleted = left = 0
+    for trial, paths in checkpoints(fs, experiment).items():
+        resume_from = named.get(trial)
+        for path in paths[:-1]:
+            if resume_from is not None and int(CHECKPOINT.fullmatch(posixpath.basename(path))[1]) < resume_from:
+                fs.delete_dir(path)
+                deleted += 1
+            else:
+                left += 1
+    return deleted, left
+
+
+class CheckpointRetention(tune.Callback):
+    """Runs `prune_behind_snapshot` in the driver while trials checkpoint, at most every
+    `every_s` seconds, until nothing older is left."""
+
+    def __init__(self, uri: str, every_s: float = 2.0):
+        self.uri, self.every_s = uri, every_s
+        self._pending, self._last = False, float("-inf")
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        self._pending = True
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self._pending and time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            self._pending = prune_behind_snapshot(self.uri)[1] > 0
+
+
+def prune_checkpoints(uri: str, keep: set[str] = frozenset(), slim: Callable[[Path], int] | None = None) -> int:
+    """In a finished experiment (a local folder or a URI), delete every checkpoint of the
+    trials not in `keep` (trial ids) and all but the newest of those in it, whose newest is
+    passed to `slim` (locally; on a remote storage it is fetched and put back); the number of
+    checkpoints deleted. Checkpoints serve resume while a phase runs; afterwards the best
+    trials' weights are enough."""
+    fs, experiment = filesystem(uri)
+    deleted = 0
+    for trial, paths in checkpoints(fs, experiment).items():
+        kept = paths[-1:] if trial.removeprefix("trial_") in keep else []
+        for path in paths:
+            if path not in kept:
+                fs.delete_dir(path)
+                deleted += 1
+        if kept and slim is not None:
+            _slim(fs, kept[0], slim)
+    return deleted
+
+
+def _slim(fs: pafs.FileSystem, path: str, slim: Callable[[Path], int]) -> None:
+    if isinstance(fs, pafs.LocalFileSystem):
+        slim(Path(path))
+        return
+    with tempfile.TemporaryDirectory() as local:
+        pafs.copy_files(path, local, source_filesystem=fs)
+        if slim(Path(local)):
+            pafs.copy_files(local, path, destination_filesystem=fs)
