@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from tune_search.location import RunLocation, join, resolve_storage
 
 
@@ -25,3 +27,16 @@ def test_a_results_folder_puts_its_studies_beside_it(tmp_path):
     beside = RunLocation.beside(tmp_path / "runs" / "demo")
     assert (beside.storage, beside.name) == (str(tmp_path / "runs"), "demo")
     assert beside.study_folder("explain") == Path(tmp_path / "runs" / "demo-explain")
+
+
+def test_a_results_uri_splits_into_its_storage_and_name_query_kept():
+    at = RunLocation.at("s3://bucket/team/demo?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert (at.storage, at.name) == ("s3://bucket/team?endpoint_override=127.0.0.1:9000&scheme=http", "demo")
+    assert at.uri == "s3://bucket/team/demo?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert RunLocation.at("s3://bucket/demo/").uri == "s3://bucket/demo"
+    with pytest.raises(ValueError, match="names no run"):
+        RunLocation.at("s3://bucket")
+
+
+def test_a_local_results_path_is_the_folder_itself(tmp_path):
+    assert RunLocation.at(str(tmp_path / "runs" / "demo")).folder == tmp_path / "runs" / "demo"

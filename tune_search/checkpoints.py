@@ -21,18 +21,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray import tune
 
-from tune_search.location import is_remote
+from tune_search.storage import filesystem
 
 SNAPSHOT = re.compile(r"experiment_state-.*\.json")
 CHECKPOINT = re.compile(r"checkpoint_(\d+)")
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A storage URI (query included, as pyarrow reads it) or a local folder: its filesystem
-    and the path in it."""
-    if is_remote(uri):
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
 def _listing(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:

@@ -13,7 +13,7 @@ import pandas as pd
 from tune_search import pipeline
 from tune_search.config import ConfigError, SearchConfig, load_config
 from tune_search.export import config_from_row
-from tune_search.results import ResultsFolder
+from tune_search.location import RunLocation
 from tune_search.studies import STUDIES, by_command
 from tune_search.trainable.augment import describe
 from tune_search.trainable.data import DataError
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _results_parser(commands, command: str, text: str) -> argparse.ArgumentParser:
     p = commands.add_parser(command, help=text, description=text[0].upper() + text[1:] + ".")
-    p.add_argument("results", help="a results folder (STORAGE/NAME) with its config.yaml")
+    p.add_argument("results", help="a results folder STORAGE/NAME with its config.yaml, local or a storage URI (s3://BUCKET/PATH/NAME)")
     return p
 
 
@@ -162,24 +162,29 @@ def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
     return 0
 
 
-def _results(args: argparse.Namespace) -> tuple[ResultsFolder, SearchConfig]:
-    """The results folder a command names, and its config with the command's flags on top."""
-    folder = ResultsFolder(Path(args.results).resolve())
+def _results(args: argparse.Namespace) -> tuple[RunLocation, SearchConfig]:
+    """The run a command names (a remote one copied to its staging folder), and its config
+    with the command's flags on top."""
+    try:
+        location = RunLocation.at(args.results)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    folder = pipeline.staged(location, trial_files=args.command == "export")
     if not folder.config.is_file():
         raise ConfigError(f"{folder.path} is not a tune-search results folder: {folder.config.name} is missing")
     flags = by_command[args.command].flags if args.command in by_command else ()
     overrides = {f.key: getattr(args, f.flag[2:].replace("-", "_")) for f in flags if f.key}
-    return folder, load_config(folder.config, overrides)
+    return location, load_config(folder.config, overrides)
 
 
 def run_results_command(args: argparse.Namespace) -> int:
-    folder, cfg = _results(args)
+    location, cfg = _results(args)
     if args.command in by_command:
-        pipeline.study_of(folder, cfg, args.command, address=args.address, resume=args.resume)
+        pipeline.study_of(location, cfg, args.command, address=args.address, resume=args.resume)
     elif args.command == "report":
-        pipeline.report(folder, cfg)
+        pipeline.report(location, cfg)
     else:
-        pipeline.export(folder, cfg)
+        pipeline.export(location, cfg)
     return 0
 
 

@@ -39,6 +39,18 @@ class RunLocation:
         return cls(resolve_storage(storage), name)
 
     @classmethod
+    def at(cls, results: str) -> RunLocation:
+        """The run whose results are at `results`: a URI STORAGE/NAME (its query, such as
+        ?endpoint_override=..., kept on STORAGE) or a local folder."""
+        if not is_remote(results):
+            return cls.beside(Path(results))
+        parts = urlsplit(results)
+        path = parts.path.rstrip("/")
+        if not posixpath.basename(path):
+            raise ValueError(f"{results} names no run; give STORAGE/NAME")
+        return cls(urlunsplit(parts._replace(path=posixpath.dirname(path))), posixpath.basename(path))
+
+    @classmethod
     def beside(cls, folder: Path) -> RunLocation:
         """The location of a local results folder: its studies' runs go beside it."""
         return cls(str(folder.resolve().parent), folder.resolve().name)

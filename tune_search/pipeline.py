@@ -23,7 +23,7 @@ from tune_search.location import RunLocation
 from tune_search.report import build_report
 from tune_search.results import ResultsFolder
 from tune_search.space import Space
-from tune_search.storage import write_text
+from tune_search.storage import fetch, mark_staging, publish, write_text
 from tune_search.studies import Study, StudyContext
 from tune_search.trainable.data import DataSpec, Dataset, load_dataset
 from tune_search.trainable.models import ModelSpec, max_freeze_depth, pretrained_backbone
@@ -130,11 +130,15 @@ def _checked(cfg: SearchConfig, address: str | None, chosen: Sequence[Study]) ->
 
 
 def _open(cfg: SearchConfig, location: RunLocation, space: Space, data: Dataset) -> ResultsFolder:
-    """The results folder, writable, with the config and the facts written."""
+    """The results folder, writable, with the config and the facts written (and on a remote
+    storage copied there at once, so that another machine can resume or read the run)."""
     check_writable(location.folder, "results folder (run.storage / run.name)")
     folder = ResultsFolder(location.folder)
     write_text(cfg.dump(), folder.config)
     folder.write_facts(facts(cfg, space, data))
+    if location.remote:
+        mark_staging(location)
+        _publish(location, quiet=True)
     return folder
 
 
@@ -156,6 +160,8 @@ def search(cfg: SearchConfig, *, address: str | None = None, resume: bool = Fals
     if location.remote:
         check_remote_storage(location.storage)
     if resume:
+        if location.remote and not location.folder.exists():  # resumed on another machine
+            fetch(location)
         check_resumable(cfg, location.folder, resumable(location))
     space, spec, data = _checked(cfg, address, chosen)
     folder = _open(cfg, location, space, data)
@@ -200,16 +206,22 @@ def _write_search(cfg: SearchConfig, folder: ResultsFolder, location: RunLocatio
         print(f"live views: optuna-dashboard {display_path(folder.journal)}  |  tensorboard --logdir {display_path(location.board)}")
 
 
-def _publish(location: RunLocation) -> None:
+def _publish(location: RunLocation, quiet: bool = False) -> None:
     """For a remote storage, copy the local exports and report beside Ray's results."""
     if not location.remote:
         return
-    import pyarrow.fs
+    publish(location)
+    if not quiet:
+        print(f"exports copied to {location.uri}")
 
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(location.uri)
-    filesystem.create_dir(path, recursive=True)
-    pyarrow.fs.copy_files(str(location.folder), path, destination_filesystem=filesystem)
-    print(f"exports copied to {location.uri}")
+
+def staged(location: RunLocation, *, trial_files: bool = False) -> ResultsFolder:
+    """The results folder of a run: a local one as it is; a remote one checked and copied into
+    its staging folder (with each trial's JSON for `trial_files`), before Ray starts."""
+    if location.remote:
+        check_remote_storage(location.storage)
+        fetch(location, trial_files=trial_files)
+    return ResultsFolder(location.folder)
 
 
 def run_studies(ctx: StudyContext, chosen: Sequence[Study]) -> None:
@@ -230,21 +242,24 @@ def run_studies(ctx: StudyContext, chosen: Sequence[Study]) -> None:
     print(f"\nreport: {display_path(path)}")
 
 
-def study_of(folder: ResultsFolder, cfg: SearchConfig, command: str, *, address: str | None, resume: bool) -> None:
-    """The study a results command names (and those that follow it) on a finished search;
-    their runs land beside its folder, never in a storage named inside it."""
+def study_of(location: RunLocation, cfg: SearchConfig, command: str, *, address: str | None, resume: bool) -> None:
+    """The study a results command names (and those that follow it) on a finished search
+    (`staged`); their runs land beside its folder, never in a storage named inside it."""
     from tune_search.tuner import resources_line
 
+    folder = ResultsFolder(location.folder)
     folder.require("trials", "best_configs")
     chosen = registry.selected([registry.by_command[command].name], cfg)
     check_resources(cfg, address)
     for study in chosen:
         study.check(cfg)
-    check_writable(folder.path.parent, "the folder beside the results (where the study's runs go)")
+    if not location.remote:
+        check_writable(folder.path.parent, "the folder beside the results (where the study's runs go)")
     space, spec, data = prepare(cfg)
     with ray_session(address, cfg.run.verbose):
         print(resources_line(cfg, spec))
-        run_studies(StudyContext(folder, cfg, space, spec, data, RunLocation.beside(folder.path), resume=resume), chosen)
+        run_studies(StudyContext(folder, cfg, space, spec, data, location, resume=resume), chosen)
+    _publish(location)
 
 
 def analyse(folder: ResultsFolder, cfg: SearchConfig) -> dict[str, pd.DataFrame]:
@@ -265,18 +280,22 @@ def analyse(folder: ResultsFolder, cfg: SearchConfig) -> dict[str, pd.DataFrame]
     return tables | made
 
 
-def report(folder: ResultsFolder, cfg: SearchConfig) -> Path:
-    """The analysis tables and report.md again, from the Parquet files."""
+def report(location: RunLocation, cfg: SearchConfig) -> Path:
+    """The analysis tables and report.md again, from the Parquet files (`staged`)."""
+    folder = ResultsFolder(location.folder)
     folder.require("trials", "history")
     tables = analyse(folder, cfg)
     path = build_report(folder.path)
     print(f"report: {display_path(path)}")
     print("\n" + registry.by_name["screen"].console(tables))
+    _publish(location)
     return path
 
 
-def export(folder: ResultsFolder, cfg: SearchConfig) -> Path:
-    """The search's Parquet tables again from the JSON Ray Tune wrote per trial, then the report."""
+def export(location: RunLocation, cfg: SearchConfig) -> Path:
+    """The search's Parquet tables again from the JSON Ray Tune wrote per trial (`staged`
+    with them), then the report."""
+    folder = ResultsFolder(location.folder)
     try:
         records = records_from_folder(folder.path)
     except ValueError as exc:
@@ -286,4 +305,4 @@ def export(folder: ResultsFolder, cfg: SearchConfig) -> Path:
     tables = search_tables(records, max_epochs=cfg.budget.max_epochs, top_k=cfg.budget.top_k)
     folder.write_tables(tables)
     print(f"{len(tables['trials'])} trials exported to {display_path(folder.path)}")
-    return report(folder, cfg)
+    return report(location, cfg)

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
+import re
+import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any
 
 import pandas as pd
@@ -22,7 +26,8 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from tune_search.location import is_remote
+from tune_search.config import ConfigError
+from tune_search.location import RunLocation, is_remote
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -82,3 +87,79 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 def write_text(text: str, path: Path) -> None:
     with ReplaceOnClose(str(path)) as out:
         out.write(text.encode())
+
+
+def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """A storage URI (its query included, as pyarrow reads it: ?endpoint_override=...) or a
+    local folder: its filesystem and the path in it."""
+    if is_remote(uri):
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+# A run on a remote storage is read and written through a local staging folder, results/NAME
+# (RunLocation.folder); this file in it names the URI it is a copy of.
+SOURCE = ".staged-from"
+# what a results command reads: the run's own files, and for `export` each trial's JSON
+TRIAL_FILES = re.compile(r"trial_[^/]+/(params\.json|result\.json|error\.txt)")
+
+
+def fetch(location: RunLocation, *, trial_files: bool = False) -> None:
+    """Copy a remote run's files (not its checkpoints, trial folders or TensorBoard events;
+    with `trial_files`, each trial's JSON too) into its staging folder, replacing an earlier
+    copy; a local folder of that name that is not such a copy is refused, never overwritten."""
+    folder = location.folder
+    if folder.exists() and _source(folder) != _without_query(location.uri):
+        raise ConfigError(f"{folder} exists and is not a copy of {location.uri}; move it away to work on the remote run here")
+    fs, root = filesystem(location.uri)
+    try:
+        listed = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=trial_files, allow_not_found=True))
+    except OSError as exc:
+        raise ConfigError(f"{location.uri} cannot be read: {str(exc).splitlines()[0]}") from None
+    wanted = [i for i in listed if i.type == pyarrow.fs.FileType.File and _wanted(posixpath.relpath(i.path, root), trial_files)]
+    if not wanted:
+        raise ConfigError(f"{location.uri} is not a tune-search results folder: it holds no files")
+    shutil.rmtree(folder, ignore_errors=True)
+    for info in wanted:
+        target = folder / posixpath.relpath(info.path, root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as stream, ReplaceOnClose(str(target)) as out:
+            shutil.copyfileobj(stream, out)
+    mark_staging(location)
+
+
+def _wanted(relative: str, trial_files: bool) -> bool:
+    return "/" not in relative or (trial_files and TRIAL_FILES.fullmatch(relative) is not None)
+
+
+def _without_query(uri: str) -> str:
+    """The URI as a place: the same bucket and path with the endpoint given either way."""
+    return urlunsplit(urlsplit(uri)._replace(query="", fragment=""))
+
+
+def _source(folder: Path) -> str | None:
+    try:
+        return (folder / SOURCE).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def mark_staging(location: RunLocation) -> None:
+    """Name the URI the staging folder is a copy of."""
+    location.folder.mkdir(parents=True, exist_ok=True)
+    write_text(_without_query(location.uri), location.folder / SOURCE)
+
+
+def publish(location: RunLocation) -> None:
+    """Copy the staging folder's files (tables, report, plots, TensorBoard events) beside Ray's
+    results in the remote storage."""
+    fs, root = filesystem(location.uri)
+    made = set()
+    for path in sorted(location.folder.rglob("*")):
+        if path.is_file() and path.name != SOURCE:
+            target = posixpath.join(root, path.relative_to(location.folder).as_posix())
+            if (parent := posixpath.dirname(target)) not in made:  # a local filesystem needs it
+                fs.create_dir(parent, recursive=True)
+                made.add(parent)
+            with path.open("rb") as source, fs.open_output_stream(target) as out:
+                shutil.copyfileobj(source, out)

@@ -215,12 +215,15 @@ def prune(ctx: StudyContext, *suffixes: str, keep: set[str] = frozenset()) -> No
 
 def clean_model(results, label: str, *, where: Callable[[Mapping], bool] = lambda run: True):
     """(the run's config, its checkpoint's state) of the first finished run labelled `label`
-    that `where` accepts; None when there is none."""
+    that `where` accepts; None when there is none, or its checkpoint is gone."""
     from tune_search.trainable.trial import load_checkpoint, run_of
 
     for result in results:
         config = run_of(result.config)
         if config["label"] == label and where(config) and result.error is None and result.checkpoint is not None:
-            with result.checkpoint.as_directory() as path:
-                return config, load_checkpoint(path)
+            try:
+                with result.checkpoint.as_directory() as path:
+                    return config, load_checkpoint(path)
+            except FileNotFoundError:  # a finished study resumed: its checkpoints were pruned
+                return None
     return None

@@ -292,6 +292,16 @@ def look_line(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig, seeds
     return f"screen after {seeds} replicate{'s' * (seeds != 1)}: residual SD {100 * residual:.2f} points, detectable harm {100 * effects['detectable'].max():.2f} points; {counts}"
 
 
+def _measured_before(folder) -> dict[str, float]:
+    """The affinity an earlier run of this screen measured on its clean run (screen.parquet),
+    for a finished screen resumed after its checkpoints were pruned; {} when there is none."""
+    runs = folder.read("screen")
+    if runs is None or not runs["label"].eq(CLEAN).any():
+        return {}
+    clean = runs[runs["label"].eq(CLEAN)].iloc[0]
+    return {c.removeprefix("affinity_"): float(clean[c]) for c in runs.columns if c.startswith("affinity_")}
+
+
 def seeds_flag(text: str) -> int | str:
     """A replicate count, or `auto` (replicates added while any verdict is unclear)."""
     return text if text == "auto" else int(text)
@@ -338,7 +348,7 @@ class Screen(Study):
         print(_run_line(cfg, base, names, replicates, fixed, timing))
         results, runs = common.train(ctx, screen_configs(base, strengths, list(range(replicates))), "screen")
         clean = common.clean_model(results, CLEAN)
-        measured = affinity(TrialSettings.from_config(clean[0]), ctx.spec, ctx.data, clean[1], strengths) if clean else {}
+        measured = affinity(TrialSettings.from_config(clean[0]), ctx.spec, ctx.data, clean[1], strengths) if clean else _measured_before(ctx.folder)
         for seed in () if fixed else range(1, cfg.screen.max_seeds):
             print(look_line(runs, names, cfg, seed))
             if not another_replicate(runs, names, cfg):
