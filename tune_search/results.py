@@ -10,6 +10,7 @@ import pandas as pd
 
 from tune_search.config import ConfigError
 from tune_search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS
+from tune_search.schemas import from_arrow, to_arrow
 from tune_search.storage import write_parquet, write_text
 from tune_search.studies import STUDIES
 
@@ -49,7 +50,7 @@ class ResultsFolder:
         if not self.has(table):
             return None
         try:
-            frame = pd.read_parquet(self.file(table))
+            frame = from_arrow(table, pd.read_parquet(self.file(table)))
         except Exception as exc:  # pyarrow raises several kinds for a damaged file
             raise ConfigError(f"{self.file(table)} is not a readable Parquet file ({type(exc).__name__}); `tune-search export` rebuilds the search's tables") from None
         missing = [c for c in NEEDED.get(table, ()) if c not in frame.columns]
@@ -78,8 +79,11 @@ class ResultsFolder:
             self.write(table, frame)
 
     def write(self, table: str, frame: pd.DataFrame) -> Path:
+        """The table in its declared schema (tune_search/schemas.py), per-class values keyed by
+        the class names in facts.json."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_parquet(frame, self.file(table))
+        classes = self.read_facts().get("data", {}).get("classes") or []
+        write_parquet(to_arrow(table, frame, classes), self.file(table))
         return self.file(table)
 
     config = _named("config.yaml", "The resolved configuration, every key, as a space file.")

@@ -78,8 +78,8 @@ def storage_filesystem(uri: str) -> pyarrow.fs.FileSystem | None:
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(ReplacingLocalFileSystem(auto_mkdir=True)))
 
 
-def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+def write_parquet(frame: pd.DataFrame | pa.Table, path: Path) -> None:
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     with ReplaceOnClose(str(path)) as out:
         pq.write_table(table, out)
 

@@ -1,0 +1,66 @@
+"""Every results table has one declared Arrow schema, written even when a column is empty,
+with units in the field metadata, class names on per-class values, and docs/schemas.md
+showing exactly these declarations."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tune_search.results import TABLES, ResultsFolder
+from tune_search.schemas import SCHEMAS, markdown, schema, to_arrow, unit_metadata
+
+DOCS = Path(__file__).parent.parent / "docs" / "schemas.md"
+
+
+def test_every_table_has_a_declared_schema_with_unique_columns():
+    assert set(SCHEMAS) == set(TABLES)
+    for table in TABLES:
+        names = schema(table).names
+        assert len(names) == len(set(names)), table
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_an_empty_table_is_written_in_its_whole_schema(tmp_path, table):
+    path = ResultsFolder(tmp_path).write(table, pd.DataFrame())
+    assert pq.read_schema(path).remove_metadata() == schema(table).remove_metadata()
+    assert pq.read_table(path).num_rows == 0
+
+
+def test_tables_of_two_runs_concatenate_whatever_each_left_empty(tmp_path):
+    one = ResultsFolder(tmp_path / "one").write("trials", pd.DataFrame({"trial_id": ["a"], "status": ["completed"], "error": [None], "top1": [0.5]}))
+    two = ResultsFolder(tmp_path / "two").write("trials", pd.DataFrame({"trial_id": ["b"], "status": ["errored"], "error": ["ValueError: x"], "epochs": [1]}))
+    both = pa.concat_tables([pq.read_table(one), pq.read_table(two)]).to_pandas()
+    assert list(both["trial_id"]) == ["a", "b"] and both["error"].isna().tolist() == [True, False]
+    assert pq.read_schema(one).field("error").type == pa.string() and pq.read_schema(one).field("epochs").type == pa.int64()
+
+
+def test_units_are_in_the_field_metadata(tmp_path):
+    path = ResultsFolder(tmp_path).write("effects", pd.DataFrame({"augmentation": ["blur"], "effect": [-0.02]}))
+    fields = pq.read_schema(path)
+    assert fields.field("effect").metadata == {b"unit": b"difference of fractions"}
+    assert fields.field("p_holm").metadata == {b"unit": b"probability"}
+    assert fields.field("augmentation").metadata is None
+    assert unit_metadata("trials")["top1"] == "fraction" and unit_metadata("history")["time_s"] == "seconds"
+
+
+def test_per_class_values_carry_the_class_names(tmp_path):
+    folder = ResultsFolder(tmp_path)
+    tmp_path.joinpath("facts.json").write_text(json.dumps({"data": {"classes": ["ant", "bee"]}}))
+    path = folder.write("screen", pd.DataFrame({"label": ["clean"], "per_class_top1": [[0.5, 0.75]]}))
+    assert pq.read_table(path).column("per_class_top1").to_pylist() == [[("ant", 0.5), ("bee", 0.75)]]
+    assert folder.read("screen")["per_class_top1"].iloc[0] == [0.5, 0.75]  # the analysis reads them in class order
+
+
+def test_a_column_the_schema_does_not_declare_is_refused():
+    with pytest.raises(ValueError, match=r"screen: columns \['verdikt'\] are not in its declared schema"):
+        to_arrow("screen", pd.DataFrame({"verdikt": ["x"]}))
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_the_docs_show_each_tables_declared_columns(table):
+    text = DOCS.read_text()
+    assert f"`{table}.parquet`" in text and markdown(table) in text, f"docs/schemas.md lacks {table}'s table:\n{markdown(table)}"
