@@ -31,6 +31,7 @@ from tune_search.trainable.trial import TrialSpec, keep_weights_only
 
 
 IMBALANCED = 1.5  # largest over smallest class: worth a word on the console
+SNAPSHOT_EVERY_S = 1
 
 
 def prepare(cfg: SearchConfig) -> tuple[Space, TrialSpec, Dataset]:
@@ -87,8 +88,10 @@ def ray_session(address: str | None, verbose: bool = False):
     import ray
     from ray._private import ray_constants
 
-    # with one kept checkpoint per trial Ray snapshots often; at this scale that is cheap
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's experiment snapshot (what --resume restores) at most a second behind the trials, not
+    # its automatic 10 s or more: a killed driver then retrains at most that much, and the
+    # checkpoints kept for the snapshot (tune_search/checkpoints.py) go soon after
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_EVERY_S))
     options: dict = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
     loggers = {name: logging.getLogger(name) for name in ("ray.tune", "ray.train")}
     levels = {name: logger.level for name, logger in loggers.items()}
