@@ -109,6 +109,16 @@ def test_resume_needs_state_and_the_same_settings(tmp_path, capsys):
     refused(capsys, [*args, "--resume"], "other settings: budget.max_epochs (5 -> 3)")
 
 
+def test_resume_takes_the_same_storage_given_relative_or_absolute(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (folder / "tuner.pkl").write_bytes(b"")
+    (folder / "config.yaml").write_text("data: {source: mnist, image_size: 16}\nbudget: {max_epochs: 5}\nrun: {storage: ., name: r}\n")
+    refused(capsys, [*MNIST, "--storage", str(tmp_path), "--name", "r", "--resume"], "other settings: budget.max_epochs (5 -> 3);")
+
+
 def test_results_folders_with_missing_or_damaged_tables(tmp_path, capsys):
     folder = tmp_path / "r"
     folder.mkdir()

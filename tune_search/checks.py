@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from tune_search.config import ConfigError, SearchConfig, load_config
+from tune_search.location import resolve_storage
 from tune_search.results import ResultsFolder
 
 # sections that decide what a search trains; resources may differ on the machine that resumes
@@ -81,6 +82,11 @@ def check_remote_storage(storage: str) -> None:
         raise ConfigError(f"{where}: {bucket or path!r} cannot be written: {str(exc).splitlines()[0]}") from None
 
 
+def _as_place(key: str, value):
+    """A storage compared as the place it names: `.` and the same folder's absolute path are one."""
+    return resolve_storage(value) if key == "storage" and isinstance(value, str) else value
+
+
 def check_resumable(cfg: SearchConfig, folder: Path, state_present: bool) -> None:
     """`--resume` restores Ray's pickled state: only from a folder this search wrote, with the
     same settings (its config.yaml), and with that state present."""
@@ -94,7 +100,7 @@ def check_resumable(cfg: SearchConfig, folder: Path, state_present: bool) -> Non
         f"{section}.{key} ({value!r} -> {getattr(getattr(cfg, section), key)!r})"
         for section in SEARCH_SECTIONS
         for key, value in getattr(before, section).model_dump().items()
-        if key not in NOT_COMPARED and getattr(getattr(cfg, section), key) != value
+        if key not in NOT_COMPARED and _as_place(key, getattr(getattr(cfg, section), key)) != _as_place(key, value)
     ]
     if changed:
         raise ConfigError(
