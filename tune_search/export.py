@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from tune_search.constants import BASELINES, FINISHED
+from tune_search.schemas import schema
 from tune_search.trainable.augment import NAMES, strength_key, strengths_in, switch_key
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS, settings_in
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
@@ -20,12 +21,8 @@ from tune_search.trainable.trial import BUNDLE, SPEC_KEYS, run_of
 
 HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
 CONFIG_COLUMNS = (*HYPERPARAMETER_KEYS, *(c for n in NAMES for c in (switch_key(n), strength_key(n))))
-TRIAL_COLUMNS = (
-    "trial_id", "status", "baseline", "epochs", "top1", "top5", "best_top1", "val_loss", "train_loss", "time_s", "node_id",
-    *CONFIG_COLUMNS,
-    "error",
-)  # fmt: skip
-HISTORY_COLUMNS = ("trial_id", "epoch", *HISTORY_METRICS, "time_s", "train_s", "eval_s", "data_s")
+TRIAL_COLUMNS = tuple(schema("trials").names)
+HISTORY_COLUMNS = tuple(schema("history").names)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ never guesses a type from the data. Each field carries its unit in the Parquet f
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,9 +38,8 @@ class Column:
     unit: str = ""
     each: bool = False
 
-    def fields(self) -> list[pa.Field]:
-        names = [self.name.replace("NAME", n) for n in NAMES] if self.each else [self.name]
-        return [pa.field(n, self.type, metadata={"unit": self.unit} if self.unit else None) for n in names]
+    def field(self, augmentation: str = "") -> pa.Field:
+        return pa.field(self.name.replace("NAME", augmentation), self.type, metadata={"unit": self.unit} if self.unit else None)
 
 
 def _c(spec: str, type: pa.DataType, unit: str = "") -> list[Column]:
@@ -188,7 +188,13 @@ SCHEMAS: dict[str, list[Column]] = {
 
 
 def schema(table: str) -> pa.Schema:
-    return pa.schema([f for column in SCHEMAS[table] for f in column.fields()])
+    """Neighbouring per-augmentation columns expand together, augmentation by augmentation
+    (aug_crop, aug_crop_strength, aug_hflip, ...)."""
+    fields: list[pa.Field] = []
+    for each, group in itertools.groupby(SCHEMAS[table], key=lambda c: c.each):
+        group = list(group)
+        fields += [c.field(n) for n in NAMES for c in group] if each else [c.field() for c in group]
+    return pa.schema(fields)
 
 
 def to_arrow(table: str, frame: pd.DataFrame, classes: Sequence[str] = ()) -> pa.Table:
