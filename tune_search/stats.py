@@ -222,3 +222,17 @@ def replicates_to_settle(se: float, df_per_replicate: float, replicates: int, ef
         if abs(effect) / scaled > critical or (bound - abs(effect)) / scaled > stats.t.ppf(1 - alpha / tests, df):
             return total
     return None
+
+
+def replicates_for_halfwidth(se: float, df: float, replicates: int, halfwidth: float, most: int, alpha: float = ALPHA) -> int:
+    """The fewest replicates in all (at least `replicates`, at most `most`) at which an
+    estimate with standard error `se` and `df` residual degrees of freedom from `replicates`
+    replicates would have a (1 - alpha) t-interval of at most ±`halfwidth`: its standard
+    error shrinks as 1/sqrt(replicates) and its degrees of freedom grow as replicates - 1
+    (one block per replicate); `most` when none up to it does."""
+    for total in range(replicates, most + 1):
+        scaled = se * math.sqrt(replicates / total)
+        grown = df * (total - 1) / (replicates - 1) if replicates > 1 else df * total / replicates
+        if stats.t.ppf(1 - alpha / 2, grown) * scaled <= halfwidth:
+            return total
+    return max(replicates, most)

@@ -23,12 +23,12 @@ import pandas as pd
 from tune_search import render
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import CLEAN, MOTIVATING
-from tune_search.stats import ALPHA, Estimate, block_fit, contrast, paired_interval, support_verdicts
+from tune_search.stats import ALPHA, Estimate, block_fit, contrast, paired_interval, replicates_for_halfwidth, support_verdicts
 from tune_search.studies import _base as common
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.dose import dose_table
 from tune_search.studies.screen import fit as screen_fit
-from tune_search.studies.screen import harmful
+from tune_search.studies.screen import harmful, seeds_flag
 from tune_search.trainable.trial import BUNDLE
 
 # a run's cell: what it changes against the base settings (the `cell` key of its config)
@@ -177,6 +177,7 @@ class TwoCells:
     interaction: Estimate
     shift: Estimate
     n_runs: int
+    residual_sd: float  # pooled over every cell's runs
 
     @property
     def df(self) -> float:
@@ -215,7 +216,33 @@ def two_cells(runs: pd.DataFrame, a: str, b: str, response: str = "top1") -> Two
         interaction=contrast(results, weights(**{f"bundle{ib}": 1.0, f"bundle{ia}": -1.0})),
         shift=contrast(results, weights(**{f"level{ib}": 1.0, f"level{ia}": -1.0})),
         n_runs=len(mine),
+        residual_sd=float(np.sqrt(results.scale)),
     )
+
+
+FIRST_SEEDS = 3  # explain.seeds auto: seeds before the look that sizes the study
+
+
+def seeds_for_precision(runs: pd.DataFrame, precision: float, max_seeds: int, alpha: float = ALPHA) -> int:
+    """`explain.seeds: auto`'s rule: the fewest seeds in all (at least those run, at most
+    `max_seeds`) at which a contrast between two cells' bundle effects, the widest the study
+    reports, would have a (1 - alpha) interval of at most ±`precision`, from the residual
+    spread pooled over the runs so far. It reads only the spread, which a least-squares
+    fit estimates independently of the contrasts, never an estimate: choosing the count this
+    way does not steer the verdicts (tests simulate the whole procedure)."""
+    labels = list(dict.fromkeys(runs.loc[runs["cell"] != CROP, "label"]))
+    seeds = int(runs["seed"].nunique())
+    fit = two_cells(runs, labels[0], labels[1]) if len(labels) >= 2 else None
+    if fit is None or not fit.df > 0:
+        return max(seeds, max_seeds)
+    return replicates_for_halfwidth(fit.interaction.se, fit.df, seeds, precision, max_seeds, alpha)
+
+
+def residual_sd(runs: pd.DataFrame) -> float:
+    """The residual SD of top-1 pooled over the cells' runs (their common fit), as a fraction."""
+    labels = list(dict.fromkeys(runs.loc[runs["cell"] != CROP, "label"]))
+    fit = two_cells(runs, labels[0], labels[-1]) if len(labels) >= 2 else None
+    return math.nan if fit is None else fit.residual_sd
 
 
 def _row(key: str, estimate: Estimate, **rest) -> dict:
@@ -417,7 +444,7 @@ class Explain(Study):
     command = "explain"
     help = "test the motivating thread's explanations of the harm on a finished search (best after its screen)"
     flags = (
-        Flag("--seeds", int, "explain.seeds"),
+        Flag("--seeds", seeds_flag, "explain.seeds"),
         Flag("--scratch-epochs", int, "explain.scratch_epochs"),
         Flag("--models", list, "explain.models", "other models for the capacity contrast (torch hub cache weights)"),
     )
@@ -462,33 +489,46 @@ class Explain(Study):
         scratch_lr = best_lr(swept) if len(swept) else None
         if len(swept):
             folder.write("explain_lr", swept)
-        configs = explain_configs(
-            base, bundle, list(space.augmentations), model=(spec.model.name, spec.model.weights), depths=depths,
-            seeds=list(range(cfg.explain.seeds)), scratch_epochs=cfg.explain.scratch_epochs, models=models,
-            oversample_to=oversample_to, crop_strengths=cfg.explain.crop_strengths, scratch_lr=scratch_lr,
-        )  # fmt: skip
+        auto = cfg.explain.seeds == "auto"
+        first = FIRST_SEEDS if auto else cfg.explain.seeds
+
+        def design(seeds: Sequence[int]) -> list[dict[str, Any]]:
+            return explain_configs(
+                base, bundle, list(space.augmentations), model=(spec.model.name, spec.model.weights), depths=depths,
+                seeds=list(seeds), scratch_epochs=cfg.explain.scratch_epochs, models=models,
+                oversample_to=oversample_to, crop_strengths=cfg.explain.crop_strengths, scratch_lr=scratch_lr,
+            )  # fmt: skip
+
+        configs = design(range(first))
         epoch_images = len(data.train)
         timed = [
             (int(c["freeze_depth"]), (c["max_epochs"] or cfg.budget.max_epochs) * (max(oversample_to * data.num_classes, epoch_images) / epoch_images if c["oversample_to"] else 1))
             for c in configs
         ]
         shown = ", ".join(f"{n} {s:.2g}" for n, s in bundle.items())
+        seeds = f"{first} seeds, then as many more as bring each contrast's interval to +-{100 * cfg.explain.precision:g} points (at most {cfg.explain.max_seeds})" if auto else f"{first} seeds"
         print(
-            f"explain: {len(configs)} runs ({cfg.explain.seeds} seeds): the bundle ({shown}) off and on at freeze depths "
+            f"explain: {len(configs)} runs ({seeds}): the bundle ({shown}) off and on at freeze depths "
             f"{', '.join(map(str, depths))}, from scratch (lr {scratch_lr or base['lr']:.3g}), " + "".join(f"on {n}, " for n, _ in models if n != spec.model.name)
             + f"with every class oversampled to {oversample_to}; crop alone at {', '.join(f'{s:g}' for s in cfg.explain.crop_strengths)}"
-            + common.estimate(folder, timed, common.slots(cfg))
+            + common.estimate(folder, timed, common.slots(cfg)) + (" for the first seeds" if auto else "")
         )
         results, runs = common.train(ctx, configs, "explain")
         if runs.empty:
             raise RuntimeError("every explain run failed; see Ray's log above")
+        if auto:
+            total = seeds_for_precision(runs, cfg.explain.precision, cfg.explain.max_seeds)
+            print(f"explain: residual SD {100 * residual_sd(runs):.2g} points after {first} seeds: {total} seeds in all " + (f"(+{total - first})" if total > first else "suffice"))
+            if total > first:
+                _, extra = common.train(ctx, design(range(first, total)), "explain-seeds", phase="explain, more seeds")
+                runs = pd.concat([runs, extra], ignore_index=True)
         runs["params"] = runs["label"].map(_cell_params(spec.model.name, models)).astype("Int64")
         folder.write("explain_runs", runs)
         reference = common.clean_model(results, depth_cell(depth), where=lambda run: not run[BUNDLE] and run["seed"] == 0)
         if reference is not None:
             config, state = reference
             folder.write("crop_sensitivity", pd.DataFrame(crop_sensitivity(TrialSettings.from_config(config), spec_for(spec, config), data, state)))
-        common.prune(ctx, "explain", "explain-lr")
+        common.prune(ctx, "explain", "explain-lr", "explain-seeds")
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         """explain.parquet (one row per explanation tested), explain_cells.parquet (the bundle's
