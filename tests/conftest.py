@@ -34,7 +34,7 @@ PLANTED_SPACE = f"""
 data: {{source: planted, image_size: 32, train_size: 300, val_size: 300}}
 space: {{augmentations: [{", ".join(PLANTED_SEARCHED)}], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 3, batch_size: 32}}
 budget: {{num_samples: 3, max_epochs: 4, grace_period: 1}}
-screen: {{strength: 1.0, seeds: 1}}
+screen: {{strength: 1.0, max_seeds: 4}}
 dose: {{enabled: false}}
 """
 

@@ -16,12 +16,12 @@ TARGETS = {"color": {"red", "orange"}, "blur": {"checker", "flat"}}
 
 def test_the_screen_calls_planted_harms_harmful_and_no_harmless_one(planted_run):
     screen = pd.read_parquet(planted_run / "screen.parquet")
-    assert len(screen) == 16 + 1 and screen["design_row"].max() == 15
+    # seeds auto: brightness and contrast stay unclear at this noise, so all 4 replicates run
+    assert len(screen) == 4 * 16 + 1 and screen["design_row"].max() == 15 and screen["seed"].nunique() == 4
     effects = pd.read_parquet(planted_run / "effects.parquet").set_index("augmentation")
     assert set(effects.index) == set(SEARCHED)
-    for name in TARGETS:  # the two large planted harms (hflip's is smaller at this budget)
+    for name in set(PLANTED_HARMS) & set(SEARCHED):  # hflip's harm, the smallest, takes the fourth replicate
         assert effects.loc[name, "verdict"] == "hurts", effects.loc[name].to_dict()
-    assert effects.loc["hflip", "effect"] < 0 and "hflip" in PLANTED_HARMS
     for name in HARMLESS:
         assert effects.loc[name, "verdict"] != "hurts", effects.loc[name].to_dict()
     for name in set(PLANTED_HARMS) & set(SEARCHED):
@@ -59,7 +59,7 @@ def test_the_recipe_leaves_the_planted_harms_out_and_is_confirmed(planted_run):
     recipe = config_from_row(best.iloc[-1])
     assert not any(recipe[f"aug_{name}"] for name in PLANTED_HARMS)
     decisions = pd.read_parquet(planted_run / "recipe.parquet").set_index("augmentation")
-    assert (decisions.loc[list(TARGETS), "decision"] == "dropped").all()
+    assert (decisions.loc[sorted(set(PLANTED_HARMS) & set(SEARCHED)), "decision"] == "dropped").all()
     confirm = pd.read_parquet(planted_run / "confirm.parquet").set_index("arm")
     assert "original" in confirm.index and (("none" in confirm.index) == any(recipe[f"aug_{n}"] for n in SEARCHED))
     # the recipe is at least as good as no augmentation: not shown worse, and better than the planted harms switched on
