@@ -205,7 +205,7 @@ class ExplainConfig(_Section):
     bundle: Literal["auto"] | tuple[str, ...] = "auto"  # auto: the screen's harmful set, else constants.MOTIVATING
     seeds: Annotated[int, Field(ge=2)] | Literal["auto"] = "auto"  # auto: 3 seeds, then as many as reach +-precision
     precision: Annotated[float, Field(gt=0, lt=1)] = 0.02  # auto: the half-width a contrast's 95 % interval should reach
-    max_seeds: Annotated[int, Field(ge=3)] = 12  # auto: at most this many seeds
+    max_seeds: Annotated[int, Field(ge=3)] = 32  # auto: at most this many seeds
     scratch_epochs: PositiveInt | None = None  # also a longer from-scratch run, at this budget
     scratch_lr: tuple[Annotated[float, Field(gt=0)], ...] = (1.0, 3.0, 10.0)  # the from-scratch lr sweep: multiples of the base lr
     models: tuple[str | ExplainModel, ...] = ()  # capacity: other models, all layers training

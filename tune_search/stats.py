@@ -183,6 +183,18 @@ def contrast(fit, weights: np.ndarray | str, alpha: float = ALPHA) -> Estimate:
     return Estimate(effect, low, high, float(np.squeeze(test.pvalue)), df, float(np.squeeze(test.sd)))
 
 
+def paired_estimate(diffs: np.ndarray, alpha: float = ALPHA) -> Estimate:
+    """The mean of paired differences (one per seed) with its t-interval and two-sided
+    p-value on len - 1 degrees of freedom; NaN interval and p-value with fewer than two."""
+    diffs = np.asarray(diffs, float)
+    effect, df = float(diffs.mean()) if len(diffs) else math.nan, float(len(diffs) - 1)
+    if len(diffs) < 2 or not diffs.std() > 0:
+        return Estimate(effect, math.nan, math.nan, math.nan, df)
+    described = DescrStatsW(diffs)
+    low, high = described.tconfint_mean(alpha)
+    return Estimate(effect, float(low), float(high), float(described.ttest_mean()[1]), df, float(described.std_mean))
+
+
 def mean_prediction(fit, rows: np.ndarray, alpha: float = ALPHA) -> pd.DataFrame:
     """`fit.get_prediction` for rows of the design matrix (columns in the fit's order):
     mean, mean_ci_lower/upper (the fitted value's interval) and obs_ci_lower/upper (one run's)."""

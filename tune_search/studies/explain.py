@@ -3,9 +3,9 @@ designed study.
 
 Every cell changes one thing against the base settings (freeze depth, random init, another
 model, oversampled classes) and trains with the augmentation bundle off and on, once per
-seed; crop alone runs at several strengths beside them. A contrast comparing two cells comes
-from one least-squares fit of every cell's runs, top-1 ~ cell + cell:bundle + seed blocks, so
-the seeds pair the runs and every interval rests on the residual error pooled over all cells.
+seed; crop alone runs at several strengths beside them. A contrast comparing two cells is taken
+seed by seed (the bundle's effect in one cell minus in the other, per seed) with a t-interval
+over the seeds: the seeds pair the runs, and every interval rests on its own contrast's spread.
 The verdicts: `tune_search.stats.support_verdicts`, Holm-corrected across the explanations.
 """
 
@@ -23,7 +23,7 @@ import pandas as pd
 from tune_search import render
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import CLEAN, MOTIVATING
-from tune_search.stats import ALPHA, Estimate, block_fit, contrast, paired_interval, replicates_for_halfwidth, support_verdicts
+from tune_search.stats import ALPHA, Estimate, contrast, paired_estimate, paired_interval, replicates_for_halfwidth, support_verdicts
 from tune_search.studies import _base as common
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.dose import dose_table
@@ -168,81 +168,82 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class TwoCells:
-    """The 2 x 2 fit of two cells with the bundle off and on: the bundle's effect in each,
-    the difference between those effects (the interaction), and the second cell's shift
-    with the bundle off."""
+    """Two cells with the bundle off and on, compared seed by seed: the bundle's mean effect
+    in each, the difference between those effects (the interaction), and the second cell's
+    shift with the bundle off."""
 
     effect_a: float
     effect_b: float
     interaction: Estimate
     shift: Estimate
     n_runs: int
-    residual_sd: float  # pooled over every cell's runs
 
     @property
     def df(self) -> float:
         return self.interaction.df
 
 
+def _by_seed(runs: pd.DataFrame, label: str, response: str) -> pd.DataFrame:
+    """One row per seed of cell `label`: its `response` with the bundle off and on."""
+    cell = runs[runs["label"] == label]
+    return cell.assign(_on=cell[BUNDLE].astype(bool)).pivot_table(index="seed", columns="_on", values=response, aggfunc="mean")
+
+
 def two_cells(runs: pd.DataFrame, a: str, b: str, response: str = "top1") -> TwoCells | None:
-    """Cells `a` and `b` compared in one fit of every cell's runs (crop's aside):
-    `response` ~ cell + cell:bundle + seed blocks, so each cell has its own level and its own
-    bundle effect while the residual variance is pooled over all cells and seeds; None when
-    either cell has no runs."""
-    mine = runs[runs["cell"] != CROP] if "cell" in runs else runs
-    labels = list(dict.fromkeys(mine["label"]))
-    if a not in labels or b not in labels:
+    """Cells `a` and `b` compared seed by seed (`stats.paired_estimate` over the seeds both
+    ran off and on): per seed, the bundle's effect in b minus in a (the interaction) and b
+    minus a with the bundle off (the shift). Each contrast rests on the spread of its own
+    per-seed differences, so a seed that moves a cell's two runs together cancels, and a
+    noisy cell widens only the contrasts it is in (the demo's cells differ tenfold in spread,
+    so one variance pooled over them all would be too narrow for some and too wide for the
+    rest). None when either cell has no seed run off and on."""
+    if "cell" in runs:
+        runs = runs[runs["cell"] != CROP]
+    first, second = _by_seed(runs, a, response), _by_seed(runs, b, response)
+    both = first.dropna().index.intersection(second.dropna().index)
+    if not len(both) or {False, True} - set(first.columns) or {False, True} - set(second.columns):
         return None
-    on = mine[BUNDLE].astype(bool).to_numpy(float)
-    frame = pd.DataFrame({"seed": mine["seed"].to_numpy(), "_y": mine[response].to_numpy(float)})
-    for i, label in enumerate(labels):
-        member = (mine["label"] == label).to_numpy(float)
-        if i:  # the first cell is the reference level
-            frame[f"level{i}"] = member
-        frame[f"bundle{i}"] = member * on
-    results = block_fit(frame, "_y", [c for c in frame.columns if c.startswith(("level", "bundle"))])
-    columns, ia, ib = list(results.model.exog_names), labels.index(a), labels.index(b)
-
-    def weights(**terms: float) -> np.ndarray:
-        w = np.zeros(len(columns))
-        for name, value in terms.items():
-            if name in columns:
-                w[columns.index(name)] += value
-        return w
-
+    first, second = first.loc[both], second.loc[both]
+    effect_a, effect_b = first[True] - first[False], second[True] - second[False]
     return TwoCells(
-        effect_a=float(results.params[f"bundle{ia}"]),
-        effect_b=float(results.params[f"bundle{ib}"]),
-        interaction=contrast(results, weights(**{f"bundle{ib}": 1.0, f"bundle{ia}": -1.0})),
-        shift=contrast(results, weights(**{f"level{ib}": 1.0, f"level{ia}": -1.0})),
-        n_runs=len(mine),
-        residual_sd=float(np.sqrt(results.scale)),
+        effect_a=float(effect_a.mean()),
+        effect_b=float(effect_b.mean()),
+        interaction=paired_estimate((effect_b - effect_a).to_numpy(float)),
+        shift=paired_estimate((second[False] - first[False]).to_numpy(float)),
+        n_runs=4 * len(both),
     )
 
 
 FIRST_SEEDS = 3  # explain.seeds auto: seeds before the look that sizes the study
 
 
+def interactions(runs: pd.DataFrame) -> dict[str, TwoCells]:
+    """Per other cell, its comparison with the all-layers cell: the contrasts between bundle
+    effects the study reports (the widest kind)."""
+    labels = [label for label in dict.fromkeys(runs.loc[runs["cell"] != CROP, "label"]) if label != depth_cell(0)]
+    return {label: fit for label in labels if (fit := two_cells(runs, depth_cell(0), label)) is not None}
+
+
 def seeds_for_precision(runs: pd.DataFrame, precision: float, max_seeds: int, alpha: float = ALPHA) -> int:
     """`explain.seeds: auto`'s rule: the fewest seeds in all (at least those run, at most
-    `max_seeds`) at which a contrast between two cells' bundle effects, the widest the study
-    reports, would have a (1 - alpha) interval of at most ±`precision`, from the residual
-    spread pooled over the runs so far. It reads only the spread, which a least-squares
-    fit estimates independently of the contrasts, never an estimate: choosing the count this
-    way does not steer the verdicts (tests simulate the whole procedure)."""
-    labels = list(dict.fromkeys(runs.loc[runs["cell"] != CROP, "label"]))
+    `max_seeds`) at which every contrast of the all-layers cell's bundle effect with another
+    cell's would have a (1 - alpha) interval of at most ±`precision`, from the spread of
+    each contrast's per-seed differences so far. It reads only the spreads, which are
+    independent of the contrasts' means for normal errors, never an estimate: choosing the
+    count this way does not steer the verdicts (tests simulate the whole procedure)."""
     seeds = int(runs["seed"].nunique())
-    fit = two_cells(runs, labels[0], labels[1]) if len(labels) >= 2 else None
-    if fit is None or not fit.df > 0:
+    fits = [fit for fit in interactions(runs).values() if fit.df > 0 and fit.interaction.se > 0]
+    if not fits:
         return max(seeds, max_seeds)
-    return replicates_for_halfwidth(fit.interaction.se, fit.df, seeds, precision, max_seeds, alpha)
+    return max(replicates_for_halfwidth(fit.interaction.se, fit.df, seeds, precision, max_seeds, alpha) for fit in fits)
 
 
-def residual_sd(runs: pd.DataFrame) -> float:
-    """The residual SD of top-1 pooled over the cells' runs (their common fit), as a fraction."""
-    labels = list(dict.fromkeys(runs.loc[runs["cell"] != CROP, "label"]))
-    fit = two_cells(runs, labels[0], labels[-1]) if len(labels) >= 2 else None
-    return math.nan if fit is None else fit.residual_sd
+def next_seed_count(runs: pd.DataFrame, precision: float, max_seeds: int) -> int:
+    """How many seeds in all once auto's next batch has run: `seeds_for_precision`'s count,
+    but at most twice the seeds run so far (a count read from few seeds is rough; the next
+    look reads it again from more); the seeds run when no more are needed."""
+    seeds = int(runs["seed"].nunique())
+    return min(seeds_for_precision(runs, precision, max_seeds), 2 * seeds)
 
 
 def _row(key: str, estimate: Estimate, **rest) -> dict:
@@ -307,22 +308,19 @@ def crop_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def crop_row(runs: pd.DataFrame) -> dict | None:
-    """(d): crop's effect at its highest strength minus at its lowest, from one fit of crop's
-    runs and their reference on one level per strength plus seed blocks (the reference's runs
-    add residual degrees of freedom)."""
+    """(d): crop's effect at its highest strength minus at its lowest, seed by seed
+    (`stats.paired_estimate`); beside it, crop's mean effect at each against the reference
+    (the base depth's cell with the bundle off) of the same seed."""
     runs = crop_runs(runs)
     crop = runs[runs["cell"] == CROP]
     levels = sorted(crop["aug_crop_strength"].unique())
     if len(levels) < 2:
         return None
-    frame = pd.DataFrame({f"s{i}": ((runs["cell"] == CROP) & (runs["aug_crop_strength"] == level)).astype(float).to_numpy() for i, level in enumerate(levels)})
-    frame["seed"], frame["_y"] = runs["seed"].to_numpy(), runs["top1"].to_numpy(float)
-    if len(runs) <= 1 + len(levels) + runs["seed"].nunique() - 1:
-        return None
-    results = block_fit(frame, "_y", [f"s{i}" for i in range(len(levels))])
-    last = f"s{len(levels) - 1}"
-    return _row("crop", contrast(results, f"{last} - s0 = 0"), level_a=f"strength {levels[0]:g}", effect_a=float(results.params["s0"]),
-                level_b=f"strength {levels[-1]:g}", effect_b=float(results.params[last]), n_runs=len(runs))  # fmt: skip
+    by_seed = crop.pivot_table(index="seed", columns="aug_crop_strength", values="top1", aggfunc="mean")[[levels[0], levels[-1]]].dropna()
+    reference = runs[runs["label"] == CLEAN].groupby("seed")["top1"].mean().reindex(by_seed.index)
+    low, high = by_seed[levels[0]], by_seed[levels[-1]]
+    return _row("crop", paired_estimate((high - low).to_numpy(float)), level_a=f"strength {levels[0]:g}", effect_a=float((low - reference).mean()),
+                level_b=f"strength {levels[-1]:g}", effect_b=float((high - reference).mean()), n_runs=3 * len(by_seed))  # fmt: skip
 
 
 def explain_table(
@@ -516,19 +514,23 @@ class Explain(Study):
         results, runs = common.train(ctx, configs, "explain")
         if runs.empty:
             raise RuntimeError("every explain run failed; see Ray's log above")
+        batches = []
+        while auto and (total := next_seed_count(runs, cfg.explain.precision, cfg.explain.max_seeds)) > (seeds := int(runs["seed"].nunique())):
+            shown = ", ".join(f"{label} +-{50 * (fit.interaction.ci_high - fit.interaction.ci_low):.1f}" for label, fit in interactions(runs).items())
+            print(f"explain: after {seeds} seeds, each cell's contrast with depth 0 is known to ({shown}) points: seeds {seeds + 1}-{total} next")
+            batches.append(f"explain-seeds{len(batches) + 1}")
+            _, extra = common.train(ctx, design(range(seeds, total)), batches[-1], phase=f"explain, seeds {seeds + 1}-{total}")
+            runs = pd.concat([runs, extra], ignore_index=True)
         if auto:
-            total = seeds_for_precision(runs, cfg.explain.precision, cfg.explain.max_seeds)
-            print(f"explain: residual SD {100 * residual_sd(runs):.2g} points after {first} seeds: {total} seeds in all " + (f"(+{total - first})" if total > first else "suffice"))
-            if total > first:
-                _, extra = common.train(ctx, design(range(first, total)), "explain-seeds", phase="explain, more seeds")
-                runs = pd.concat([runs, extra], ignore_index=True)
+            shown = ", ".join(f"{label} +-{50 * (fit.interaction.ci_high - fit.interaction.ci_low):.1f}" for label, fit in interactions(runs).items())
+            print(f"explain: {runs['seed'].nunique()} seeds in all, each cell's contrast with depth 0 known to ({shown}) points")
         runs["params"] = runs["label"].map(_cell_params(spec.model.name, models)).astype("Int64")
         folder.write("explain_runs", runs)
         reference = common.clean_model(results, depth_cell(depth), where=lambda run: not run[BUNDLE] and run["seed"] == 0)
         if reference is not None:
             config, state = reference
             folder.write("crop_sensitivity", pd.DataFrame(crop_sensitivity(TrialSettings.from_config(config), spec_for(spec, config), data, state)))
-        common.prune(ctx, "explain", "explain-lr", "explain-seeds")
+        common.prune(ctx, "explain", "explain-lr", *batches)
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         """explain.parquet (one row per explanation tested), explain_cells.parquet (the bundle's
