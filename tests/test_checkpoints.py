@@ -7,19 +7,39 @@ from pathlib import Path
 from tune_search.checkpoints import prune_behind_snapshot, prune_checkpoints
 
 
-def make_experiment(root: Path, checkpoints: dict[str, int], named: dict[str, int | None], snapshot: str = "experiment_state-2026-01-01_00-00-00.json") -> Path:
+def manager(trial: str, index: int | None) -> dict:
+    """A trial's checkpoint manager with checkpoints 0..index registered, encoded as Ray's
+    snapshot encodes it (a pickle under its CLOUDPICKLE_FALLBACK marker)."""
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager, _TrainingResult
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    held = _CheckpointManager(CheckpointConfig(num_to_keep=None))
+    for i in range(-1 if index is None else index + 1):
+        held.register_checkpoint(_TrainingResult(checkpoint=Checkpoint(f"/runs/x/trial_{trial}/checkpoint_{i:06d}"), metrics={"epoch": i + 1}))
+    return json.loads(json.dumps(held, cls=TuneFunctionEncoder))
+
+
+def snapshot_row(trial: str, registered: int | None, reported: int | None = None) -> list[str]:
+    """One trial of a snapshot's trial table (JSON strings inside JSON): its checkpoint
+    manager holding 0..registered, its last result naming checkpoint `reported` (default:
+    the same)."""
+    reported = registered if reported is None else reported
+    name = None if reported is None else f"checkpoint_{reported:06d}"
+    runtime = {"last_result": {"checkpoint_dir_name": name}, "checkpoint_manager": manager(trial, registered)}
+    return [json.dumps({"trial_id": trial, "relative_logdir": f"trial_{trial}"}), json.dumps(runtime)]
+
+
+def make_experiment(root: Path, checkpoints: dict[str, int], named: dict[str, int | None], snapshot: str = "experiment_state-2026-01-01_00-00-00.json", reported: dict[str, int] | None = None) -> Path:
     """An experiment folder as Ray Tune lays it out: trial folders with checkpoint_00000N
-    folders, and a snapshot (its trial table, as JSON strings inside JSON) naming each trial's
-    last result's checkpoint."""
+    folders, and a snapshot whose trial table has each trial's checkpoints registered up to
+    `named` (and its last result naming `reported`, default the same)."""
     for trial, count in checkpoints.items():
         for index in range(count):
             folder = root / f"trial_{trial}" / f"checkpoint_{index:06d}"
             folder.mkdir(parents=True)
             (folder / "state.pt").write_bytes(b"x" * 10)
-    rows = [
-        [json.dumps({"trial_id": trial, "relative_logdir": f"trial_{trial}"}), json.dumps({"last_result": {"checkpoint_dir_name": None if index is None else f"checkpoint_{index:06d}"}})]
-        for trial, index in named.items()
-    ]
+    rows = [snapshot_row(trial, index, (reported or {}).get(trial)) for trial, index in named.items()]
     (root / snapshot).write_text(json.dumps({"trial_data": rows, "runner_data": {}}))
     return root
 
@@ -40,8 +60,16 @@ def test_only_checkpoints_older_than_the_snapshots_go(tmp_path):
 
 def test_the_newest_snapshot_is_the_one_read(tmp_path):
     root = make_experiment(tmp_path, {"a": 3}, {"a": 0})
-    (root / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps({"trial_data": [[json.dumps({"relative_logdir": "trial_a"}), json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000002"}})]]}))
+    (root / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps({"trial_data": [snapshot_row("a", 2)]}))
     assert prune_behind_snapshot(str(root)) == (2, 0) and left(root) == {"trial_a": ["checkpoint_000002"]}
+
+
+def test_a_checkpoint_reported_but_not_yet_registered_is_not_what_resume_uses(tmp_path):
+    """Ray registers a checkpoint with the trial's manager after the result that carried it,
+    and a snapshot can fall between: its last result names checkpoint 1 while a restore would
+    load checkpoint 0 (a killed screen failed to resume this way). Checkpoint 0 stays."""
+    root = make_experiment(tmp_path, {"a": 2}, {"a": 0}, reported={"a": 1})
+    assert prune_behind_snapshot(str(root)) == (0, 1) and left(root) == {"trial_a": ["checkpoint_000000", "checkpoint_000001"]}
 
 
 def test_no_snapshot_no_deletion(tmp_path):

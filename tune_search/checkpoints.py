@@ -5,12 +5,14 @@ registers a newer one, and uploads the experiment snapshot (the trial table `Tun
 reads) later, in the background. A driver killed between the two leaves a snapshot that names
 a checkpoint that is gone, and the trial cannot be resumed. Here Ray keeps every checkpoint
 (`num_to_keep=None`) and `CheckpointRetention` deletes a trial's older ones only once the
-snapshot in storage names a newer one: whatever the snapshot names is always there.
+snapshot in storage has registered a newer one: whatever the snapshot resumes from is always
+there.
 """
 
 from __future__ import annotations
 
 import json
+import pickletools
 import posixpath
 import re
 import tempfile
@@ -42,10 +44,26 @@ def checkpoints(fs: pafs.FileSystem, experiment: str) -> dict[str, list[str]]:
     return found
 
 
+def registered(manager: object) -> list[int]:
+    """The checkpoint indices a trial's checkpoint manager holds, as the snapshot stores it: a
+    hex-encoded pickle under Ray's CLOUDPICKLE_FALLBACK marker. Its opcodes are only listed
+    (`pickletools.genops`), never executed: the checkpoint paths are strings in it."""
+    if not isinstance(manager, dict) or not isinstance(manager.get("value"), str):
+        return []
+    try:
+        ops = list(pickletools.genops(bytes.fromhex(manager["value"])))
+    except ValueError:
+        return []
+    found = (CHECKPOINT.fullmatch(posixpath.basename(arg)) for _, arg, _ in ops if isinstance(arg, str))
+    return sorted({int(m[1]) for m in found if m})
+
+
 def named_by_snapshot(fs: pafs.FileSystem, experiment: str) -> dict[str, int | None] | None:
     """{trial folder name: index of the checkpoint Ray would resume it from} as the newest
-    experiment snapshot in storage says (plain JSON, read as data); None without a snapshot.
-    A trial whose last result carried no checkpoint maps to None."""
+    experiment snapshot in storage says; None without a snapshot. That is the newest
+    checkpoint the trial's checkpoint manager had registered, which can be one behind the
+    last result's `checkpoint_dir_name` (Ray registers a checkpoint after the result that
+    carried it); a trial with none registered maps to None."""
     snapshots = sorted(i.path for i in _listing(fs, experiment) if i.type == pafs.FileType.File and SNAPSHOT.fullmatch(i.base_name))
     if not snapshots:
         return None
@@ -55,9 +73,8 @@ def named_by_snapshot(fs: pafs.FileSystem, experiment: str) -> dict[str, int | N
     for trial_json, runtime_json in state.get("trial_data", []):
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
         folder = posixpath.basename(str(trial.get("relative_logdir") or ""))
-        checkpoint = (runtime.get("last_result") or {}).get("checkpoint_dir_name")
-        match = CHECKPOINT.fullmatch(checkpoint or "")
-        named[folder] = int(match[1]) if match else None
+        held = registered(runtime.get("checkpoint_manager"))
+        named[folder] = held[-1] if held else None
     return named
 
 
