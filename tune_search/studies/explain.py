@@ -194,7 +194,7 @@ def two_cells(runs: pd.DataFrame, a: str, b: str, response: str = "top1") -> Two
     ran off and on): per seed, the bundle's effect in b minus in a (the interaction) and b
     minus a with the bundle off (the shift). Each contrast rests on the spread of its own
     per-seed differences, so a seed that moves a cell's two runs together cancels, and a
-    noisy cell widens only the contrasts it is in (the demo's cells differ tenfold in spread,
+    noisy cell widens only the contrasts it is in (the demo's cells differ eightfold in spread,
     so one variance pooled over them all would be too narrow for some and too wide for the
     rest). None when either cell has no seed run off and on."""
     if "cell" in runs:
@@ -244,6 +244,11 @@ def next_seed_count(runs: pd.DataFrame, precision: float, max_seeds: int) -> int
     look reads it again from more); the seeds run when no more are needed."""
     seeds = int(runs["seed"].nunique())
     return min(seeds_for_precision(runs, precision, max_seeds), 2 * seeds)
+
+
+def _halfwidths(runs: pd.DataFrame) -> str:
+    """Each cell's contrast with the all-layers cell, as the half-width of its 95 % interval in points."""
+    return ", ".join(f"{label} +-{50 * (fit.interaction.ci_high - fit.interaction.ci_low):.1f}" for label, fit in interactions(runs).items())
 
 
 def _row(key: str, estimate: Estimate, **rest) -> dict:
@@ -516,14 +521,12 @@ class Explain(Study):
             raise RuntimeError("every explain run failed; see Ray's log above")
         batches = []
         while auto and (total := next_seed_count(runs, cfg.explain.precision, cfg.explain.max_seeds)) > (seeds := int(runs["seed"].nunique())):
-            shown = ", ".join(f"{label} +-{50 * (fit.interaction.ci_high - fit.interaction.ci_low):.1f}" for label, fit in interactions(runs).items())
-            print(f"explain: after {seeds} seeds, each cell's contrast with depth 0 is known to ({shown}) points: seeds {seeds + 1}-{total} next")
+            print(f"explain: after {seeds} seeds, each cell's contrast with depth 0 is known to ({_halfwidths(runs)}) points: seeds {seeds + 1}-{total} next")
             batches.append(f"explain-seeds{len(batches) + 1}")
             _, extra = common.train(ctx, design(range(seeds, total)), batches[-1], phase=f"explain, seeds {seeds + 1}-{total}")
             runs = pd.concat([runs, extra], ignore_index=True)
         if auto:
-            shown = ", ".join(f"{label} +-{50 * (fit.interaction.ci_high - fit.interaction.ci_low):.1f}" for label, fit in interactions(runs).items())
-            print(f"explain: {runs['seed'].nunique()} seeds in all, each cell's contrast with depth 0 known to ({shown}) points")
+            print(f"explain: {runs['seed'].nunique()} seeds in all, each cell's contrast with depth 0 known to ({_halfwidths(runs)}) points")
         runs["params"] = runs["label"].map(_cell_params(spec.model.name, models)).astype("Int64")
         folder.write("explain_runs", runs)
         reference = common.clean_model(results, depth_cell(depth), where=lambda run: not run[BUNDLE] and run["seed"] == 0)
