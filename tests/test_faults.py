@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tune_search.cli import main
+from tune_search.trainable.hold import HOLD, hold_spec
 from tune_search.tuner import STUDY_NAME
 
 pytestmark = pytest.mark.slow  # trains models and starts Ray
@@ -79,19 +80,29 @@ def _result_lines(folder: Path) -> dict[str, int]:
     return {d.name: len((d / "result.json").read_text().splitlines()) for d in folder.glob("trial_*") if (d / "result.json").is_file()}
 
 
-def _kill_when(cli: list[str], folder: Path, what: str, check_loopback: bool = False) -> dict[str, str]:
-    """Start the CLI, SIGKILL it (and its local Ray) once two of `folder`'s trials finished
-    and a third is mid-way; the finished trials' result.json as they were."""
-    proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
+def _held(hold: Path, deadline: float, proc=None) -> int:
+    """The pid of the trial process the hold hook holds, once it holds."""
+    while not (hold / "held").is_file():
+        if time.time() > deadline or (proc is not None and proc.poll() is not None):
+            raise AssertionError(f"no trial reached the hold point: {sorted(p.name for p in hold.iterdir())}")
+        time.sleep(0.05)
+    return int((hold / "held").read_text())
+
+
+def _kill_when(cli: list[str], folder: Path, what: str, hold: Path, check_loopback: bool = False) -> dict[str, str]:
+    """Start the CLI with its third run held by the hold hook after its first epoch, and SIGKILL
+    the CLI (and its local Ray) there: two runs or more finished, the third mid-way, on any
+    machine. The finished runs' result.json as they were."""
+    hold.mkdir()
+    env = {**os.environ, HOLD: hold_spec(hold, folder.name, epoch=1, nth=3)}
+    proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        while time.time() < deadline:
-            lines = _result_lines(folder) if folder.is_dir() else {}
-            if sum(n == 3 for n in lines.values()) >= 2 and any(0 < n < 3 for n in lines.values()):
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"the {what} did not get far enough to kill: {lines}")
+        pid, deadline = _held(hold, time.time() + 300, proc), time.time() + 60
+        # its report recorded (result.json is copied into the storage whole: read until it settles)
+        # (a study trains on every slot: the other slots go on while this one is held)
+        while not _two_finished_one_held(lines := _result_lines(folder), _pids(folder), pid):
+            assert time.time() < deadline, lines
+            time.sleep(0.05)
         if check_loopback:
             listening = listening_addresses(proc.pid)
             assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
@@ -99,6 +110,16 @@ def _kill_when(cli: list[str], folder: Path, what: str, check_loopback: bool = F
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     return {k: (folder / k / "result.json").read_text() for k, n in lines.items() if n == 3}
+
+
+def _two_finished_one_held(lines: dict[str, int], pids: dict[str, int], held: int) -> bool:
+    finished = sum(n == 3 for n in lines.values())
+    return finished >= 2 and any(lines.get(name) == 1 for name, pid in pids.items() if pid == held)
+
+
+def _pids(folder: Path) -> dict[str, int]:
+    """Each trial folder's pid of its first report."""
+    return {d.name: json.loads(d.joinpath("result.json").read_text().splitlines()[0])["pid"] for d in folder.glob("trial_*") if d.joinpath("result.json").is_file() and d.joinpath("result.json").read_text().strip()}
 
 
 def _epochs(folder: Path) -> dict[str, list[int]]:
@@ -118,8 +139,8 @@ def test_a_killed_search_and_a_killed_screen_resume_without_losing_or_repeating_
     args = ["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "r"]
     cli = [sys.executable, "-m", "tune_search.cli", *args]
     folder, screen = tmp_path / "r", tmp_path / "r-screen"
-    searched = _kill_when(cli, folder, "search", check_loopback=True)
-    screened = _kill_when([*cli, "--resume"], screen, "screen")  # the search finishes, the screen is killed
+    searched = _kill_when(cli, folder, "search", tmp_path / "hold-search", check_loopback=True)
+    screened = _kill_when([*cli, "--resume"], screen, "screen", tmp_path / "hold-screen")  # the search finishes, the screen is killed
 
     assert main([*args, "--resume"]) == 0
     trials = pd.read_parquet(folder / "trials.parquet")
@@ -142,34 +163,36 @@ def test_a_killed_search_and_a_killed_screen_resume_without_losing_or_repeating_
 WORKER = one_at_a_time(3, "screen: {enabled: false}")
 
 
-def test_a_trial_whose_process_is_killed_loses_at_most_the_epoch_in_flight(tmp_path):
+def test_a_trial_whose_process_is_killed_loses_at_most_the_epoch_in_flight(tmp_path, monkeypatch):
     (tmp_path / "space.yaml").write_text(WORKER)
-    folder = tmp_path / "w"
+    folder, hold = tmp_path / "w", tmp_path / "hold"
+    hold.mkdir()
+    # the first trial process to report epoch 1 holds there until it is killed: no race
+    monkeypatch.setenv(HOLD, hold_spec(hold, "w", epoch=1, nth=1))
     killed: dict[str, int] = {}
 
-    def kill_the_first_trial_after_one_epoch():
-        deadline = time.time() + 300
+    def kill_the_held_trial():
+        pid = _held(hold, time.time() + 300)
+        deadline = time.time() + 60
         while time.time() < deadline and not killed:
-            for name, n in (_result_lines(folder) if folder.is_dir() else {}).items():
-                if n == 1:
-                    pid = json.loads((folder / name / "result.json").read_text().splitlines()[0])["pid"]
+            for name, first in _pids(folder).items() if folder.is_dir() else ():
+                if first == pid:  # its epoch-1 report is in its result.json
                     os.kill(pid, signal.SIGKILL)
                     killed[name] = pid
-                    return
-            time.sleep(0.2)
+            time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_the_first_trial_after_one_epoch)
+    killer = threading.Thread(target=kill_the_held_trial, daemon=True)
     killer.start()
     assert main(["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "w"]) == 0
-    killer.join()
+    killer.join(timeout=5)
     assert killed, "no trial was killed"
     (name,) = killed
     reports = [json.loads(line) for line in (folder / name / "result.json").read_text().splitlines()]
     before = [r["epoch"] for r in reports if r["pid"] == killed[name]]
     after = [r["epoch"] for r in reports if r["pid"] != killed[name]]
-    assert before[0] == 1 and after and after[-1] == 3  # a new process finished it
+    assert before == [1] and after and after[-1] == 3  # held after epoch 1; a new process finished it
     # it restarted from its last checkpoint: at most the epoch in flight at the kill is trained again
-    assert before[-1] <= after[0] <= before[-1] + 1 and after == list(range(after[0], 4))
+    assert after == [2, 3] or after == [1, 2, 3], after
     history = pd.read_parquet(folder / "history.parquet")
     assert not history.duplicated(["trial_id", "epoch"]).any() and len(history) == 9
     for rebuilt in (False, True):  # as the search wrote it, and rebuilt from the trial folders

@@ -19,6 +19,7 @@ from torch import nn
 from tune_search.trainable.augment import build_pipeline, strengths_in
 from tune_search.trainable.hyperparameters import BY_NAME, settings_in
 from tune_search.trainable.data import Dataset, Split, balanced_order, class_weights
+from tune_search.trainable.hold import maybe_hold
 from tune_search.trainable.loop import (
     autocast,
     classification_metrics,
@@ -316,6 +317,7 @@ def train_trial(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
     # Ray pins OMP threads to 1 in workers; use exactly this trial's CPU share instead
     torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
     keep_freed_memory()
+    experiment = tune.get_context().get_experiment_name()
     checkpoint = tune.get_checkpoint()
     resume = None
     if checkpoint is not None:
@@ -328,3 +330,4 @@ def train_trial(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state(), Path(folder) / CHECKPOINT_FILE)
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
+        maybe_hold(experiment, metrics["epoch"])
