@@ -42,7 +42,7 @@ def test_units_are_in_the_field_metadata(tmp_path):
     path = ResultsFolder(tmp_path).write("effects", pd.DataFrame({"augmentation": ["blur"], "effect": [-0.02]}))
     fields = pq.read_schema(path)
     assert fields.field("effect").metadata == {b"unit": b"difference of fractions"}
-    assert fields.field("p_holm").metadata == {b"unit": b"probability"}
+    assert fields.field("p_adjusted").metadata == {b"unit": b"probability"}
     assert fields.field("augmentation").metadata is None
     assert unit_metadata("trials")["top1"] == "fraction" and unit_metadata("history")["time_s"] == "seconds"
 

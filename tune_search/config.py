@@ -148,6 +148,26 @@ class ScreenConfig(_Section):
     max_seeds: PositiveInt = 2
 
 
+class FocusConfig(_Section):
+    """The focused screen: the augmentations the screen did not call harmful, screened again
+    with the harmful ones off, at the recipe's settings, in their own two-level design."""
+
+    enabled: bool = True
+    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicates added while any verdict is unclear
+    max_seeds: PositiveInt = 4  # with auto: at most this many replicates
+
+
+class SweepConfig(_Section):
+    """The strength of every augmentation the focused screen calls helpful, from measured runs:
+    each at `strengths` and off on top of the rest of the recipe, paired by seed."""
+
+    enabled: bool = True
+    strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
+    seeds: Annotated[int, Field(ge=2)] = 2
+
+    _levels = field_validator("strengths")(lambda value: _two_levels(value, "the strength sweep"))
+
+
 class DoseConfig(_Section):
     """Dose-response of each augmentation the screen calls harmful."""
 
@@ -170,8 +190,10 @@ def _augmentation_list(value, default: str):
 
 
 class RecipeConfig(_Section):
-    """The recipe the screen's verdicts recommend: hurts dropped, helps and harmless kept."""
+    """The recipe the verdicts recommend (the focused screen's where it ran, else the
+    screen's): hurts dropped, helps kept, harmless kept unless `keep_harmless: false`."""
 
+    keep_harmless: bool = True
     keep_unclear: bool = False  # also keep augmentations whose verdict is unclear
 
 
@@ -245,6 +267,8 @@ class SearchConfig(_Section):
     budget: BudgetConfig = BudgetConfig()
     resources: ResourcesConfig = ResourcesConfig()
     screen: ScreenConfig = ScreenConfig()
+    focus: FocusConfig = FocusConfig()
+    sweep: SweepConfig = SweepConfig()
     dose: DoseConfig = DoseConfig()
     recipe: RecipeConfig = RecipeConfig()
     confirm: ConfirmConfig = ConfirmConfig()

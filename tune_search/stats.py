@@ -95,44 +95,27 @@ def fdr_adjusted(p_value: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
     return multipletests(np.asarray(p_value, float), alpha=alpha, method="fdr_bh")[1]
 
 
-def holm_verdicts(effect: np.ndarray, p_value: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, list[str]]:
-    """Holm-adjusted p-values and verdicts: `hurts` / `helps` where the adjusted p-value is
-    below alpha, by the effect's sign; `unclear` otherwise."""
-    adjusted = holm_adjusted(p_value, alpha)
-    return adjusted, ["unclear" if p >= alpha else ("hurts" if e < 0 else "helps") for e, p in zip(effect, adjusted)]
+def support_verdicts(effect, se, sign, df, negligible: float, alpha: float = ALPHA) -> tuple[Simultaneous, list[str]]:
+    """Verdicts on claims that each predict the sign of an effect, judged together
+    (`simultaneous`; NaN effects are not tested): `supported` where the interval excludes zero
+    on the predicted side, `opposite` where it excludes it on the other, `negligible` where it
+    lies within ±negligible, `unclear` otherwise."""
+    judged = simultaneous(effect, se, df, negligible, alpha)
+    words = {"harmless": "negligible", "unclear": "unclear"}
+    said = [words.get(v) or ("supported" if (v == "helps") == (s > 0) else "opposite") for v, s in zip(judged.said, sign)]
+    return judged, said
 
 
-def support_verdicts(effect, se, p_value, sign, df, negligible: float, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Verdicts on claims that each predict the sign of an effect, Holm-corrected across the
-    claims tested (NaN p-values are not tested): `supported` where the two-sided test rejects
-    zero with the predicted sign, `opposite` where it rejects it with the other, `negligible`
-    where the equivalence test (TOST) puts the effect within ±negligible, `unclear`
-    otherwise. The Holm-adjusted two-sided and equivalence p-values, and the verdicts."""
-    effect, se, p_value = (np.asarray(v, float) for v in (effect, se, p_value))
-    df = np.broadcast_to(np.asarray(df, float), effect.shape)
-    adjusted, equivalent = np.full(len(effect), math.nan), np.full(len(effect), math.nan)
-    tested = ~np.isnan(p_value)
-    adjusted[tested] = holm_adjusted(p_value[tested], alpha)
-    tost = np.array([equivalence_p(e, x, d, negligible) for e, x, d in zip(effect[tested], se[tested], df[tested])], float)
-    equivalent[tested] = holm_adjusted(tost, alpha)
-    said = []
-    for e, p, q, s in zip(effect, adjusted, equivalent, sign):
-        if p < alpha:
-            said.append("supported" if s * e > 0 else "opposite")
-        elif q < alpha:
-            said.append("negligible")
-        else:
-            said.append("unclear")
-    return adjusted, equivalent, said
-
-
-def interval_verdict(ci_low: float, ci_high: float) -> str:
-    """`hurts` / `helps` when the interval excludes zero, `unclear` otherwise (no correction:
-    for estimates that are not verdicts of a design, such as the search's own)."""
+def interval_verdict(ci_low: float, ci_high: float, bound: float = 0.0) -> str:
+    """The verdict an interval gives: `hurts` / `helps` when it lies below / above zero,
+    `harmless` when it lies within ±bound (never with bound 0), `unclear` otherwise (NaN
+    bounds included). The correction is the interval's own."""
     if ci_high < 0:
         return "hurts"
     if ci_low > 0:
         return "helps"
+    if -bound < ci_low and ci_high < bound:
+        return "harmless"
     return "unclear"
 
 
@@ -211,27 +194,50 @@ def equivalence_p(effect, se, df: float, bound: float) -> np.ndarray:
     return np.maximum(below, above)
 
 
-def equivalence_verdicts(effect, se, p_value, df: float, bound: float, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Four verdicts on a family of effects: `hurts` / `helps` where Holm's correction of the
-    two-sided tests rejects zero; else `harmless` where Holm's correction of the equivalence
-    tests (TOST, ±bound) rejects a difference of `bound` or more; else `unclear`. The
-    Holm-adjusted two-sided and equivalence p-values, and the verdicts."""
-    adjusted, said = holm_verdicts(np.asarray(effect, float), np.asarray(p_value, float), alpha)
-    equivalent = holm_adjusted(equivalence_p(effect, se, df, bound), alpha)
-    said = ["harmless" if v == "unclear" and q < alpha else v for v, q in zip(said, equivalent)]
-    return adjusted, equivalent, said
+@dataclass(frozen=True)
+class Simultaneous:
+    """A family of effects judged together (`simultaneous`): each effect's Bonferroni
+    interval, its adjusted p-values, and the verdict its interval gives."""
+
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p_adjusted: np.ndarray  # two-sided, Bonferroni: below alpha exactly when the interval excludes 0
+    p_equivalence_adjusted: np.ndarray  # TOST, Bonferroni: below alpha exactly when the interval lies within +-bound
+    said: list[str]  # hurts / helps / harmless / unclear (NaN effects: unclear)
+    level: float  # each interval's two-sided error rate: alpha / the number of effects tested
+
+
+def simultaneous(effect, se, df, bound: float, alpha: float = ALPHA) -> Simultaneous:
+    """The verdicts on a family of effects, each read off its printed interval, so that a
+    verdict and its interval always agree: (1 - alpha / k) t-intervals for the k effects tested
+    (Bonferroni: all k cover at once with probability 1 - alpha or more); `hurts` / `helps`
+    where the interval lies below / above zero, `harmless` where it lies within ±bound (two
+    one-sided tests at alpha / 2k each), `unclear` otherwise. NaN effects or standard errors are
+    not tested and stay `unclear` with NaN intervals."""
+    effect, se = np.atleast_1d(np.asarray(effect, float)), np.atleast_1d(np.asarray(se, float))
+    df = np.broadcast_to(np.asarray(df, float), effect.shape)
+    tested = np.isfinite(effect) & np.isfinite(se) & (se > 0) & (df > 0)
+    k = max(int(tested.sum()), 1)
+    level = alpha / k
+    low, high, p, q = (np.full(effect.shape, math.nan) for _ in range(4))
+    critical = stats.t.ppf(1 - level / 2, df[tested])
+    low[tested], high[tested] = effect[tested] - critical * se[tested], effect[tested] + critical * se[tested]
+    p[tested] = np.minimum(1.0, k * 2 * stats.t.sf(np.abs(effect[tested]) / se[tested], df[tested]))
+    q[tested] = np.minimum(1.0, 2 * k * equivalence_p(effect[tested], se[tested], df[tested], bound))
+    said = [interval_verdict(lo, hi, bound) for lo, hi in zip(low, high)]
+    return Simultaneous(low, high, p, q, said, level)
 
 
 def replicates_to_settle(se: float, df_per_replicate: float, replicates: int, effect: float, bound: float, tests: int, alpha: float = ALPHA) -> int | None:
     """How many replicates in all would likely (at the estimated effect and its standard
     error shrinking as 1/sqrt(replicates)) turn an `unclear` effect into a verdict: the
-    first count, up to 16 replicates, where either test would reject at alpha / tests; None
-    when no count up to that does."""
+    first count, up to 16 replicates, where its (1 - alpha / tests) interval (`simultaneous`)
+    would clear zero or fit within ±bound; None when no count up to that does."""
     for total in range(replicates + 1, 17):
         scaled = se * math.sqrt(replicates / total)
         df = df_per_replicate * total
         critical = stats.t.ppf(1 - alpha / (2 * tests), df)
-        if abs(effect) / scaled > critical or (bound - abs(effect)) / scaled > stats.t.ppf(1 - alpha / tests, df):
+        if abs(effect) / scaled > critical or (bound - abs(effect)) / scaled > critical:  # the interval clears 0, or fits in +-bound
             return total
     return None
 

@@ -1,6 +1,5 @@
 """The recipe and its confirmation: pure functions over tables, with planted effects."""
 
-import gc
 import math
 
 import numpy as np
@@ -10,19 +9,23 @@ import yaml
 
 from tune_search.config import SearchConfig, load_config
 from tune_search.export import config_from_row, search_tables
+from tune_search.config import RecipeConfig
 from tune_search.studies.confirm import (
     BEST,
     NONE,
     ORIGINAL,
+    PLUS,
     RECIPE,
     RECOMMENDED,
+    arm_table,
+    arms,
     comparisons,
     confirm_configs,
-    decisions,
-    recipe_config,
+    pairwise,
     recipe_space,
     recommended_row,
 )
+from tune_search.studies.recipe import decisions as decide, recipe_config
 from tests.test_export import RECORDS
 
 NAMES = ["hflip", "crop", "blur", "contrast", "rotate"]
@@ -44,6 +47,10 @@ def effects(verdicts: dict[str, str], harmful_above: dict[str, float] | None = N
     )
 
 
+def decisions(effects, focus=None, sweep=None, **settings):
+    return decide(effects, focus, sweep, RecipeConfig(**settings))
+
+
 def test_the_recipe_drops_what_hurts_keeps_what_helps_or_is_harmless_and_leaves_unclear_out():
     table = decisions(effects({"hflip": "helps", "crop": "hurts", "blur": "harmless", "contrast": "unclear", "rotate": "hurts"})).set_index("augmentation")
     assert table["decision"].to_dict() == {"hflip": "kept", "blur": "kept", "contrast": "left out", "crop": "dropped", "rotate": "dropped"}
@@ -53,6 +60,17 @@ def test_the_recipe_drops_what_hurts_keeps_what_helps_or_is_harmless_and_leaves_
     assert (recipe["lr"], recipe["freeze_depth"]) == (2e-3, 3)  # the screen's settings, its augmentations replaced
     kept = decisions(effects({"contrast": "unclear"}), keep_unclear=True)
     assert kept["decision"].tolist() == ["kept"]
+    assert decisions(effects({"blur": "harmless"}), keep_harmless=False)["decision"].tolist() == ["left out"]
+
+
+def test_the_focused_screen_decides_what_the_screen_did_not_call_harmful_at_the_swept_strength():
+    screened = effects({"hflip": "unclear", "crop": "hurts", "blur": "unclear", "contrast": "harmless"})
+    focus = effects({"hflip": "helps", "blur": "hurts", "contrast": "unclear"}).assign(strength=0.5)
+    sweep = pd.DataFrame({"augmentation": ["hflip"] * 3, "strength": [0.25, 0.5, 1.0], "chosen": [False, False, True]})
+    table = decisions(screened, focus, sweep).set_index("augmentation")
+    assert table["decision"].to_dict() == {"hflip": "kept", "blur": "dropped", "contrast": "left out", "crop": "dropped"}
+    assert table["stage"].to_dict() == {"hflip": "focus", "blur": "focus", "contrast": "focus", "crop": "screen"}
+    assert table.loc["hflip", "strength"] == 1.0 and table.loc["contrast", "verdict"] == "unclear"
 
 
 def test_a_kept_augmentation_stays_below_where_dose_response_saw_harm_start():
@@ -77,35 +95,78 @@ def test_the_recommended_row_retrains_the_recipe_and_replaces_an_earlier_one(tmp
 
 
 ARM_EFFECT = {RECIPE: 0.0, NONE: -0.03, ORIGINAL: -0.05, BEST: 0.0}  # top-1 of each arm against the recipe
+ON = {RECIPE: {"hflip": 0.5}, NONE: {}, ORIGINAL: {"hflip": 0.5, "crop": 0.5, "blur": 0.5}, BEST: {"hflip": 0.8, "contrast": 0.3}}
 
 
 def simulate(arm_effect=ARM_EFFECT, seeds=3, sd=0.004, rng=None) -> pd.DataFrame:
     rng = rng or np.random.default_rng(0)
+    configs = {a: {**BASE, **{f"aug_{n}": n in ON.get(a, {}) for n in NAMES}, **{f"aug_{n}_strength": s for n, s in ON.get(a, {}).items()}} for a in arm_effect}
     rows = []
-    for config in confirm_configs({a: BASE for a in arm_effect}, list(range(seeds))):
+    for config in confirm_configs(configs, list(range(seeds))):
         rows.append({**config, "top1": 0.8 + 0.02 * config["seed"] + arm_effect[config["label"]] + rng.normal(0, sd)})
     return pd.DataFrame(rows)
 
 
+def judged(runs, negligible=0.01):
+    pairs = pairwise(runs, negligible=negligible)
+    summary = arm_table(runs, pairs, negligible)
+    return pairs, summary, comparisons(pairs, summary).set_index("arm")
+
+
 def test_the_confirmation_recovers_each_arm_with_covering_intervals():
-    table = comparisons(simulate(), negligible=0.01).set_index("arm")
-    assert list(table.index) == [NONE, ORIGINAL, BEST]
+    pairs, summary, table = judged(simulate())
+    assert len(pairs) == 4 * 3  # every ordered pair
+    recommended = summary.loc[summary["recommended"], "arm"].item()
+    assert recommended in (RECIPE, BEST) and set(table.index) == set(ARM_EFFECT) - {recommended}
     for arm in table.index:
-        truth = -ARM_EFFECT[arm]  # recipe minus the arm
+        truth = ARM_EFFECT[recommended] - ARM_EFFECT[arm]  # the recommended minus the arm
         assert table.loc[arm, "ci_low"] <= truth <= table.loc[arm, "ci_high"]
     assert table.loc[NONE, "verdict"] == "better" and table.loc[ORIGINAL, "verdict"] == "better"
-    assert table.loc[BEST, "verdict"] in ("no different", "unclear")
     assert (table["n_seeds"] == 3).all() and (table["df"] == 12 - 4 - 2).all()
-    assert table.loc[NONE, "comparison"] == "recipe vs no augmentation"
+    # each verdict is read off its interval, simultaneous over the 6 pairs
+    assert ((table["verdict"] == "better") == (table["ci_low"] > 0)).all()
+
+
+def test_the_recommendation_is_the_best_measured_arm_or_the_simplest_tied_with_it():
+    # the best config measured 3 points better than the recipe: it is recommended, with its margin
+    _, summary, table = judged(simulate({**ARM_EFFECT, BEST: 0.03}))
+    assert summary.loc[summary["recommended"], "arm"].item() == BEST and summary.loc[summary["best_measured"], "arm"].item() == BEST
+    assert table.loc[RECIPE, "verdict"] == "better" and table.loc[RECIPE, "comparison"] == "the search's best config vs the recipe"
+    # the recipe (one augmentation) and the best config (two) tied: the simpler is recommended
+    runs = simulate({**ARM_EFFECT, BEST: 0.0}, sd=0.0005)
+    _, summary, table = judged(runs)
+    assert summary.loc[summary["recommended"], "arm"].item() == RECIPE
+    # no augmentation tied with the best measured: the simplest of all wins
+    _, summary, _ = judged(simulate({RECIPE: 0.0, NONE: 0.0, BEST: 0.0}, sd=0.002))
+    assert summary.loc[summary["recommended"], "arm"].item() == NONE
+
+
+def test_the_recommendation_is_never_an_arm_another_arm_measured_better():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        effect = dict(zip(ARM_EFFECT, rng.normal(0, 0.01, len(ARM_EFFECT))))
+        pairs, summary, table = judged(simulate(effect, sd=0.005, rng=rng))
+        chosen = summary.loc[summary["recommended"], "arm"].item()
+        assert not (pairs[(pairs["a"] == chosen)]["verdict"] == "worse").any()
+        best = summary["top1"].max()
+        assert summary.loc[summary["recommended"], "top1"].item() >= best - 0.01
 
 
 def test_when_no_arm_differs_false_verdicts_stay_at_or_under_5_percent():
     rng = np.random.default_rng(11)
     null = dict.fromkeys(ARM_EFFECT, 0.0)
-    gc.freeze()  # statsmodels' Holm runs gc.collect() per call
-    false = sum(bool(comparisons(simulate(null, sd=0.01, rng=rng), negligible=1e-6)["verdict"].isin(["better", "worse"]).any()) for _ in range(400))
-    gc.unfreeze()
+    false = sum(bool(pairwise(simulate(null, sd=0.01, rng=rng), negligible=1e-6)["verdict"].isin(["better", "worse"]).any()) for _ in range(400))
     assert false / 400 <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 400)
+
+
+def test_the_arms_add_each_augmentation_of_the_best_config_that_does_not_hurt_to_the_recipe():
+    screened = effects({"hflip": "helps", "crop": "hurts", "contrast": "unclear", "blur": "unclear"})
+    recipe = recipe_config(BASE, decisions(screened), NAMES)
+    best = {**{k: v for k, v in BASE.items() if not k.startswith("aug_")}, "aug_hflip": True, "aug_hflip_strength": 0.8, "aug_crop": True, "aug_crop_strength": 0.4, "aug_contrast": True, "aug_contrast_strength": 0.3}
+    made = arms(recipe, best, {"hflip": 0.5}, screened, NAMES)
+    assert list(made) == [RECIPE, NONE, BEST, PLUS + "contrast"]  # the original set is the recipe here: one arm
+    plus = made[PLUS + "contrast"]
+    assert plus["aug_hflip"] and plus["aug_hflip_strength"] == 0.5 and plus["aug_contrast_strength"] == 0.3 and not plus["aug_crop"]
 
 
 def test_the_original_set_is_the_all_aug_baseline_or_the_list_asked_for():

@@ -19,11 +19,13 @@ from tune_search.studies.ablation import Ablation
 from tune_search.studies.confirm import Confirm
 from tune_search.studies.dose import Dose
 from tune_search.studies.explain import Explain
+from tune_search.studies.focus import Focus
 from tune_search.studies.screen import Screen
+from tune_search.studies.sweep import Sweep
 
 __all__ = ["STUDIES", "Flag", "Study", "StudyContext", "analyse", "by_command", "by_name", "effects_table", "selected"]
 
-STUDIES: tuple[Study, ...] = (Screen(), Dose(), Confirm(), Ablation(), Explain())
+STUDIES: tuple[Study, ...] = (Screen(), Focus(), Sweep(), Dose(), Confirm(), Ablation(), Explain())
 by_name = {s.name: s for s in STUDIES}
 by_command = {s.command: s for s in STUDIES if s.command}
 

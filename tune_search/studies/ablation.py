@@ -13,13 +13,13 @@ import pandas as pd
 from tune_search import render
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.export import config_from_row
-from tune_search.stats import block_fit, contrast, equivalence_verdicts
+from tune_search.stats import block_fit, contrast, simultaneous
 from tune_search.studies._base import Flag, Study, StudyContext, Tables, prune, train
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.trial import RUN_KEYS
 
 ABLATION_COLUMNS = (
-    "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "p_value", "p_holm", "p_equivalence_holm",
+    "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "p_equivalence_adjusted",
     "verdict", "n_seeds", "df", "top1_with", "top1_without", "screen_verdict", "agrees",
 )  # fmt: skip
 
@@ -45,9 +45,9 @@ def ablation_configs(best: Mapping[str, Any], augmentations: Sequence[str], *, s
 def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.DataFrame | None = None, *, negligible: float = 0.01) -> pd.DataFrame:
     """ablation.parquet: per augmentation, top-1 with it minus top-1 without it, from one fit
     of every run on its variant (the best config as reference) and seed blocks, so the seeds
-    pair the runs and every interval rests on all runs' residual error; Holm-corrected
-    across the augmentations, with the screen's four verdicts (`stats.equivalence_verdicts`,
-    harmless within ±`negligible`). `runs` has columns label (the switched augmentation;
+    pair the runs and every interval rests on all runs' residual error; intervals simultaneous
+    across the augmentations, each with the screen's four verdicts read off it
+    (`stats.simultaneous`, harmless within ±`negligible`). `runs` has columns label (the switched augmentation;
     empty for the best config), seed, top1 and aug_<name> for every augmentation; `screen`
     is effects.parquet, to compare with the screen's verdicts."""
     base = runs[runs["label"] == ""].set_index("seed")
@@ -66,7 +66,8 @@ def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.Data
         estimates.append(contrast(fit, weights))
     effect = np.array([e.effect for e in estimates])
     se = np.array([e.se for e in estimates])
-    p_holm, p_equivalence, said = equivalence_verdicts(effect, se, np.array([e.p_value for e in estimates]), float(fit.df_resid), negligible)
+    judged = simultaneous(effect, se, float(fit.df_resid), negligible)
+    p_adjusted, p_equivalence, said = judged.p_adjusted, judged.p_equivalence_adjusted, judged.said
     screened = screen[screen["verdict"] != "not screened"] if screen is not None else None
     screen_verdicts = dict(zip(screened["augmentation"], screened["verdict"])) if screened is not None else {}
     rows = []
@@ -81,11 +82,11 @@ def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.Data
                 "switched": "off" if was_on[name] else "on",
                 "strength": float(with_aug[strength_key(name)].iloc[0]),
                 "effect": e.effect,
-                "ci_low": e.ci_low,
-                "ci_high": e.ci_high,
+                "ci_low": float(judged.ci_low[i]),
+                "ci_high": float(judged.ci_high[i]),
                 "p_value": e.p_value,
-                "p_holm": float(p_holm[i]),
-                "p_equivalence_holm": float(p_equivalence[i]),
+                "p_adjusted": float(p_adjusted[i]),
+                "p_equivalence_adjusted": float(p_equivalence[i]),
                 "verdict": said[i],
                 "n_seeds": len(seeds),
                 "df": e.df,

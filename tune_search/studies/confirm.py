@@ -1,21 +1,22 @@
-"""The recipe and its confirmation: what to train with, and how sure we are.
+"""The confirmation: every candidate trained at full budget, and the best measured recommended.
 
-The recipe follows from the screen's verdicts: augmentations that hurt are dropped; those that
-help or are harmless (within ±`screen.negligible`) are kept at their screened strength (below
-the strength where dose-response found harm starting, where it ran); `unclear` ones are left
-out unless `recipe.keep_unclear`. The screen's effects are averages over the design's
-contexts, so the recipe itself is then trained at full budget beside no augmentation, the
-original set (the all + aug baseline's augmentations, or `confirm.compare`) and the search's
-best config, over `confirm.seeds` seeds, all paired by seed; one least-squares fit (arm + seed
-blocks) gives every comparison with the recipe, Holm-corrected across them, with Bonferroni
-intervals that agree with the corrected tests. Should the recipe not beat no augmentation,
-it says so and the recipe without its worst kept augmentation is tried once.
+The arms: the recipe (`recipe.decisions`: the focused screen's verdicts, the sweep's
+strengths), no augmentation, the original set (the all + aug baseline's augmentations, or
+`confirm.compare`), the search's best config, and the recipe plus each augmentation of the
+best config that the screen did not call `hurts` (at the best config's strength); arms that
+train the same config once. Every arm runs over `confirm.seeds` seeds, paired by seed; one
+least-squares fit (an arm term each, a block per seed) gives every pair of arms' difference
+with an interval simultaneous over all pairs (Bonferroni, at the confirmation's share of the
+procedure's 5 %), each verdict read off its interval. The recommendation is the arm measured
+best or, among the arms within the equivalence margin of it that no arm measured better, the
+simplest (fewest augmentations): never an arm another one measured better.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -26,60 +27,31 @@ from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES, MOTIVATING
 from tune_search.export import config_columns, config_from_row
-from tune_search.stats import ALPHA, block_fit, contrast, equivalence_verdicts
+from tune_search.stats import ALPHA, block_fit, contrast, simultaneous
 from tune_search.studies import _base as common
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
-from tune_search.trainable.augment import strength_key, strengths_in
+from tune_search.studies.errors import stage_alpha
+from tune_search.studies.recipe import decisions, recipe_config
+from tune_search.trainable.augment import strengths_in
 from tune_search.trainable.hyperparameters import describe_settings
 
-RECIPE, NONE, ORIGINAL, BEST, REDUCED = "recipe", "none", "original", "best", "recipe minus worst"
-ARMS = {NONE: "no augmentation", ORIGINAL: "the original set", BEST: "the search's best config", REDUCED: "the recipe without its worst kept augmentation"}
-KEEP = ("helps", "harmless")
-RECOMMENDED = "recommended"  # the recipe's row in best_configs.parquet: its trial_id and status
-DECISION_COLUMNS = ("augmentation", "verdict", "effect", "ci_low", "ci_high", "decision", "strength")
+RECIPE, NONE, ORIGINAL, BEST, PLUS = "recipe", "none", "original", "best", "recipe + "
+ARMS = {RECIPE: "the recipe", NONE: "no augmentation", ORIGINAL: "the original set", BEST: "the search's best config"}
+RECOMMENDED = "recommended"  # the recommendation's row in best_configs.parquet: its trial_id and status
 CONFIRM_COLUMNS = (
-    "comparison", "arm", "effect", "ci_low", "ci_high", "p_value", "p_holm", "p_equivalence_holm", "verdict",
-    "top1_recipe", "top1_other", "n_seeds", "df",
+    "comparison", "arm", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "p_equivalence_adjusted", "verdict",
+    "top1_recommended", "top1_other", "n_seeds", "df",
 )  # fmt: skip
-SAYS = {"helps": "better", "hurts": "worse", "harmless": "no different", "unclear": "unclear"}  # the recipe against an arm
+ARM_COLUMNS = ("arm", "augmentations", "n_augmentations", "top1", "n_seeds", "rank", "best_measured", "recommended", "negligible")
+SAYS = {"helps": "better", "hurts": "worse", "harmless": "no different", "unclear": "unclear"}  # one arm against another
 
 
-# the recipe ----------------------------------------------------------------------------------
+def describe_arm(arm: str) -> str:
+    return ARMS.get(arm, arm if arm.startswith(PLUS) else arm)
 
 
-def decisions(effects: pd.DataFrame, *, keep_unclear: bool = False) -> pd.DataFrame:
-    """Per screened augmentation: its verdict, effect and what the recipe does with it (kept /
-    dropped / left out) at which strength."""
-    screened = effects[effects["verdict"] != "not screened"].sort_values("effect", ascending=False)
-    rows = []
-    for _, r in screened.iterrows():
-        keep = r["verdict"] in KEEP or (keep_unclear and r["verdict"] == "unclear")
-        strength = float(r["strength"])
-        start = r.get("harmful_above_low", math.nan)
-        if keep and isinstance(start, float) and not math.isnan(start) and start <= strength:
-            strength = round(max(start - 0.05, 0.0), 2)  # below where harm may start
-            keep = strength > 0
-        decision = "kept" if keep else ("dropped" if r["verdict"] == "hurts" else "left out")
-        rows.append({"augmentation": r["augmentation"], "verdict": r["verdict"], "effect": r["effect"], "ci_low": r["ci_low"],
-                     "ci_high": r["ci_high"], "decision": decision, "strength": strength if keep else math.nan})  # fmt: skip
-    return pd.DataFrame(rows, columns=list(DECISION_COLUMNS))
-
-
-def recipe_config(base: Mapping[str, Any], table: pd.DataFrame, names: Sequence[str]) -> dict[str, Any]:
-    """The recipe as a trial config: `base`'s settings, the kept augmentations on."""
-    kept = table[table["decision"] == "kept"]
-    return common.with_augmentations(common.base_settings(base), dict(zip(kept["augmentation"], kept["strength"])), names)
-
-
-def original_set(trials: pd.DataFrame | None, effects: pd.DataFrame, compare: Sequence[str] | None) -> dict[str, float]:
-    """The augmentations a user trained with before: `compare` at the screen's strengths, else
-    the all + aug baseline's (the thread's six), as the search ran them."""
-    screened = effects.set_index("augmentation")["strength"].dropna()
-    if compare is not None:
-        return {n: float(screened.get(n, 0.5)) for n in compare}
-    if trials is not None and len(row := trials[trials["baseline"] == BASELINES[2]]):
-        return strengths_in(config_from_row(row.iloc[0]))
-    return {n: float(screened.get(n, 0.5)) for n in MOTIVATING}
+def _on_text(config: Mapping[str, Any]) -> str:
+    return ", ".join(f"{n} {s:.2f}" for n, s in strengths_in(config).items()) or "no augmentation"
 
 
 def recommended_row(recipe: Mapping[str, Any], best: pd.DataFrame, top1: float, epochs: int) -> pd.DataFrame:
@@ -112,7 +84,34 @@ def recipe_space(cfg: SearchConfig, recipe: Mapping[str, Any], row: int) -> str:
     return head + yaml.safe_dump(tree, sort_keys=False)
 
 
-# the confirmation ----------------------------------------------------------------------------
+def original_set(trials: pd.DataFrame | None, effects: pd.DataFrame, compare: Sequence[str] | None) -> dict[str, float]:
+    """The augmentations a user trained with before: `compare` at the screen's strengths, else
+    the all + aug baseline's (the thread's six), as the search ran them."""
+    screened = effects.set_index("augmentation")["strength"].dropna()
+    if compare is not None:
+        return {n: float(screened.get(n, 0.5)) for n in compare}
+    if trials is not None and len(row := trials[trials["baseline"] == BASELINES[2]]):
+        return strengths_in(config_from_row(row.iloc[0]))
+    return {n: float(screened.get(n, 0.5)) for n in MOTIVATING}
+
+
+def arms(recipe: dict[str, Any], best: dict[str, Any] | None, original: Mapping[str, float], effects: pd.DataFrame, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Every arm's trial config, each distinct config once (the first label that trains it)."""
+    settings = common.base_settings(recipe)
+    out = {RECIPE: recipe, NONE: common.with_augmentations(settings, {}, names)}
+    out[ORIGINAL] = common.with_augmentations(settings, original, sorted({*names, *original}))
+    if best is not None:
+        out[BEST] = best
+        hurts = set(effects.loc[effects["verdict"] == "hurts", "augmentation"])
+        mine = strengths_in(recipe)
+        for name, strength in strengths_in(best).items():
+            if name not in hurts and name not in mine and name in names:
+                out[PLUS + name] = common.with_augmentations(settings, {**mine, name: strength}, names)
+    distinct: dict[str, dict[str, Any]] = {}
+    for label, config in out.items():
+        if all(config_columns(config) != config_columns(other) for other in distinct.values()):
+            distinct[label] = config
+    return distinct
 
 
 def confirm_configs(arms: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -120,122 +119,144 @@ def confirm_configs(arms: Mapping[str, Mapping[str, Any]], seeds: Sequence[int])
     return [{**config, "study": "confirm", "design_row": -1, "seed": seed, "label": label} for seed in seeds for label, config in arms.items()]
 
 
-def comparisons(runs: pd.DataFrame, *, negligible: float, alpha: float = ALPHA) -> pd.DataFrame:
-    """confirm.parquet: the recipe against every other arm, from one fit of top-1 on the arm
-    (the recipe as reference) and seed blocks: recipe minus the arm, Bonferroni intervals,
-    Holm-adjusted p-values and the verdict (`better`, `worse`, `no different`: within
-    ±negligible by an equivalence test, or `unclear`)."""
-    others = [a for a in dict.fromkeys(runs["label"]) if a != RECIPE]
-    if RECIPE not in set(runs["label"]) or not others or runs["seed"].nunique() < 2:
-        return pd.DataFrame(columns=list(CONFIRM_COLUMNS))
-    frame = pd.DataFrame({f"arm{i}": (runs["label"] == a).astype(float).to_numpy() for i, a in enumerate(others)})
+def pairwise(runs: pd.DataFrame, *, negligible: float, alpha: float = ALPHA) -> pd.DataFrame:
+    """Every ordered pair of arms (a, b): a minus b in top-1 from one fit of top-1 on the arms
+    and seed blocks, with intervals simultaneous over the unordered pairs (`stats.simultaneous`)
+    and the verdict read off each (`better`, `worse`, `no different`: within ±negligible,
+    `unclear`)."""
+    labels = list(dict.fromkeys(runs["label"]))
+    if len(labels) < 2 or runs["seed"].nunique() < 2:
+        return pd.DataFrame(columns=["a", "b", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "p_equivalence_adjusted", "verdict", "df"])
+    frame = pd.DataFrame({f"arm{i}": (runs["label"] == a).astype(float).to_numpy() for i, a in enumerate(labels[1:])})
     frame["seed"], frame["_y"] = runs["seed"].to_numpy(), runs["top1"].to_numpy(float)
-    fit = block_fit(frame, "_y", list(frame.columns[: len(others)]))
+    fit = block_fit(frame, "_y", list(frame.columns[: len(labels) - 1]))
     columns = list(fit.model.exog_names)
-    simultaneous = alpha / len(others)
-    estimates = []
-    for i in range(len(others)):
-        weights = np.zeros(len(columns))
-        weights[columns.index(f"arm{i}")] = -1.0  # recipe minus the arm
-        estimates.append(contrast(fit, weights, alpha=simultaneous))
-    effect = np.array([e.effect for e in estimates])
-    se = np.array([e.se for e in estimates])
-    p_holm, p_equivalence, said = equivalence_verdicts(effect, se, np.array([e.p_value for e in estimates]), float(fit.df_resid), negligible, alpha)
-    mean = runs.groupby("label")["top1"].mean()
+
+    def weight(label: str) -> np.ndarray:
+        w = np.zeros(len(columns))
+        if label != labels[0]:
+            w[columns.index(f"arm{labels.index(label) - 1}")] = 1.0
+        return w
+
+    pairs = list(combinations(labels, 2))
+    estimates = [contrast(fit, weight(a) - weight(b)) for a, b in pairs]
+    judged = simultaneous([e.effect for e in estimates], [e.se for e in estimates], float(fit.df_resid), negligible, alpha)
+    rows = []
+    for i, ((a, b), e) in enumerate(zip(pairs, estimates)):
+        said = judged.said[i]
+        common_row = {"p_value": e.p_value, "p_adjusted": judged.p_adjusted[i], "p_equivalence_adjusted": judged.p_equivalence_adjusted[i], "df": e.df}
+        rows.append({"a": a, "b": b, "effect": e.effect, "ci_low": judged.ci_low[i], "ci_high": judged.ci_high[i], "verdict": SAYS[said], **common_row})
+        flipped = {"helps": "hurts", "hurts": "helps"}.get(said, said)
+        rows.append({"a": b, "b": a, "effect": -e.effect, "ci_low": -judged.ci_high[i], "ci_high": -judged.ci_low[i], "verdict": SAYS[flipped], **common_row})
+    return pd.DataFrame(rows)
+
+
+def arm_table(runs: pd.DataFrame, pairs: pd.DataFrame, negligible: float) -> pd.DataFrame:
+    """confirm_arms.parquet: per arm its augmentations, mean top-1 over its seeds and rank, the
+    one measured best, and the recommended one: the simplest arm (fewest augmentations, then
+    the higher mean) whose mean is within ±negligible of the best's and that no arm measured
+    better (no `worse` verdict against any other arm); the best measured arm when none is
+    simpler."""
+    mean = runs.groupby("label", sort=False)["top1"].mean()
+    seeds = runs.groupby("label", sort=False)["seed"].nunique()
+    first = runs.drop_duplicates("label").set_index("label")
+    count = {a: len(strengths_in(first.loc[a].to_dict())) for a in mean.index}
+    best = str(mean.idxmax())
+    beaten = set(pairs.loc[pairs["verdict"] == "worse", "a"]) if len(pairs) else set()
+    tied = [a for a in mean.index if mean[a] >= mean[best] - negligible and a not in beaten]
+    chosen = min(tied, key=lambda a: (count[a], -mean[a])) if tied else best
+    table = pd.DataFrame(
+        {
+            "arm": list(mean.index),
+            "augmentations": [_on_text(first.loc[a].to_dict()) for a in mean.index],
+            "n_augmentations": [count[a] for a in mean.index],
+            "top1": mean.to_numpy(float),
+            "n_seeds": seeds.reindex(mean.index).to_numpy(int),
+        }
+    )
+    table["rank"] = table["top1"].rank(ascending=False, method="min").astype(int)
+    table["best_measured"] = table["arm"] == best
+    table["recommended"] = table["arm"] == chosen
+    table["negligible"] = negligible
+    return table.sort_values("rank", kind="stable").reset_index(drop=True)[list(ARM_COLUMNS)]
+
+
+def comparisons(pairs: pd.DataFrame, arm_summary: pd.DataFrame) -> pd.DataFrame:
+    """confirm.parquet: the recommended arm against every other arm (recommended minus the
+    other), from the pairwise family."""
+    if not len(pairs) or not len(arm_summary):
+        return pd.DataFrame(columns=list(CONFIRM_COLUMNS))
+    chosen = arm_summary.loc[arm_summary["recommended"], "arm"].iloc[0]
+    mean = arm_summary.set_index("arm")["top1"]
+    seeds = arm_summary.set_index("arm")["n_seeds"]
+    mine = pairs[pairs["a"] == chosen]
     return pd.DataFrame(
         [
-            {"comparison": f"recipe vs {ARMS.get(arm, arm)}", "arm": arm, "effect": e.effect, "ci_low": e.ci_low, "ci_high": e.ci_high,
-             "p_value": e.p_value, "p_holm": p_holm[i], "p_equivalence_holm": p_equivalence[i], "verdict": SAYS[said[i]],
-             "top1_recipe": float(mean[RECIPE]), "top1_other": float(mean[arm]), "n_seeds": int(runs["seed"].nunique()), "df": e.df}
-            for i, (arm, e) in enumerate(zip(others, estimates))
+            {"comparison": f"{describe_arm(chosen)} vs {describe_arm(r['b'])}", "arm": r["b"], "effect": r["effect"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+             "p_value": r["p_value"], "p_adjusted": r["p_adjusted"], "p_equivalence_adjusted": r["p_equivalence_adjusted"], "verdict": r["verdict"],
+             "top1_recommended": float(mean[chosen]), "top1_other": float(mean[r["b"]]), "n_seeds": int(seeds[chosen]), "df": r["df"]}
+            for _, r in mine.iterrows()
         ],
         columns=list(CONFIRM_COLUMNS),
     )  # fmt: skip
 
 
-def _beats_none(table: pd.DataFrame) -> bool:
-    row = table[table["arm"] == NONE]
-    return bool(len(row)) and row["verdict"].iloc[0] == "better"
-
-
 class Confirm(Study):
     name = "confirm"
     command = "confirm"
-    help = "confirm the recipe a screened search recommends against no augmentation, the original set and the best config"
+    help = "train the recipe beside no augmentation, the original set, the search's best config and the recipe plus each of its augmentations; recommend the best measured"
     follows = "screen"
     flags = (Flag("--seeds", int, "confirm.seeds"),)
     tables = {
         "recipe": "what the recipe does with each screened augmentation",
         "confirm_runs": "the confirmation's runs",
-        "confirm": "the recipe against each other arm, paired by seed",
+        "confirm_arms": "every arm's mean top-1, the best measured and the recommended",
+        "confirm": "the recommended arm against each other arm, paired by seed",
     }
 
     def enabled(self, cfg: SearchConfig) -> bool:
         return cfg.screen.enabled and cfg.confirm.enabled
 
-    def _arms(self, ctx: StudyContext, recipe: dict[str, Any], effects: pd.DataFrame) -> dict[str, dict[str, Any]]:
-        names = list(ctx.space.augmentations)
-        original = original_set(ctx.folder.read("trials"), effects, ctx.cfg.confirm.compare)
-        arms = {RECIPE: recipe}
-        if strengths_in(recipe):  # else the recipe is no augmentation
-            arms[NONE] = common.with_augmentations(common.base_settings(recipe), {}, names)
-        arms[ORIGINAL] = common.with_augmentations(common.base_settings(recipe), original, sorted({*names, *original}))
-        best = ctx.folder.read("best_configs")
-        if best is not None and len(best):
-            arms[BEST] = config_from_row(best.iloc[0])
-        # an arm that trains what an earlier one trains would repeat it to the digit
-        distinct: dict[str, dict[str, Any]] = {}
-        for label, config in arms.items():
-            if all(config_columns(config) != config_columns(other) for other in distinct.values()):
-                distinct[label] = config
-        return distinct
-
     def run(self, ctx: StudyContext) -> None:
-        """Train the recipe beside the other arms over confirm.seeds seeds (and, should the
-        recipe not beat no augmentation, the recipe without its worst kept augmentation);
-        write confirm_runs.parquet; keep the recipe's trained weights of seed 0."""
+        """Train every arm over confirm.seeds seeds; write confirm_runs.parquet; keep the
+        trained weights of seed 0 of every arm (the recommendation is chosen by the analysis)."""
         from tune_search.studies import analyse
 
         cfg = ctx.cfg
-        # the screen's and dose-response's verdicts, and the recipe they give
         tables = analyse(ctx.folder.read_all(), cfg, [], None)
-        table = tables.get("recipe")
-        if table is None:
+        screen = tables.get("screen")
+        if screen is None or "effects" not in tables:
             return
         names = list(ctx.space.augmentations)
-        recipe = recipe_config(config_from_row(ctx.folder.read("screen").iloc[0]), table, names)
-        arms = self._arms(ctx, recipe, tables["effects"])
+        table = decisions(tables["effects"], tables.get("focus"), tables.get("sweep"), cfg.recipe)
+        recipe = recipe_config(config_from_row(screen.iloc[0]), table, names)
+        best = ctx.folder.read("best_configs")
+        best_config = config_from_row(best.iloc[0]) if best is not None and len(best) else None
+        original = original_set(ctx.folder.read("trials"), tables["effects"], cfg.confirm.compare)
+        chosen = arms(recipe, best_config, original, tables["effects"], names)
         seeds = list(range(cfg.confirm.seeds))
-        print(f"confirm: {len(arms) * len(seeds)} runs (the recipe, " + ", ".join(ARMS[a] for a in arms if a != RECIPE) + f"; {len(seeds)} seeds)")
-        _, runs = common.train(ctx, confirm_configs(arms, seeds), "confirm")
-        kept = table[table["decision"] == "kept"].sort_values("effect")
-        if len(kept) and not _beats_none(comparisons(runs, negligible=cfg.screen.negligible)):
-            worst = kept["augmentation"].iloc[0]
-            print(f"confirm: the recipe does not beat no augmentation; trying it once without {worst}, its worst kept augmentation")
-            reduced = {**recipe, f"aug_{worst}": False}
-            reduced.pop(strength_key(worst), None)
-            _, extra = common.train(ctx, confirm_configs({REDUCED: reduced}, seeds), "confirm-reduced")
-            runs = pd.concat([runs, extra], ignore_index=True)
+        print(f"confirm: {len(chosen) * len(seeds)} runs ({', '.join(describe_arm(a) for a in chosen)}; {len(seeds)} seeds)")
+        _, runs = common.train(ctx, confirm_configs(chosen, seeds), "confirm")
         ctx.folder.write("confirm_runs", runs)
-        keep = set(runs.loc[(runs["label"] == RECIPE) & (runs["seed"] == 0), "trial_id"])
-        common.prune(ctx, "confirm", "confirm-reduced", keep=keep)
+        common.prune(ctx, "confirm", keep=set(runs.loc[runs["seed"] == 0, "trial_id"]))
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         effects, screen = tables.get("effects"), tables.get("screen")
         if screen is None or effects is None or (effects["verdict"] == "not screened").all():
             return {}
-        table = decisions(effects, keep_unclear=cfg.recipe.keep_unclear)
-        recipe = recipe_config(config_from_row(screen.iloc[0]), table, list(cfg.space.augmentation_names))
+        table = decisions(effects, tables.get("focus"), tables.get("sweep"), cfg.recipe)
+        recommended = recipe_config(config_from_row(screen.iloc[0]), table, list(cfg.space.augmentation_names))
         out = {"recipe": table}
-        runs, top1, final = tables.get("confirm_runs"), math.nan, RECIPE
-        if runs is not None:
-            out["confirm"] = comparisons(runs, negligible=cfg.screen.negligible)
-            if (runs["label"] == REDUCED).any() and not _beats_none(out["confirm"]) and _reduced_beats_none(runs, cfg):
-                recipe, final = config_from_row(runs[runs["label"] == REDUCED].iloc[0]), REDUCED
-                out["recipe"] = _without(table, strengths_in(recipe))
-            top1 = float(runs.loc[runs["label"] == final, "top1"].mean())
+        runs, top1 = tables.get("confirm_runs"), math.nan
+        if runs is not None and len(runs):
+            pairs = pairwise(runs, negligible=cfg.screen.negligible, alpha=stage_alpha(cfg, "confirm"))
+            out["confirm_arms"] = summary = arm_table(runs, pairs, cfg.screen.negligible)
+            out["confirm"] = comparisons(pairs, summary)
+            chosen = summary.loc[summary["recommended"], "arm"].iloc[0]
+            recommended = config_from_row(runs[runs["label"] == chosen].iloc[0])
+            top1 = float(summary.loc[summary["recommended"], "top1"].iloc[0])
         if "best_configs" in tables:
-            out["best_configs"] = recommended_row(recipe, tables["best_configs"], top1, cfg.budget.max_epochs)
+            out["best_configs"] = recommended_row(recommended, tables["best_configs"], top1, cfg.budget.max_epochs)
         return out
 
     def files(self, tables: Tables, cfg: SearchConfig) -> dict[str, str]:
@@ -250,50 +271,38 @@ class Confirm(Study):
         if not lines:
             return []
         recipe, where, *rest = lines
-        return ["## The answer", "", f"**Train with {recipe.removeprefix('recipe: ')}** {where}.", "", *(f"- {line}" for line in rest), ""]
+        return ["## The answer", "", f"**Train with {recipe.removeprefix('recommended: ')}** {where}.", "", *(f"- {line}" for line in rest), ""]
 
     def closing(self, tables: Tables) -> str | None:
         lines = recipe_lines(tables)
         return "\n".join(lines) if lines else None
 
 
-def _reduced_beats_none(runs: pd.DataFrame, cfg: SearchConfig) -> bool:
-    """Whether the recipe without its worst kept augmentation beats no augmentation."""
-    mine = runs[runs["label"].isin([REDUCED, NONE])].replace({"label": {REDUCED: RECIPE}})
-    return _beats_none(comparisons(mine, negligible=cfg.screen.negligible))
-
-
-def _without(table: pd.DataFrame, on: Mapping[str, float]) -> pd.DataFrame:
-    """The recipe's decisions with the augmentations no longer on marked `dropped after confirmation`."""
-    table = table.copy()
-    gone = (table["decision"] == "kept") & ~table["augmentation"].isin(list(on))
-    table.loc[gone, "decision"] = "dropped after confirmation"
-    table.loc[gone, "strength"] = math.nan
-    return table
-
-
 def recipe_lines(tables: Tables) -> list[str]:
-    """The recipe and its confirmed gains, in a few lines (the report's top, the console's end)."""
+    """The recommendation, which arm it is and by how much it won, in a few lines (the
+    report's top, the console's end)."""
     table, best = tables.get("recipe"), tables.get("best_configs")
     if table is None or best is None or not (best["trial_id"] == RECOMMENDED).any():
         return []
     rows = np.flatnonzero(best["trial_id"] == RECOMMENDED)
-    recipe = config_from_row(best.iloc[int(rows[0])])
-    on = strengths_in(recipe)
-    lines = [
-        f"recipe: {', '.join(f'{n} {s:.2f}' for n, s in on.items()) or 'no augmentation'} at {describe_settings(recipe)}",
-        f"  (best_configs.parquet row {int(rows[0])}, recipe.yaml)",
-    ]
-    for label, title in (("dropped", "dropped (hurts)"), ("left out", "left out (unclear)"), ("dropped after confirmation", "dropped after confirmation")):
-        names = list(table.loc[table["decision"] == label, "augmentation"])
-        if names:
-            lines.append(f"  {title}: {', '.join(names)}")
-    confirm = tables.get("confirm")
-    if confirm is None or not len(confirm):
+    recommended = config_from_row(best.iloc[int(rows[0])])
+    lines = [f"recommended: {_on_text(recommended)} at {describe_settings(recommended)}", f"  (best_configs.parquet row {int(rows[0])}, recipe.yaml)"]
+    for label, title in (("kept", "kept in the recipe"), ("dropped", "dropped (hurts)"), ("left out", "left out")):
+        mine = table[table["decision"] == label]
+        if len(mine):
+            lines.append(f"  {title}: " + ", ".join(f"{r['augmentation']} ({r['verdict']}{', ' + r['stage'] if r['stage'] == 'focus' else ''})" for _, r in mine.iterrows()))
+    summary, confirm = tables.get("confirm_arms"), tables.get("confirm")
+    if summary is None or confirm is None or not len(confirm):
         return lines + ["  not confirmed: run `tune-search confirm RESULTS_DIR`"]
-    first = confirm.iloc[0]
-    gains = "; ".join(f"vs {ARMS.get(r['arm'], r['arm'])}: {render.row_interval(r)} ({r['verdict']})" for _, r in confirm.iterrows())
-    lines.append(f"confirmed over {int(first['n_seeds'])} seeds, points of top-1, recipe minus the other, Bonferroni 95 % intervals, Holm-corrected: {gains}")
-    if not _beats_none(confirm) and NONE in set(confirm["arm"]):
-        lines.append("  the recipe does not beat no augmentation here" + ("; without its worst kept augmentation it does" if (table["decision"] == "dropped after confirmation").any() else ""))
+    chosen = summary[summary["recommended"]].iloc[0]
+    best_arm = summary[summary["best_measured"]].iloc[0]
+    why = (
+        f"the best measured of {len(summary)} arms" if chosen["arm"] == best_arm["arm"]
+        else f"the simplest within ±{100 * chosen['negligible']:.1f} points of the best measured ({describe_arm(best_arm['arm'])}, top-1 {best_arm['top1']:.3f}) that no arm measured better"
+    )
+    lines.insert(1, f"  it is {describe_arm(chosen['arm'])}: {why}; top-1 {chosen['top1']:.3f}, mean of {int(chosen['n_seeds'])} seeds")
+    pairs = len(summary) * (len(summary) - 1) // 2
+    gains = "; ".join(f"vs {describe_arm(r['arm'])}: {render.row_interval(r)} ({r['verdict']})" for _, r in confirm.sort_values("effect").iterrows())
+    lines.append(f"confirmed over {int(chosen['n_seeds'])} seeds, points of top-1, recommended minus the other, intervals simultaneous over the {pairs} pairs of arms: {gains}")
     return lines
+

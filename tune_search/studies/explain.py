@@ -6,7 +6,8 @@ model, oversampled classes) and trains with the augmentation bundle off and on, 
 seed; crop alone runs at several strengths beside them. A contrast comparing two cells is taken
 seed by seed (the bundle's effect in one cell minus in the other, per seed) with a t-interval
 over the seeds: the seeds pair the runs, and every interval rests on its own contrast's spread.
-The verdicts: `tune_search.stats.support_verdicts`, Holm-corrected across the explanations.
+The verdicts: `tune_search.stats.support_verdicts`, each read off its Bonferroni interval
+across the explanations tested (the interval printed beside it).
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ EXPLANATIONS = {
 }  # fmt: skip
 
 EXPLAIN_COLUMNS = (
-    "explanation", "title", "claim", "contrast", "expected", "effect", "ci_low", "ci_high", "se", "p_value", "p_holm",
-    "p_equivalence_holm", "verdict", "level_a", "effect_a", "level_b", "effect_b", "n_runs", "df", "note",
+    "explanation", "title", "claim", "contrast", "expected", "effect", "ci_low", "ci_high", "se", "p_value", "p_adjusted",
+    "p_equivalence_adjusted", "verdict", "level_a", "effect_a", "level_b", "effect_b", "n_runs", "df", "note",
 )  # fmt: skip
 CELL_COLUMNS = ("cell", "freeze_depth", "model", "weights", "oversample_to", "max_epochs", "top1_without", "top1_with", "bundle_effect", "ci_low", "ci_high", "n_seeds")
 
@@ -339,7 +340,8 @@ def explain_table(
     negligible: float = 0.01,
 ) -> pd.DataFrame:
     """explain.parquet: one row per explanation the runs (and the screen) can test, with its
-    contrast, 95 % interval, raw and Holm-adjusted p-values and verdict.
+    contrast, simultaneous 95 % interval (Bonferroni across the explanations), raw and
+    adjusted p-values and verdict.
 
     `params`: each cell's parameter count, by cell label ("depth 0" is the study's own model
     training all layers, "model NAME" the others), for the capacity contrast."""
@@ -369,11 +371,12 @@ def explain_table(
 
 
 def with_verdicts(table: pd.DataFrame, negligible: float, alpha: float = ALPHA) -> pd.DataFrame:
-    """Holm-adjusted p-values across the explanations tested, and each verdict
-    (`stats.support_verdicts`)."""
+    """Each explanation's verdict and the interval it is read from, at one correction across
+    the explanations tested (`stats.support_verdicts`: Bonferroni intervals, so that a
+    `supported` interval excludes zero and an `unclear` one does not)."""
     signs = np.where(table["expected"] == "negative", -1, 1)
-    adjusted, equivalent, said = support_verdicts(table["effect"], table["se"], table["p_value"], signs, table["df"], negligible, alpha)
-    return table.assign(p_holm=adjusted, p_equivalence_holm=equivalent, verdict=said)
+    judged, said = support_verdicts(table["effect"], table["se"], signs, table["df"], negligible, alpha)
+    return table.assign(ci_low=judged.ci_low, ci_high=judged.ci_high, p_adjusted=judged.p_adjusted, p_equivalence_adjusted=judged.p_equivalence_adjusted, verdict=said)
 
 
 def crop_sensitivity_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -566,7 +569,7 @@ class Explain(Study):
             return []
         lines = ["## Why it hurts: the thread's explanations tested", ""]
         bundle = [c.removeprefix("aug_") for c in runs.columns if c.startswith("aug_") and not c.endswith("_strength") and runs.loc[runs[BUNDLE].astype(bool), c].any()] if runs is not None else []
-        lines += [f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell; verdicts Holm-corrected across the explanations: `supported` / `opposite` where the difference is shown with the predicted / the other sign, `negligible` where an equivalence test puts it within the negligible band, `unclear` otherwise.", ""]
+        lines += [f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell; each verdict read off its interval, simultaneous 95 % across the explanations (Bonferroni): `supported` / `opposite` where it excludes zero on the predicted / the other side, `negligible` where it lies within the negligible band, `unclear` otherwise.", ""]
         lines += [f"- {sentence(row)}" for row in explain.to_dict("records")]
         lines.append("")
         if explain_cells is not None and len(explain_cells):
@@ -593,7 +596,7 @@ class Explain(Study):
         table = pd.DataFrame(
             {
                 "explanation": explain["title"],
-                "contrast, points [95 %]": [render.row_interval(r) for _, r in explain.iterrows()],
+                "contrast, points [simultaneous 95 %]": [render.row_interval(r) for _, r in explain.iterrows()],
                 "predicted": explain["expected"],
                 "verdict": explain["verdict"],
             }

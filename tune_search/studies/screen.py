@@ -4,9 +4,9 @@ A two-level design over the searched augmentations (a Plackett-Burman design fol
 resolution IV, so no main effect is aliased with a two-factor interaction), every run at the
 same other settings and the full budget, replicated over seeds, plus one run without
 augmentation (the clean model affinity is measured on). Main effects come from one
-least-squares fit of top-1 on the ±1 switches plus one block per seed, with 95 % intervals
-from the residual error; verdicts are Holm-corrected across the augmentations, so that when
-none matters the chance of any `hurts` or `helps` stays at 5 %; and the smallest harm the
+least-squares fit of top-1 on the ±1 switches plus one block per seed, with simultaneous
+intervals from the residual error (Bonferroni across the augmentations, at the screen's share
+of the procedure's 5 %: `errors`), each verdict read off its interval; and the smallest harm the
 screen would detect with 80 % power is stated beside them.
 """
 
@@ -25,15 +25,16 @@ from pyDOE3 import fold, pbdesign
 from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES, CLEAN, MOTIVATING
-from tune_search.stats import ALPHA, fdr_adjusted, MainEffects, detectable_effect, equivalence_p, equivalence_verdicts, main_effects, mean_prediction, replicates_to_settle
+from tune_search.stats import ALPHA, MainEffects, detectable_effect, equivalence_p, fdr_adjusted, main_effects, mean_prediction, replicates_to_settle, simultaneous
 from tune_search.studies import _base as common
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
+from tune_search.studies.errors import look_alpha
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
 
 EFFECT_COLUMNS = (
-    "augmentation", "strength", "effect", "ci_low", "ci_high", "p_value", "p_holm", "verdict", "detectable",
-    "negligible", "p_equivalence", "p_equivalence_holm", "alpha", "settle_replicates",
+    "augmentation", "strength", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "verdict", "detectable",
+    "negligible", "p_equivalence", "p_equivalence_adjusted", "alpha", "settle_replicates",
     "top5_effect", "top5_ci_low", "top5_ci_high", "n_runs", "df",
 )  # fmt: skip  (its columns of effects.parquet)
 NOT_SCREENED = "not screened"
@@ -41,11 +42,10 @@ VERDICTS = ("hurts", "helps", "harmless", "unclear")
 
 
 def family_alpha(cfg: SearchConfig) -> float:
-    """The error rate each look at the screen spends: with `screen.seeds: auto` the screen
-    is looked at after every replicate, up to `max_seeds` times, and each look's verdicts are
-    Holm-corrected at alpha / max_seeds, so that the chance of any false verdict over all
-    looks together stays at alpha (a union bound over the looks)."""
-    return ALPHA / cfg.screen.max_seeds if cfg.screen.seeds == "auto" else ALPHA
+    """The error rate each look at the screen spends (`errors.look_alpha`): with `screen.seeds:
+    auto` the screen is looked at after every replicate, up to `max_seeds` times, and its share
+    of the procedure's 5 % is split over the looks (a union bound)."""
+    return look_alpha(cfg, "screen")
 
 
 # configs -------------------------------------------------------------------------------------
@@ -107,13 +107,13 @@ def fit(runs: pd.DataFrame, names: Sequence[str], response: str = "top1") -> Mai
 
 def screen_effects(runs: pd.DataFrame, names: Sequence[str], *, alpha: float = ALPHA, negligible: float = 0.01) -> pd.DataFrame:
     """The screen's columns of effects.parquet: per augmentation, the effect of switching it
-    on (top-1, a difference of fractions; negative hurts) with its 95 % interval, raw and
-    Holm-adjusted p-values, the smallest harm this screen detects with 80 % power, the
-    equivalence test's p-values (raw and Holm-adjusted) against ±`negligible`, the verdict
-    (`stats.equivalence_verdicts` at `alpha`), for an `unclear` one how many replicates in
-    all would likely settle it, and the effect on top-5."""
+    on (top-1, a difference of fractions; negative hurts) with its simultaneous interval at
+    `alpha` (Bonferroni across the augmentations) and the verdict read off it
+    (`stats.simultaneous`), raw and adjusted p-values, the smallest harm this screen detects
+    with 80 % power, the equivalence test's p-values (raw and adjusted) against ±`negligible`,
+    for an `unclear` one how many replicates in all would likely settle it, and the effect on
+    top-5 (with its plain 95 % interval: no verdict rests on it)."""
     top1 = fit(runs, names, "top1")
-    low, high = top1.conf_int()
     if runs["top5"].notna().all():
         top5 = fit(runs, names, "top5")
         (low5, high5), effect5 = top5.conf_int(), top5.effect
@@ -121,7 +121,8 @@ def screen_effects(runs: pd.DataFrame, names: Sequence[str], *, alpha: float = A
         low5 = high5 = effect5 = np.full(len(names), math.nan)
     effect, se = top1.effect, top1.se
     p_value = top1.p_value
-    adjusted, equivalent, said = equivalence_verdicts(effect, se, p_value, top1.df, negligible, alpha)
+    judged = simultaneous(effect, se, top1.df, negligible, alpha)
+    low, high, adjusted, equivalent, said = judged.ci_low, judged.ci_high, judged.p_adjusted, judged.p_equivalence_adjusted, judged.said
     raw_equivalence = equivalence_p(effect, se, top1.df, negligible)
     replicates = runs["seed"].nunique()
     reach = {x: detectable_effect(x, top1.df, len(names), alpha=alpha) for x in set(np.round(se, 12))}  # one per distinct error
@@ -137,12 +138,12 @@ def screen_effects(runs: pd.DataFrame, names: Sequence[str], *, alpha: float = A
                 "ci_low": float(low[i]),
                 "ci_high": float(high[i]),
                 "p_value": float(p_value[i]),
-                "p_holm": float(adjusted[i]),
+                "p_adjusted": float(adjusted[i]),
                 "verdict": said[i],
                 "detectable": reach[round(float(se[i]), 12)],
                 "negligible": negligible,
                 "p_equivalence": float(raw_equivalence[i]),
-                "p_equivalence_holm": float(equivalent[i]),
+                "p_equivalence_adjusted": float(equivalent[i]),
                 "alpha": alpha,
                 "settle_replicates": _settle(said[i], se[i], top1.df, replicates, effect[i], negligible, len(names), alpha),
                 "top5_effect": float(effect5[i]),
@@ -408,7 +409,7 @@ def verdict_table(effects: pd.DataFrame) -> str:
 
 
 def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.DataFrame | None = None) -> None:
-    """Each augmentation's effect on top-1 with its 95 % interval, harmful ones in red."""
+    """Each augmentation's effect on top-1 with its simultaneous interval, harmful ones in red."""
     plt = render.pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.42 * len(effects) + 1.6))
     names = list(effects["augmentation"])
@@ -430,7 +431,7 @@ def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.D
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(y, names)
     ax.invert_yaxis()
-    ax.set_xlabel("change in top-1 when switched on (percentage points), 95 % interval")
+    ax.set_xlabel("change in top-1 when switched on (percentage points), simultaneous interval")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -441,7 +442,7 @@ def forest_plot(effects: pd.DataFrame, path: Path, *, title: str, ablation: pd.D
 def _sentence(row, per_class: pd.DataFrame | None) -> str:
     text = (
         f"- **{row['augmentation']}** (strength {row['strength']:.2g}) costs {-100 * row['effect']:.1f} points of top-1 "
-        f"(95 % interval {-100 * row['ci_high']:.1f} to {-100 * row['ci_low']:.1f}; Holm-adjusted p = {row['p_holm']:.2g})"
+        f"(simultaneous interval {-100 * row['ci_high']:.1f} to {-100 * row['ci_low']:.1f}; adjusted p = {row['p_adjusted']:.2g})"
     )
     harmed = harmed_classes(per_class, row["augmentation"])
     if len(harmed):
@@ -467,8 +468,8 @@ def caption(effects: pd.DataFrame) -> str:
             if len(settle) == len(unclear) else f" {len(unclear)} unclear: more than 16 replicates would be needed for some."
         )
     return (
-        f"harmless: an equivalence test puts the effect within ±{100 * first['negligible']:.1f} points; hurts / helps: "
-        f"it differs from zero; both Holm-corrected across {len(effects)} augmentations at alpha {first['alpha']:.3g}.{more}"
+        f"intervals simultaneous across {len(effects)} augmentations at alpha {first['alpha']:.3g} (Bonferroni; the screen's share of 5 %); "
+        f"hurts / helps: the interval excludes zero; harmless: it lies within ±{100 * first['negligible']:.1f} points.{more}"
     )
 
 
@@ -498,9 +499,9 @@ def _verdicts(effects: pd.DataFrame, per_class, ablation, folder: Path) -> list[
         {
             "augmentation": effects["augmentation"],
             "strength": effects["strength"].round(2),
-            "top-1 effect [95 %], points": [render.row_interval(r) for _, r in effects.iterrows()],
-            "Holm p": effects["p_holm"].map(lambda p: f"{p:.2g}"),
-            "equivalence p (Holm)": effects["p_equivalence_holm"].map(lambda p: f"{p:.2g}"),
+            "top-1 effect [simultaneous], points": [render.row_interval(r) for _, r in effects.iterrows()],
+            "adjusted p": effects["p_adjusted"].map(lambda p: f"{p:.2g}"),
+            "equivalence p (adjusted)": effects["p_equivalence_adjusted"].map(lambda p: f"{p:.2g}"),
             "verdict": effects["verdict"],
             **({"top-5 effect, points": effects["top5_effect"].map(render.points)} if effects["top5_effect"].notna().any() else {}),
             "harmful above strength": effects["harmful_above"].map(lambda v: "" if math.isnan(v) else f"{v:.2f}"),

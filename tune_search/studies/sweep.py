@@ -1,0 +1,139 @@
+"""The strength sweep: an augmentation kept because it helps gets its strength from measured
+runs. Each one runs at `sweep.strengths` and off, on top of the rest of the recipe, paired by
+seed; one least-squares fit per augmentation (a level per strength, a block per seed) gives
+each strength's effect against off with its 95 % interval. The strength kept is the strongest
+whose measured effect is within the equivalence margin (`screen.negligible`) of the best
+measured one: the most augmentation the data shows costs nothing against the best.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tune_search import render
+from tune_search.config import SearchConfig
+from tune_search.export import config_from_row
+from tune_search.stats import block_fit, contrast
+from tune_search.studies import _base as common
+from tune_search.studies._base import Study, StudyContext, Tables
+from tune_search.studies.recipe import decisions, recipe_config
+from tune_search.trainable.augment import strength_key, switch_key
+
+SEED_OFFSET = 2000  # its runs' seeds: none shared with the other studies' runs
+SWEEP_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "top1", "n_seeds", "chosen")
+
+
+def sweep_configs(recipe: dict, names: Sequence[str], levels: Sequence[float], seeds: Sequence[int], searched: Sequence[str]) -> list[dict]:
+    """Each augmentation of `names` off and at every strength of `levels`, the rest of the
+    recipe as it is, once per seed."""
+    out = []
+    on = {n: float(recipe[strength_key(n)]) for n in searched if recipe.get(switch_key(n))}
+    for seed in seeds:
+        for name in names:
+            for level in (0.0, *levels):
+                mine = {k: v for k, v in on.items() if k != name} | ({name: level} if level > 0 else {})
+                config = common.with_augmentations(common.base_settings(recipe), mine, searched)
+                out.append({**config, "study": "sweep", "design_row": -1, "seed": seed, "label": name})
+    return out
+
+
+def sweep_table(runs: pd.DataFrame, negligible: float) -> pd.DataFrame:
+    """sweep.parquet: per augmentation and strength, the effect against off (one fit per
+    augmentation: a level per strength, a block per seed) with its 95 % interval, mean top-1,
+    and the strength chosen."""
+    frames = []
+    for name in dict.fromkeys(runs["label"]):
+        mine = runs[runs["label"] == name]
+        level = mine[strength_key(name)].where(mine[switch_key(name)].astype(bool), 0.0).fillna(0.0).to_numpy(float)
+        strengths = sorted(set(level) - {0.0})
+        frame = pd.DataFrame({f"s{i}": (level == s).astype(float) for i, s in enumerate(strengths)})
+        frame["seed"], frame["_y"] = mine["seed"].to_numpy(), mine["top1"].to_numpy(float)
+        fit = block_fit(frame, "_y", [f"s{i}" for i in range(len(strengths))])
+        columns = list(fit.model.exog_names)
+        rows = []
+        for i, s in enumerate(strengths):
+            weights = np.zeros(len(columns))
+            weights[columns.index(f"s{i}")] = 1.0
+            e = contrast(fit, weights)
+            rows.append({"augmentation": name, "strength": s, "effect": e.effect, "ci_low": e.ci_low, "ci_high": e.ci_high,
+                         "top1": float(mine.loc[level == s, "top1"].mean()), "n_seeds": int(mine.loc[level == s, "seed"].nunique())})  # fmt: skip
+        table = pd.DataFrame(rows)
+        best = table["effect"].max()
+        table["chosen"] = False
+        table.loc[table[table["effect"] >= best - negligible]["strength"].idxmax(), "chosen"] = True
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)[list(SWEEP_COLUMNS)] if frames else pd.DataFrame(columns=list(SWEEP_COLUMNS))
+
+
+def helpful(tables: Tables, cfg: SearchConfig) -> list[str]:
+    """The augmentations the recipe keeps because they help."""
+    effects = tables.get("effects")
+    if effects is None:
+        return []
+    table = decisions(effects, tables.get("focus"), None, cfg.recipe)
+    return list(table.loc[(table["decision"] == "kept") & (table["verdict"] == "helps"), "augmentation"])
+
+
+class Sweep(Study):
+    name = "sweep"
+    follows = "screen"
+    tables = {"sweep_runs": "the strength sweep's runs", "sweep": "each helpful augmentation's effect per strength, and the one kept"}
+
+    def enabled(self, cfg: SearchConfig) -> bool:
+        return cfg.screen.enabled and cfg.sweep.enabled
+
+    def run(self, ctx: StudyContext) -> None:
+        """Sweep the strength of every augmentation the recipe keeps because it helps; write
+        sweep_runs.parquet."""
+        from tune_search.studies import analyse
+
+        cfg = ctx.cfg
+        tables = analyse(ctx.folder.read_all(), cfg, [], None)
+        names = helpful(tables, cfg)
+        screen = ctx.folder.read("screen")
+        if not names or screen is None:
+            return
+        table = decisions(tables["effects"], tables.get("focus"), None, cfg.recipe)
+        searched = list(ctx.space.augmentations)
+        recipe = recipe_config(config_from_row(screen.iloc[0]), table, searched)
+        seeds = [SEED_OFFSET + s for s in range(cfg.sweep.seeds)]
+        configs = sweep_configs(recipe, names, cfg.sweep.strengths, seeds, searched)
+        levels = ", ".join(f"{s:g}" for s in cfg.sweep.strengths)
+        print(f"sweep: {len(configs)} runs, {', '.join(names)} at strengths {levels} and off on top of the rest of the recipe, {len(seeds)} seeds")
+        _, runs = common.train(ctx, configs, "sweep")
+        ctx.folder.write("sweep_runs", runs)
+        common.prune(ctx, "sweep")
+
+    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+        runs = tables.get("sweep_runs")
+        if runs is None or not len(runs):
+            return {}
+        return {"sweep": sweep_table(runs, cfg.screen.negligible)}
+
+    def section(self, tables: Tables, folder: Path) -> list[str]:
+        sweep = tables.get("sweep")
+        if sweep is None or not len(sweep):
+            return []
+        table = pd.DataFrame(
+            {
+                "augmentation": sweep["augmentation"],
+                "strength": sweep["strength"].map(lambda v: f"{v:g}"),
+                "against off, points [95 %]": [render.effect_interval(*v) for v in zip(sweep["effect"], sweep["ci_low"], sweep["ci_high"])],
+                "top-1": sweep["top1"].map(lambda v: f"{v:.3f}" if not math.isnan(v) else ""),
+                "kept": sweep["chosen"].map({True: "yes", False: ""}),
+            }
+        )
+        return [
+            "## Strength of what helps",
+            "",
+            "Each augmentation kept because it helps, at each strength and off on top of the rest of the recipe, paired by seed; "
+            "the strength kept is the strongest whose measured effect is within the equivalence margin of the best measured one.",
+            "",
+            render.markdown_table(table),
+            "",
+        ]
