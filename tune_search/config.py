@@ -145,7 +145,7 @@ class ScreenConfig(_Section):
     strength: Strength | dict[str, Strength] | None = None  # None: the baselines' strength
     seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicates added while any verdict is unclear
     negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # harmless: an equivalence test puts the effect within +-this
-    max_seeds: PositiveInt = 2
+    max_seeds: PositiveInt = 1  # the focused screen decides what the screen leaves unclear
 
 
 class FocusConfig(_Section):
@@ -173,7 +173,7 @@ class DoseConfig(_Section):
 
     enabled: bool = True
     strengths: tuple[Strength, ...] = (0.1, 0.25, 0.5, 1.0)  # 0.1: a run near where harm may start
-    seeds: Annotated[int, Field(ge=2)] = 2
+    seeds: Annotated[int, Field(ge=2)] = 3  # with one pooled fit, +-2 points per strength at 1 point of seed noise
     max_augmentations: PositiveInt = 1  # the most harmful ones first
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.005  # harmful above: where it costs more than this
 

@@ -178,6 +178,25 @@ def paired_estimate(diffs: np.ndarray, alpha: float = ALPHA) -> Estimate:
     return Estimate(effect, float(low), float(high), float(described.ttest_mean()[1]), df, float(described.std_mean))
 
 
+def level_contrasts(levels: Sequence[float], seeds: Sequence, response: Sequence[float], alpha: float = ALPHA) -> dict[float, Estimate]:
+    """Each nonzero level's difference from level 0 (for instance a strength against off), from
+    one least-squares fit of `response` on a term per nonzero level and a block per seed: every
+    interval rests on the residual error of all runs, not on the few seeds of its own level (two
+    seeds give one degree of freedom, and two that differ alike an interval of zero width)."""
+    levels = np.asarray(levels, float)
+    values = sorted(set(levels) - {0.0})
+    frame = pd.DataFrame({f"l{i}": (levels == v).astype(float) for i, v in enumerate(values)})
+    frame["seed"], frame["_y"] = np.asarray(seeds), np.asarray(response, float)
+    fit = block_fit(frame, "_y", [f"l{i}" for i in range(len(values))])
+    columns = list(fit.model.exog_names)
+    out = {}
+    for i, v in enumerate(values):
+        weights = np.zeros(len(columns))
+        weights[columns.index(f"l{i}")] = 1.0
+        out[v] = contrast(fit, weights, alpha)
+    return out
+
+
 def mean_prediction(fit, rows: np.ndarray, alpha: float = ALPHA) -> pd.DataFrame:
     """`fit.get_prediction` for rows of the design matrix (columns in the fit's order):
     mean, mean_ci_lower/upper (the fitted value's interval) and obs_ci_lower/upper (one run's)."""

@@ -21,7 +21,7 @@ from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.constants import CLEAN
 from tune_search.export import config_from_row
-from tune_search.stats import block_fit, mean_prediction, paired_interval
+from tune_search.stats import block_fit, level_contrasts, mean_prediction
 from tune_search.studies._base import Study, StudyContext, Tables, base_settings, prune, train, with_augmentations
 from tune_search.studies.screen import harmful
 from tune_search.trainable.augment import strength_key, switch_key
@@ -45,19 +45,18 @@ def dose_configs(base: Mapping[str, Any], names: Sequence[str], levels: Sequence
 
 
 def dose_effects(runs: pd.DataFrame, name: str) -> pd.DataFrame:
-    """Per strength of `name`: top-1 with it alone on minus the run with none on, paired by
-    seed, with a t-interval over seeds."""
-    clean = runs[runs["label"] == CLEAN].set_index("seed")["top1"]
-    mine = runs[runs["label"] == name]
-    rows = []
-    for strength, group in mine.groupby(strength_key(name)):
-        seeds = group.set_index("seed")["top1"]
-        common = seeds.index.intersection(clean.index)
-        diffs = (seeds.loc[common] - clean.loc[common]).to_numpy(float)
-        low, high = paired_interval(diffs)
-        mean = float(diffs.mean()) if len(diffs) else math.nan
-        rows.append({"augmentation": name, "strength": float(strength), "effect": mean, "ci_low": low, "ci_high": high, "n_seeds": len(diffs)})
-    return pd.DataFrame(rows)
+    """Per strength of `name`: top-1 with it alone on minus the run with none on, from one fit
+    over its runs and those with none on (`stats.level_contrasts`: a level per strength, a
+    block per seed), with its 95 % interval."""
+    mine = runs[runs["label"].isin([name, CLEAN])]
+    level = mine[strength_key(name)].where(mine[switch_key(name)].astype(bool), 0.0).fillna(0.0).to_numpy(float)
+    if not (level > 0).any() or not (level == 0).any():
+        return pd.DataFrame(columns=["augmentation", "strength", "effect", "ci_low", "ci_high", "n_seeds"])
+    estimates = level_contrasts(level, mine["seed"], mine["top1"])
+    seeds = {s: int(mine.loc[level == s, "seed"].nunique()) for s in estimates}
+    return pd.DataFrame(
+        [{"augmentation": name, "strength": s, "effect": e.effect, "ci_low": e.ci_low, "ci_high": e.ci_high, "n_seeds": seeds[s]} for s, e in estimates.items()]
+    )
 
 
 @dataclass(frozen=True)
@@ -87,14 +86,16 @@ def dose_curve(runs: pd.DataFrame, name: str) -> DoseCurve | None:
     return DoseCurve(block_fit(frame, "top1", ["s", "s2"], intercept=False))
 
 
-def harmful_above(curve: DoseCurve | None, threshold: float, top: float = 1.0) -> tuple[float, float, float]:
+def harmful_above(curve: DoseCurve | None, threshold: float, top: float = 1.0, bottom: float = 0.0) -> tuple[float, float, float]:
     """The strength above which the fitted curve costs more than `threshold` of top-1, and
     its 95 % interval: from the first strength where the band's lower edge passes
     -threshold (the earliest the harm may start) to the first where its upper edge does (by
-    then it surely has). NaN unless the whole band passes -threshold within [0, top]."""
+    then it surely has). Read only over the strengths measured, [bottom, top]: a start at
+    `bottom` says harm is there already at the lowest strength run, never that it starts
+    below it. NaN unless the whole band passes -threshold within [bottom, top]."""
     if curve is None:
         return math.nan, math.nan, math.nan
-    grid = np.linspace(0.0, top, 201)
+    grid = np.linspace(bottom, top, 201)
     mean, low, high = (np.minimum.accumulate(np.minimum(v, 0.0)) for v in curve.band(grid))  # monotone: harm is never undone
 
     def first(values: np.ndarray) -> float:
@@ -162,8 +163,8 @@ class Dose(Study):
         if runs is None:
             return {}
         dosed = [n for n in cfg.space.augmentation_names if (runs["label"] == n).any()]
-        top = max(cfg.dose.strengths)
-        thresholds = {n: harmful_above(dose_curve(runs, n), cfg.dose.threshold, top=top) for n in dosed}
+        top, bottom = max(cfg.dose.strengths), min(cfg.dose.strengths)
+        thresholds = {n: harmful_above(dose_curve(runs, n), cfg.dose.threshold, top=top, bottom=bottom) for n in dosed}
         return {"dose": dose_table(runs, dosed, cfg.dose.threshold), "effects": with_thresholds(tables["effects"], thresholds)}
 
     def section(self, tables: Tables, folder: Path) -> list[str]:

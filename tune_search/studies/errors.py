@@ -2,7 +2,7 @@
 `better` / `worse` over the screen, the focused screen and the confirmation together, every
 look included, stays at `stats.ALPHA`.
 
-A union bound: each verdict-making stage that the config runs gets an equal share of ALPHA,
+A union bound: each verdict-making stage that the config runs gets a share of ALPHA (`SHARES`),
 and a stage that looks again after each replicate splits its share over its most looks; within
 a look the verdicts are simultaneous (`stats.simultaneous`, Bonferroni), so each verdict is
 read off the interval printed beside it. The simulation in `bench/rates.py` measures the rates
@@ -15,6 +15,12 @@ from tune_search.config import SearchConfig
 from tune_search.stats import ALPHA
 
 
+# the focused screen decides most verdicts, equivalence ones included (the hardest to reach):
+# it gets the largest share; the screen only has to find the large harms, and the confirmation
+# compares arms that mostly differ by whole points
+SHARES = {"screen": 1, "focus": 3, "confirm": 1}
+
+
 def stages(cfg: SearchConfig) -> tuple[str, ...]:
     """The verdict-making stages the config runs after a search, in order."""
     if not cfg.screen.enabled:
@@ -25,7 +31,7 @@ def stages(cfg: SearchConfig) -> tuple[str, ...]:
 def stage_alpha(cfg: SearchConfig, stage: str) -> float:
     """The share of ALPHA one stage spends over all its looks (ALPHA for a stage run alone)."""
     running = stages(cfg)
-    return ALPHA / len(running) if stage in running else ALPHA
+    return ALPHA * SHARES[stage] / sum(SHARES[s] for s in running) if stage in running else ALPHA
 
 
 def look_alpha(cfg: SearchConfig, stage: str) -> float:

@@ -12,13 +12,12 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.export import config_from_row
-from tune_search.stats import block_fit, contrast
+from tune_search.stats import level_contrasts
 from tune_search.studies import _base as common
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.recipe import decisions, recipe_config
@@ -50,18 +49,11 @@ def sweep_table(runs: pd.DataFrame, negligible: float) -> pd.DataFrame:
     for name in dict.fromkeys(runs["label"]):
         mine = runs[runs["label"] == name]
         level = mine[strength_key(name)].where(mine[switch_key(name)].astype(bool), 0.0).fillna(0.0).to_numpy(float)
-        strengths = sorted(set(level) - {0.0})
-        frame = pd.DataFrame({f"s{i}": (level == s).astype(float) for i, s in enumerate(strengths)})
-        frame["seed"], frame["_y"] = mine["seed"].to_numpy(), mine["top1"].to_numpy(float)
-        fit = block_fit(frame, "_y", [f"s{i}" for i in range(len(strengths))])
-        columns = list(fit.model.exog_names)
-        rows = []
-        for i, s in enumerate(strengths):
-            weights = np.zeros(len(columns))
-            weights[columns.index(f"s{i}")] = 1.0
-            e = contrast(fit, weights)
-            rows.append({"augmentation": name, "strength": s, "effect": e.effect, "ci_low": e.ci_low, "ci_high": e.ci_high,
-                         "top1": float(mine.loc[level == s, "top1"].mean()), "n_seeds": int(mine.loc[level == s, "seed"].nunique())})  # fmt: skip
+        rows = [
+            {"augmentation": name, "strength": s, "effect": e.effect, "ci_low": e.ci_low, "ci_high": e.ci_high,
+             "top1": float(mine.loc[level == s, "top1"].mean()), "n_seeds": int(mine.loc[level == s, "seed"].nunique())}
+            for s, e in level_contrasts(level, mine["seed"], mine["top1"]).items()
+        ]  # fmt: skip
         table = pd.DataFrame(rows)
         best = table["effect"].max()
         table["chosen"] = False

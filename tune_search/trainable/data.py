@@ -124,7 +124,15 @@ def _planted() -> _Raw:
     return _Raw(tx, ty, vx, vy, planted.CLASSES, "planted-harm generator (tune_search/trainable/planted.py)", (600, 300))
 
 
-BUILTIN: dict[str, Callable[[], _Raw]] = {"fashion-mnist": _fashion_mnist, "mnist": _mnist, "planted": _planted}
+def _planted_helps() -> _Raw:
+    from tune_search.trainable import planted
+
+    tx, ty = planted.generate_helps(per_class=200, seed=303, validation=False)
+    vx, vy = planted.generate_helps(per_class=100, seed=404, validation=True)
+    return _Raw(tx, ty, vx, vy, planted.HELPS_CLASSES, "planted-help generator (tune_search/trainable/planted.py)", (800, 400))
+
+
+BUILTIN: dict[str, Callable[[], _Raw]] = {"fashion-mnist": _fashion_mnist, "mnist": _mnist, "planted": _planted, "planted-helps": _planted_helps}
 
 
 def fit_images(images: torch.Tensor, side: int) -> torch.Tensor:
