@@ -132,7 +132,7 @@ def one_procedure(cfg: SearchConfig, rng: np.random.Generator, sd: float, truth:
     # the confirmation: the recipe against the other arms, the best config being the search's
     recipe = recipe_config(BASE, table, names)
     best = {**BASE, **{f"aug_{n}": n in ("hflip", "vflip", "contrast", "rotate") for n in names}, **{f"aug_{n}_strength": 0.5 for n in ("hflip", "vflip", "contrast", "rotate")}}
-    chosen = arms(recipe, best, {n: 0.5 for n in ("hflip", "crop", "blur", "sharpen", "contrast", "affine")}, effects, names)
+    chosen = arms(recipe, best, {n: 0.5 for n in ("hflip", "crop", "blur", "sharpen", "contrast", "affine")}, table, names)
     runs = measure(confirm_configs(chosen, list(range(cfg.confirm.seeds))), truth, rng, sd, shifts)
     pairs = pairwise(runs, negligible=cfg.screen.negligible, alpha=stage_alpha(cfg, "confirm"))
     means = runs.groupby("label")["truth"].first()

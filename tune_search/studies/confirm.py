@@ -3,7 +3,7 @@
 The arms: the recipe (`recipe.decisions`: the focused screen's verdicts, the sweep's
 strengths), no augmentation, the original set (the all + aug baseline's augmentations, or
 `confirm.compare`), the search's best config, and the recipe plus each augmentation of the
-best config that the screen did not call `hurts` (at the best config's strength); arms that
+best config whose deciding verdict is not `hurts` (at the best config's strength); arms that
 train the same config once. Every arm runs over `confirm.seeds` seeds, paired by seed; one
 least-squares fit (an arm term each, a block per seed) gives every pair of arms' difference
 with an interval simultaneous over all pairs (Bonferroni, at the confirmation's share of the
@@ -95,14 +95,16 @@ def original_set(trials: pd.DataFrame | None, effects: pd.DataFrame, compare: Se
     return {n: float(screened.get(n, 0.5)) for n in MOTIVATING}
 
 
-def arms(recipe: dict[str, Any], best: dict[str, Any] | None, original: Mapping[str, float], effects: pd.DataFrame, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Every arm's trial config, each distinct config once (the first label that trains it)."""
+def arms(recipe: dict[str, Any], best: dict[str, Any] | None, original: Mapping[str, float], verdicts: pd.DataFrame, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Every arm's trial config, each distinct config once (the first label that trains it).
+    `verdicts`: each augmentation's deciding verdict (`recipe.decisions`, or the screen's
+    effects); the best config's augmentations called `hurts` there are not added to the recipe."""
     settings = common.base_settings(recipe)
     out = {RECIPE: recipe, NONE: common.with_augmentations(settings, {}, names)}
     out[ORIGINAL] = common.with_augmentations(settings, original, sorted({*names, *original}))
     if best is not None:
         out[BEST] = best
-        hurts = set(effects.loc[effects["verdict"] == "hurts", "augmentation"])
+        hurts = set(verdicts.loc[verdicts["verdict"] == "hurts", "augmentation"])
         mine = strengths_in(recipe)
         for name, strength in strengths_in(best).items():
             if name not in hurts and name not in mine and name in names:
@@ -219,12 +221,12 @@ class Confirm(Study):
 
     def run(self, ctx: StudyContext) -> None:
         """Train every arm over confirm.seeds seeds; write confirm_runs.parquet; keep the
-        trained weights of seed 0 of every arm (the recommendation is chosen by the analysis)."""
+        recommended arm's trained weights of seed 0."""
         from tune_search.studies import analyse
 
         cfg = ctx.cfg
-        tables = analyse(ctx.folder.read_all(), cfg, [], None)
-        screen = tables.get("screen")
+        tables = analyse(ctx.folder.read_all(), cfg, [], None)  # the analysis tables only
+        screen = ctx.folder.read("screen")
         if screen is None or "effects" not in tables:
             return
         names = list(ctx.space.augmentations)
@@ -233,12 +235,14 @@ class Confirm(Study):
         best = ctx.folder.read("best_configs")
         best_config = config_from_row(best.iloc[0]) if best is not None and len(best) else None
         original = original_set(ctx.folder.read("trials"), tables["effects"], cfg.confirm.compare)
-        chosen = arms(recipe, best_config, original, tables["effects"], names)
+        chosen = arms(recipe, best_config, original, table, names)
         seeds = list(range(cfg.confirm.seeds))
         print(f"confirm: {len(chosen) * len(seeds)} runs ({', '.join(describe_arm(a) for a in chosen)}; {len(seeds)} seeds)")
         _, runs = common.train(ctx, confirm_configs(chosen, seeds), "confirm")
         ctx.folder.write("confirm_runs", runs)
-        common.prune(ctx, "confirm", keep=set(runs.loc[runs["seed"] == 0, "trial_id"]))
+        summary = arm_table(runs, pairwise(runs, negligible=cfg.screen.negligible, alpha=stage_alpha(cfg, "confirm")), cfg.screen.negligible)
+        recommended = summary.loc[summary["recommended"], "arm"].iloc[0]
+        common.prune(ctx, "confirm", keep=set(runs.loc[(runs["label"] == recommended) & (runs["seed"] == 0), "trial_id"]))
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         effects, screen = tables.get("effects"), tables.get("screen")
@@ -287,7 +291,7 @@ def recipe_lines(tables: Tables) -> list[str]:
     rows = np.flatnonzero(best["trial_id"] == RECOMMENDED)
     recommended = config_from_row(best.iloc[int(rows[0])])
     lines = [f"recommended: {_on_text(recommended)} at {describe_settings(recommended)}", f"  (best_configs.parquet row {int(rows[0])}, recipe.yaml)"]
-    for label, title in (("kept", "kept in the recipe"), ("dropped", "dropped (hurts)"), ("left out", "left out")):
+    for label, title in (("kept", "the recipe arm keeps"), ("dropped", "dropped (hurts)"), ("left out", "left out")):
         mine = table[table["decision"] == label]
         if len(mine):
             lines.append(f"  {title}: " + ", ".join(f"{r['augmentation']} ({r['verdict']}{', ' + r['stage'] if r['stage'] == 'focus' else ''})" for _, r in mine.iterrows()))

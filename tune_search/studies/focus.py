@@ -21,9 +21,9 @@ from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.export import config_from_row
 from tune_search.studies import _base as common
-from tune_search.studies._base import Flag, Study, StudyContext, Tables
+from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
-from tune_search.studies.screen import VERDICTS, family_alpha, fit, screen_configs, screen_effects, screening_design, seeds_flag
+from tune_search.studies.screen import VERDICTS, family_alpha, fit, screen_configs, screen_effects, screening_design
 
 SEED_OFFSET = 1000  # its runs' seeds: none shared with the screen's or the confirmation's runs
 
@@ -69,7 +69,6 @@ def look_line(runs: pd.DataFrame, cfg: SearchConfig) -> str:
 class Focus(Study):
     name = "focus"
     follows = "screen"
-    flags = (Flag("--focus-seeds", seeds_flag, "focus.seeds"),)
     tables = {"focus_runs": "the focused screen's runs", "focus": "each augmentation's effect when added to the recipe"}
 
     def enabled(self, cfg: SearchConfig) -> bool:
@@ -102,9 +101,9 @@ class Focus(Study):
         )
         seeds = [SEED_OFFSET + s for s in range(first)]
         _, runs = common.train(ctx, focus_configs(base, {n: float(strengths[n]) for n in kept}, searched, seeds), "focus")
-        for k in () if fixed else range(1, cfg.focus.max_seeds):
+        for k in () if fixed else range(1, cfg.focus.max_seeds + 1):
             print(look_line(runs, cfg))
-            if not another_replicate(runs, cfg):
+            if not another_replicate(runs, cfg):  # False after the last replicate
                 break
             extra_configs = focus_configs(base, {n: float(strengths[n]) for n in kept}, searched, [SEED_OFFSET + k])
             _, extra = common.train(ctx, extra_configs, f"focus-seed{k}", phase=f"focus replicate {k + 1}")

@@ -350,9 +350,9 @@ class Screen(Study):
         results, runs = common.train(ctx, screen_configs(base, strengths, list(range(replicates))), "screen")
         clean = common.clean_model(results, CLEAN)
         measured = affinity(TrialSettings.from_config(clean[0]), ctx.spec, ctx.data, clean[1], strengths) if clean else _measured_before(ctx.folder)
-        for seed in () if fixed else range(1, cfg.screen.max_seeds):
+        for seed in () if fixed else range(1, cfg.screen.max_seeds + 1):
             print(look_line(runs, names, cfg, seed))
-            if not another_replicate(runs, names, cfg):
+            if not another_replicate(runs, names, cfg):  # False after the last replicate
                 break
             _, extra = common.train(ctx, screen_configs(base, strengths, [seed], clean_seed=None), f"screen-seed{seed}", phase=f"screen replicate {seed + 1}")
             runs = pd.concat([runs, extra], ignore_index=True)
