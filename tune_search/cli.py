@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 from tune_search import pipeline
 from tune_search.config import ConfigError, SearchConfig, load_config
 from tune_search.export import config_from_row
+from tune_search.interrupt import Interrupted
 from tune_search.location import RunLocation
 from tune_search.studies import STUDIES, by_command
 from tune_search.trainable.augment import describe
@@ -188,8 +190,18 @@ def run_results_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupted_line(argv: list[str], phase: str | None) -> str:
+    """What an interrupt left, and the exact command that continues it."""
+    where = f" during the {phase}" if phase else ""
+    if "--config-from" in argv or argv[0] in ("report", "export"):
+        return f"interrupted{where}; run the same command again: tune-search {shlex.join(argv)}"
+    command = ["tune-search", *argv[argv[0] == "search" :], *([] if "--resume" in argv else ["--resume"])]
+    return f"interrupted{where}; every finished run is kept. Resume with: {shlex.join(command)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success, 2 on bad input (one message naming the key, file or folder),
+    130 when interrupted (Ctrl-C or SIGTERM: one line with the command that resumes),
     1 on any other failure (one line; --debug shows the traceback)."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -204,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             print(describe())
             return 0
         return run(args, cfg)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        print(f"tune-search: {interrupted_line(argv, getattr(exc, 'phase', None))}", file=sys.stderr)
+        return 130
     except (ConfigError, DataError, WeightsError) as exc:
         if debug:
             traceback.print_exc()

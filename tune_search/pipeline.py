@@ -18,6 +18,7 @@ from tune_search.checkpoints import prune_checkpoints
 from tune_search.checks import check_remote_storage, check_resources, check_resumable, check_writable
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.console import baseline_table, display_path, search_outcome
+from tune_search.interrupt import catching
 from tune_search.export import records_from_folder, records_from_results, search_tables
 from tune_search.location import RunLocation
 from tune_search.report import build_report
@@ -96,7 +97,7 @@ def ray_session(address: str | None, verbose: bool = False):
     loggers = {name: logging.getLogger(name) for name in ("ray.tune", "ray.train")}
     levels = {name: logger.level for name, logger in loggers.items()}
     output = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    if not verbose:  # trial errors are printed short by tune_search.progress, with where the log is
+    if not verbose:  # trial errors are printed short by tune_search.console's Progress, with where the log is
         for logger in loggers.values():
             logger.setLevel(logging.CRITICAL)
         # Ray Tune's newer console output prints its experiment heading even when silent;
@@ -112,7 +113,8 @@ def ray_session(address: str | None, verbose: bool = False):
         ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(dashboard_host="127.0.0.1", **options)
     try:
-        yield
+        with catching():  # after ray.init, whose own SIGTERM handler it replaces
+            yield
     finally:
         ray.shutdown()
         ray_constants.ENABLE_RAY_CLUSTER = cluster_switch

@@ -24,6 +24,7 @@ from tune_search.console import Progress
 from tune_search.space import Space
 from tune_search.location import RunLocation, join
 from tune_search.storage import storage_filesystem
+from tune_search.interrupt import tuning
 from tune_search.trainable.data import Dataset
 from tune_search.trainable.trial import STUDY_RUN, TrialSpec, amp_dtype, run_of, spec_for, train_trial
 
@@ -181,9 +182,11 @@ def _run_config(cfg: SearchConfig, location: RunLocation, name: str, trials: int
     )
 
 
-def _fit(tuner: tune.Tuner, uri: str) -> tune.ResultGrid:
-    """Run the tuner; then each trial's checkpoints older than the final snapshot's go."""
-    results = tuner.fit()
+def _fit(tuner: tune.Tuner, uri: str, phase: str) -> tune.ResultGrid:
+    """Run the tuner; then each trial's checkpoints older than the final snapshot's go. Ctrl-C
+    stops it gracefully and raises `interrupt.Interrupted` once Tune saved its state."""
+    with tuning(phase):
+        results = tuner.fit()
     prune_behind_snapshot(uri)
     return results
 
@@ -223,7 +226,7 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, 
         ),
         run_config=_run_config(cfg, location, location.name, cfg.budget.num_samples, "search"),
     )
-    return _fit(tuner, location.uri)
+    return _fit(tuner, location.uri, "search")
 
 
 def resumable(location: RunLocation) -> bool:
@@ -237,7 +240,7 @@ def resume_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, location: R
     tuner = tune.Tuner.restore(
         location.uri, trainable=_trainable(cfg, data, spec), resume_unfinished=True, storage_filesystem=storage_filesystem(location.storage)
     )
-    return _fit(tuner, location.uri)
+    return _fit(tuner, location.uri, "search")
 
 
 def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[str, Any], location: RunLocation) -> tune.ResultGrid:
@@ -248,7 +251,7 @@ def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[st
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname),
         run_config=_run_config(cfg, location, location.name, 1, "rerun"),
     )
-    return _fit(tuner, location.uri)
+    return _fit(tuner, location.uri, "re-train")
 
 
 def train_fixed(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
@@ -283,11 +286,11 @@ def run_study(
         _same_study(location.study_folder(suffix), configs)
         print(f"{name}: resuming the runs left unfinished")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
-        return _fit(tuner, path)
+        return _fit(tuner, path, phase or suffix)
     tuner = tune.Tuner(
         trainable,
         param_space={STUDY_RUN: tune.grid_search(configs)},
         tune_config=tune.TuneConfig(reuse_actors=reuse_actors(), trial_dirname_creator=_trial_dirname),
         run_config=_run_config(cfg, location, name, len(configs), phase or suffix),
     )
-    return _fit(tuner, path)
+    return _fit(tuner, path, phase or suffix)
