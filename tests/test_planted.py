@@ -24,6 +24,9 @@ def test_the_screen_calls_planted_harms_harmful_and_no_harmless_one(planted_run)
         assert effects.loc[name, "verdict"] == "hurts", effects.loc[name].to_dict()
     for name in HARMLESS:
         assert effects.loc[name, "verdict"] != "hurts", effects.loc[name].to_dict()
+    # in the recipe's context (the planted harms off) neither harmless one is called harmful either
+    focus = pd.read_parquet(planted_run / "focus.parquet").set_index("augmentation")
+    assert set(focus.index) == set(HARMLESS) and not focus["verdict"].isin(["hurts"]).any(), focus.to_dict("index")
     for name in set(PLANTED_HARMS) & set(SEARCHED):
         assert effects.loc[name, "verdict"] != "harmless", effects.loc[name].to_dict()
     assert effects["detectable"].notna().all() and effects["search_method"].isna().all()  # 3 trials: no search effects
@@ -66,8 +69,10 @@ def test_the_recipe_leaves_the_planted_harms_out_and_is_confirmed(planted_run):
     assert "none" not in confirm.index or confirm.loc["none", "verdict"] != "worse"
     assert confirm.loc["original", "effect"] > 0 and (confirm["ci_low"] <= confirm["effect"]).all()
     runs = pd.read_parquet(planted_run / "confirm_runs.parquet")
-    assert runs.groupby("label").size().eq(3).all()
+    assert runs.groupby("label").size().eq(5).all()
     kept = [d for d in (planted_run.parent / "planted-confirm").glob("trial_*/checkpoint_*")]
-    assert len(kept) == 1  # the recipe's trained weights, seed 0
+    assert len(kept) == 1  # the recommended arm's trained weights, seed 0
+    arms = pd.read_parquet(planted_run / "confirm_arms.parquet")
+    assert arms["recommended"].sum() == 1 and arms.loc[arms["recommended"], "top1"].item() >= arms["top1"].max() - 0.01
     text = (planted_run / "recipe.yaml").read_text()
     assert "--config-from best_configs.parquet --row" in text
