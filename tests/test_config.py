@@ -82,3 +82,28 @@ def test_screen_and_dose_sections(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=says):
             load_config(write(tmp_path, bad))
+
+
+def _alias_bomb(depth: int = 10) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, depth)]
+    return "\n".join([*lines, f"run: {{name: *a{depth - 1}}}"]) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (_alias_bomb(), r"expands to 2\.\d+e\+10 values once its aliases \(\*name\) are expanded; at most 100,000"),
+        ("space: {augmentations: " + "[" * 5000 + "]" * 5000 + "}\n", r"nests deeper than 32 levels \(line 1\)"),
+    ],
+)
+def test_yaml_that_expands_or_nests_without_bound_is_refused_at_once(tmp_path, text, expected):
+    import time
+
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    assert path.stat().st_size < 11_000
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+    assert time.perf_counter() - started < 0.5

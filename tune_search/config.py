@@ -43,6 +43,7 @@ class DataConfig(_Section):
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = DataSpec.val_fraction
     balance: Literal["none", "oversample", "weighted"] = TrialSpec.balance
     oversample_to: PositiveInt | None = None
+    max_pixels: PositiveInt = DataSpec.max_pixels  # a folder's image with more pixels is skipped, never decoded
 
 
 class ModelConfig(_Section):
@@ -341,6 +342,41 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+MAX_DEPTH = 32  # a space file nests 3 deep; a results folder's config.yaml 4
+MAX_VALUES = 100_000  # values once aliases are expanded; a full space file has a few hundred
+
+
+def _bounded(text: str, origin: str) -> None:
+    """Refuse, before anything is built, YAML nested deeper than MAX_DEPTH or whose aliases
+    expand to more than MAX_VALUES values (ten nested aliases of ten make 10^10 from 1 KB).
+    The nesting is counted on the parser's events (no recursion), the expansion on the
+    composed node graph, each shared node once."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = f" (line {event.start_mark.line + 1})" if event.start_mark else ""
+                raise ConfigError(f"{origin} nests deeper than {MAX_DEPTH} levels{line}; a space file has 3 (section: key: [values])")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            if isinstance(node, yaml.SequenceNode):
+                sizes[id(node)] = 1 + sum(size(n) for n in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                sizes[id(node)] = 1 + sum(size(k) + size(v) for k, v in node.value)
+            else:
+                sizes[id(node)] = 1
+        return sizes[id(node)]
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None and (total := size(root)) > MAX_VALUES:
+        raise ConfigError(f"{origin} expands to {total:.3g} values once its aliases (*name) are expanded; at most {MAX_VALUES:,} are read")
+
+
 def set_dotted(tree: dict, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     for part in parents:
@@ -363,6 +399,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{origin} is not UTF-8 text (byte {exc.start}): write it as UTF-8 YAML") from None
         try:
+            _bounded(text, origin)
             tree = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

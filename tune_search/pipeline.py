@@ -53,7 +53,7 @@ def prepare(cfg: SearchConfig) -> tuple[Space, TrialSpec, Dataset]:
         fast_path=cfg.resources.fast_path,
     )
     d = cfg.data
-    spec_data = DataSpec(source=d.source, image_size=d.image_size, train_size=d.train_size, val_size=d.val_size, val_fraction=d.val_fraction, seed=cfg.run.seed)
+    spec_data = DataSpec(source=d.source, image_size=d.image_size, train_size=d.train_size, val_size=d.val_size, val_fraction=d.val_fraction, seed=cfg.run.seed, max_pixels=d.max_pixels)
     data = load_dataset(spec_data)
     print(f"data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, {data.num_classes} classes, {d.image_size} px")
     low, high = (int(f(data.train.class_counts(data.num_classes))) for f in (torch.min, torch.max))

@@ -166,3 +166,61 @@ def test_class_weights_are_inverse_frequency():
     w = class_weights(torch.tensor([30, 10]))
     assert w[1] / w[0] == pytest.approx(3.0)
     assert (w * torch.tensor([30, 10])).sum() / 40 == pytest.approx(1.0)
+
+
+def _huge_png(path, side: int = 30_000) -> None:
+    """A PNG whose header says side x side pixels, its data a few bytes: what a decoder would
+    have to allocate (900 MB at 30,000 px) is never in the file."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_with_its_size_never_decoded(image_folder):
+    import resource
+
+    _huge_png(image_folder / "ant" / "huge.png")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ds = load_dataset(DataSpec(source=str(image_folder), image_size=24, val_fraction=0.25))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    (line,) = [s for s in ds.skipped if "huge.png" in s]
+    assert line.endswith("huge.png: 30,000 x 30,000 pixels, over data.max_pixels (89,478,485); not decoded")
+    assert len(ds.train) + len(ds.val) == 36 and grown_mb < 300
+    tight = load_dataset(DataSpec(source=str(image_folder), image_size=24, val_fraction=0.25, max_pixels=1000))
+    assert sum("over data.max_pixels (1,000)" in s for s in tight.skipped) == 3 * 8 + 1  # the fixture's images: 800 to 1,218 pixels
+
+
+def test_every_format_imagefolder_reads_is_read(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "formats"
+    for c, name in enumerate(["a", "b"]):
+        folder = root / name
+        folder.mkdir(parents=True)
+        pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+        pixels[..., c] = 255
+        rgb = Image.fromarray(pixels)
+        rgb.save(folder / "x.bmp")
+        rgb.save(folder / "x.tif")
+        Image.fromarray((pixels[..., c].astype(np.uint16) * 257)).save(folder / "x16.tif")  # 16-bit grayscale
+        rgb.save(folder / "x.webp")
+        rgb.convert("CMYK").save(folder / "x.jpg")
+        rgb.convert("P").save(folder / "x.png", transparency=0)
+        frames = [rgb, Image.fromarray(255 - pixels)]
+        frames[0].save(folder / "x.gif", save_all=True, append_images=frames[1:], duration=50)
+        rgb.save(folder / "x.ppm")
+        rgb.convert("L").save(folder / "x.pgm")
+    ds = load_dataset(DataSpec(source=str(root), image_size=16, val_fraction=0.5))
+    assert ds.skipped == () and len(ds.train) + len(ds.val) == 18
+    gif = fit_images(torch.from_numpy(np.asarray(Image.open(root / "a" / "x.gif").convert("RGB")).copy()).permute(2, 0, 1), 16)
+    from tune_search.trainable.data import _decode
+
+    assert torch.equal(_decode(str(root / "a" / "x.gif"), 16), gif)  # the first frame
+    deep = _decode(str(root / "a" / "x16.tif"), 16)
+    assert deep.dtype == torch.uint8 and int(deep.max()) == 255  # scaled from 16 bits, not clipped

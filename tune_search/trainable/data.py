@@ -19,6 +19,8 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+EXTENSIONS = (*IMG_EXTENSIONS, ".gif")  # ImageFolder's, and GIF (its first frame)
+MAX_PIXELS = 89_478_485  # PIL's own limit (Image.MAX_IMAGE_PIXELS): past it PIL warns of a decompression bomb
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
@@ -64,6 +66,7 @@ class DataSpec:
     val_size: int | None = None
     val_fraction: float = 0.2  # for a single folder and for sets without a separate val split
     seed: int = 0
+    max_pixels: int = MAX_PIXELS  # a folder's image with more pixels is skipped, never decoded
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,58 @@ def _builtin(spec: DataSpec) -> Dataset:
     return Dataset(splits[0], splits[1], raw.classes, raw.origin)
 
 
-def _decode(path: str, side: int) -> torch.Tensor:
-    image = decode_image(path, mode=ImageReadMode.RGB)
+class _Unusable(Exception):
+    """A file left out: the reason, for the skipped list."""
+
+
+def _pixels(path: str) -> tuple[int, int]:
+    """An image's size from its header alone (nothing is decoded); _Unusable if PIL cannot
+    read the header either."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is checked here, against data.max_pixels
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _Unusable("an empty file" if os.path.getsize(path) == 0 else "not a readable image (damaged, cut short, or not an image format)") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _decode_with_pil(path: str) -> torch.Tensor:
+    """Formats torchvision has no decoder for (BMP, TIFF, ...): PIL, first frame, 8-bit RGB
+    (16-bit and 32-bit integer images scaled, not clipped)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.seek(0)  # the first frame of an animation or a multi-page file
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            pixels = np.asarray(image, dtype=np.float64)
+            top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+            gray = np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            array = np.repeat(gray[..., None], 3, axis=2)
+        else:
+            array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _decode(path: str, side: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """One image at `side` px. Its size is read from its header first: one over `max_pixels`
+    is never decoded (a small file can hold a huge image). torchvision decodes what it can
+    (JPEG, PNG, WebP, GIF: its first frame), PIL the rest of what ImageFolder reads."""
+    width, height = _pixels(path)
+    if width * height > max_pixels:
+        raise _Unusable(f"{width:,} x {height:,} pixels, over data.max_pixels ({max_pixels:,}); not decoded")
+    try:
+        image = decode_image(path, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        try:
+            image = _decode_with_pil(path)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise _Unusable("not a readable image (damaged, cut short, or a format neither torchvision nor PIL decodes)") from exc
+    if image.ndim == 4:  # an animation: its first frame
+        image = image[0]
     if image.dtype != torch.uint8:  # 16-bit PNGs
         image = F.to_dtype(image, torch.uint8, scale=True)
     return fit_images(image, side)
@@ -230,7 +283,7 @@ class _Walk:
             dirs.sort()
             for name in sorted(files):
                 path = os.path.join(top, name)
-                if not name.lower().endswith(IMG_EXTENSIONS):
+                if not name.lower().endswith(EXTENSIONS):
                     self.skipped.append(f"{path}: not an image file")
                 elif (first := self.files.setdefault(os.path.realpath(path), path)) != path:
                     self.skipped.append(f"{path}: the same file as {first}; used once")
@@ -246,14 +299,13 @@ def _require(samples: list[tuple[str, int]], classes: list[str], root: Path, at_
         raise DataError(f"{root}: class folders with fewer than {at_least} usable images {why}: {', '.join(few)}")
 
 
-def _load_split(samples: list[tuple[str, int]], side: int, skipped: list[str]) -> tuple[Split, list[tuple[str, int]]]:
-    """Decode what decodes; unreadable and truncated files are skipped and listed."""
+def _load_split(samples: list[tuple[str, int]], side: int, skipped: list[str], max_pixels: int = MAX_PIXELS) -> tuple[Split, list[tuple[str, int]]]:
+    """Decode what decodes; unreadable, truncated and oversized files are skipped and listed."""
     images, kept = [], []
     for path, label in samples:
         try:
-            images.append(_decode(path, side))
-        except RuntimeError:
-            why = "an empty file" if os.path.getsize(path) == 0 else "not a readable image (damaged, cut short, or a format torchvision cannot decode)"
+            images.append(_decode(path, side, max_pixels))
+        except _Unusable as why:
             skipped.append(f"{path}: {why}")
             continue
         kept.append((path, label))
@@ -286,7 +338,7 @@ def _image_folder(spec: DataSpec) -> Dataset:
         parts = [walk.samples(d, classes, class_to_idx) for d in split_dirs]
     else:
         parts = [_Walk([root, *(root / c for c in classes)], skipped).samples(root, classes, class_to_idx)]
-    decoded = [_load_split(p, spec.image_size, skipped) for p in parts]
+    decoded = [_load_split(p, spec.image_size, skipped, spec.max_pixels) for p in parts]
     if separate:
         _require(decoded[0][1], classes, split_dirs[0], 1, "to train on")
         _require(decoded[1][1], classes, split_dirs[1], 1, "to validate on")
