@@ -131,7 +131,11 @@ def one_procedure(cfg: SearchConfig, rng: np.random.Generator, sd: float, truth:
     out.final = dict(zip(table["augmentation"], table["verdict"]))
     # the confirmation: the recipe against the other arms, the best config being the search's
     recipe = recipe_config(BASE, table, names)
-    best = {**BASE, **{f"aug_{n}": n in ("hflip", "vflip", "contrast", "rotate") for n in names}, **{f"aug_{n}_strength": 0.5 for n in ("hflip", "vflip", "contrast", "rotate")}}
+    best = {
+        **BASE,
+        **{f"aug_{n}": n in ("hflip", "vflip", "contrast", "rotate") for n in names},
+        **{f"aug_{n}_strength": 0.5 for n in ("hflip", "vflip", "contrast", "rotate")},
+    }
     chosen = arms(recipe, best, {n: 0.5 for n in ("hflip", "crop", "blur", "sharpen", "contrast", "affine")}, table, names)
     runs = measure(confirm_configs(chosen, list(range(cfg.confirm.seeds))), truth, rng, sd, shifts)
     pairs = pairwise(runs, negligible=cfg.screen.negligible, alpha=stage_alpha(cfg, "confirm"))
@@ -159,7 +163,11 @@ def rates(outcomes: list[Outcome], truth: Truth = TRUTHS["demo"]) -> dict[str, f
         "false in the focused screen": np.mean([o.false_focus for o in outcomes]),
         "false in the confirmation": np.mean([o.false_confirm for o in outcomes]),
         **{f"{k}: every interval covers": np.mean([o.covered[k] for o in outcomes if k in o.covered]) for k in families},
-        **{f"{k}: intervals covering": sum(o.intervals[k][0] for o in outcomes if k in o.intervals) / max(1, sum(o.intervals[k][1] for o in outcomes if k in o.intervals)) for k in families},
+        **{
+            f"{k}: intervals covering": sum(o.intervals[k][0] for o in outcomes if k in o.intervals)
+            / max(1, sum(o.intervals[k][1] for o in outcomes if k in o.intervals))
+            for k in families
+        },
         "null augmentations called harmless": np.mean([v == "harmless" for v in nulls]),
         "null augmentations unclear": np.mean([v == "unclear" for v in nulls]),
         **({"power: 1-point help called helps": np.mean([o.final.get(HELP) == "helps" for o in outcomes])} if HELP in truth.main else {}),

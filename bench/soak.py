@@ -17,10 +17,10 @@ import tempfile
 import threading
 import time
 
-from tune_search.pipeline import prepare, ray_session
 from tune_search.config import load_config
 from tune_search.export import records_from_results
 from tune_search.location import RunLocation
+from tune_search.pipeline import prepare, ray_session
 from tune_search.tuner import run_search
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -325,7 +325,14 @@ def section_steps(args) -> dict:
     print(f"training FLOPs per image {flops / 1e9:.2f} GFLOP; bare step at freeze 0 {achieved:.1f} GFLOP/s = "
           f"{100 * achieved / peak[used]:.0f} % of the measured {used[6:]} matmul peak {peak[used]:.0f} GFLOP/s "
           f"({args.threads} thread(s); fp32 {peak['torch.float32']:.0f}, bf16 {peak['torch.bfloat16']:.0f})")  # fmt: skip
-    return {"rows": rows, "classifier_only_speedup": ratios, "bare_unfolded_vs_folded": unfolded, "gflop_per_image": flops / 1e9, "achieved_gflops": achieved, "matmul_peak_gflops": peak}
+    return {
+        "rows": rows,
+        "classifier_only_speedup": ratios,
+        "bare_unfolded_vs_folded": unfolded,
+        "gflop_per_image": flops / 1e9,
+        "achieved_gflops": achieved,
+        "matmul_peak_gflops": peak,
+    }
 
 
 # ---------------------------------------------------------------- precision
@@ -438,8 +445,8 @@ def section_search(args) -> dict:
     import ray
     from ray import tune
 
-    from tune_search.pipeline import prepare, ray_session
     from tune_search.location import RunLocation
+    from tune_search.pipeline import prepare, ray_session
     from tune_search.tuner import run_search, run_study
 
     work = scratch("tune-search-bench-", args.keep)
@@ -487,14 +494,17 @@ def section_search(args) -> dict:
     epochs_asha = int(asha["epochs"].sum())
     rows = [
         {"run": "tune-search (ASHA, fast path)", "wall s": asha_s, "epochs": epochs_asha, "best trial": best_asha, "its top-1": float(asha["top1"].max())},
-        {"run": "tune-search trainable, full budget", "wall s": fast_s, "epochs": len(configs) * args.epochs, "best trial": best_full, "its top-1": fast_top1[best_full]},
+        {"run": "tune-search trainable, full budget", "wall s": fast_s, "epochs": len(configs) * args.epochs,
+            "best trial": best_full, "its top-1": fast_top1[best_full]},
         {"run": "plain Ray Tune baseline, full budget", "wall s": plain_s, "epochs": len(configs) * args.epochs,
          "best trial": int(np.nanargmax(plain_top1)), "its top-1": float(np.nanmax(plain_top1))},
     ]  # fmt: skip
     if ref_top1:
         rows.append({"run": "tune-search trainable, full budget, fast path off", "wall s": ref_s, "epochs": len(configs) * args.epochs,
                      "best trial": int(np.nanargmax(ref_top1)), "its top-1": float(np.nanmax(ref_top1))})  # fmt: skip
-    per_trial = pd.DataFrame({"asha": asha["top1"], "asha epochs": asha["epochs"], "full": fast_top1, "plain": plain_top1, **({"reference": ref_top1} if ref_top1 else {})})
+    per_trial = pd.DataFrame(
+        {"asha": asha["top1"], "asha epochs": asha["epochs"], "full": fast_top1, "plain": plain_top1, **({"reference": ref_top1} if ref_top1 else {})}
+    )
     print(f"\n## Search: {len(configs)} trials x {args.epochs} epochs, {args.model} at {args.image_size} px, "
           f"{len(data.train)} train / {len(data.val)} val PNGs, {cpus:g} CPUs, 1 CPU per trial\n")  # fmt: skip
     print(table(rows, ["run", "wall s", "epochs", "best trial", "its top-1"]))
@@ -560,7 +570,11 @@ def section_verdicts(args) -> dict:
         {
             "augmentation": name,
             "planted": "harm" if name in PLANTED_HARMS else "harmless" if name in HARMLESS else "",
-            **{label: f"{verdicts[fast].loc[name, 'verdict']} {100 * verdicts[fast].loc[name, 'effect']:+.1f} [{100 * verdicts[fast].loc[name, 'ci_low']:+.1f}, {100 * verdicts[fast].loc[name, 'ci_high']:+.1f}]" for fast, label in ((True, "fast path"), (False, "per-image v2, no cache"))},
+            **{
+                label: f"{verdicts[fast].loc[name, 'verdict']} {100 * verdicts[fast].loc[name, 'effect']:+.1f}"
+                f" [{100 * verdicts[fast].loc[name, 'ci_low']:+.1f}, {100 * verdicts[fast].loc[name, 'ci_high']:+.1f}]"
+                for fast, label in ((True, "fast path"), (False, "per-image v2, no cache"))
+            },
         }
         for name in verdicts[True].index
     ]
@@ -593,10 +607,9 @@ def section_screen(args) -> dict:
     runs = {"screen": len(screen_runs), "ablation": len(ablation_runs)}  # the screen's clean run too: it was trained
     # at equal compute: a half-width shrinks with the square root of the runs
     equal = half["ablation"] / (half["screen"] * math.sqrt(runs["ablation"] / runs["screen"]))
-    rows = [
-        {"study": k, "runs": runs[k], "epochs each": int(screen_runs["epochs"].iloc[0]), "mean 95 % half-width, points": 100 * half[k]}
-        for k in half
-    ] + [{"study": "ratio ablation / screen at equal trial-epochs", "mean 95 % half-width, points": equal}]
+    rows = [{"study": k, "runs": runs[k], "epochs each": int(screen_runs["epochs"].iloc[0]), "mean 95 % half-width, points": 100 * half[k]} for k in half] + [
+        {"study": "ratio ablation / screen at equal trial-epochs", "mean 95 % half-width, points": equal}
+    ]
     print(f"\n## Precision per compute: screen against ablation ({args.screen_data} data, {len(effects)} augmentations)\n")
     print(table(rows, ["study", "runs", "epochs each", "mean 95 % half-width, points"]))
     verdicts = {n: (effects.loc[n, "verdict"], ablation.loc[n, "verdict"]) for n in effects.index}
@@ -725,7 +738,17 @@ def section_rates(args) -> dict:
     return {"rows": rows}
 
 
-SECTIONS = {"depthwise": section_depthwise, "rates": section_rates, "augment": section_augment, "steps": section_steps, "precision": section_precision, "search": section_search, "verdicts": section_verdicts, "screen": section_screen, "gpu": section_gpu}
+SECTIONS = {
+    "depthwise": section_depthwise,
+    "rates": section_rates,
+    "augment": section_augment,
+    "steps": section_steps,
+    "precision": section_precision,
+    "search": section_search,
+    "verdicts": section_verdicts,
+    "screen": section_screen,
+    "gpu": section_gpu,
+}
 DEFAULT_SECTIONS = ("augment", "depthwise", "steps", "precision", "search", "verdicts", "screen")
 
 

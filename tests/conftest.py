@@ -29,6 +29,7 @@ def images():
     coarse = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
     return torch.nn.functional.interpolate(coarse.float(), size=32, mode="bilinear").round().to(torch.uint8)
 
+
 PLANTED_SEARCHED = ["hflip", "color", "blur", "brightness", "contrast"]
 PLANTED_SPACE = f"""
 data: {{source: planted, image_size: 32, train_size: 300, val_size: 300}}

@@ -97,9 +97,7 @@ def test_effects_use_the_fidelity_every_trial_reached():
     t["status"] = ["completed" if i % 4 == 0 else "early_stopped" for i in range(40)]
     t["epochs"] = [4 if i % 4 == 0 else 1 for i in range(40)]
     t.loc[39, ["status", "epochs"]] = ["errored", 0]
-    history = pd.concat(
-        [pd.DataFrame({"trial_id": r.trial_id, "epoch": range(1, r.epochs + 1), "top1": r.score}) for r in t.itertuples()]
-    )
+    history = pd.concat([pd.DataFrame({"trial_id": r.trial_id, "epoch": range(1, r.epochs + 1), "top1": r.score}) for r in t.itertuples()])
     assert common_fidelity(t) == 1 and len(at_epoch(t, history, 1)) == 39
     effects = search_effects(t.drop(columns="score"), history, AUGS)
     assert list(effects["augmentation"]) == AUGS and "epoch 1" in effects["method"].iloc[0]

@@ -30,7 +30,13 @@ def snapshot_row(trial: str, registered: int | None, reported: int | None = None
     return [json.dumps({"trial_id": trial, "relative_logdir": f"trial_{trial}"}), json.dumps(runtime)]
 
 
-def make_experiment(root: Path, checkpoints: dict[str, int], named: dict[str, int | None], snapshot: str = "experiment_state-2026-01-01_00-00-00.json", reported: dict[str, int] | None = None) -> Path:
+def make_experiment(
+    root: Path,
+    checkpoints: dict[str, int],
+    named: dict[str, int | None],
+    snapshot: str = "experiment_state-2026-01-01_00-00-00.json",
+    reported: dict[str, int] | None = None,
+) -> Path:
     """An experiment folder as Ray Tune lays it out: trial folders with checkpoint_00000N
     folders, and a snapshot whose trial table has each trial's checkpoints registered up to
     `named` (and its last result naming `reported`, default the same)."""

@@ -76,7 +76,11 @@ def test_weights_that_are_not_a_state_dict_of_the_model(tmp_path, capsys):
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
     refused(capsys, [*MNIST, "--model", "resnet18", "--weights", str(tmp_path / "other.pt")], "other.pt does not fit resnet18")
     (tmp_path / "code.pt").write_bytes(pickle.dumps(print))  # a pickle that would call a function
-    refused(capsys, [*MNIST, "--model", "resnet18", "--weights", str(tmp_path / "code.pt")], "code.pt as plain tensors (torch.load with weights_only=True): it holds Python objects")
+    refused(
+        capsys,
+        [*MNIST, "--model", "resnet18", "--weights", str(tmp_path / "code.pt")],
+        "code.pt as plain tensors (torch.load with weights_only=True): it holds Python objects",
+    )
 
 
 @pytest.mark.slow

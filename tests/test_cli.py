@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 
 from tune_search.cli import main
 from tune_search.constants import BASELINES
-from tune_search.tuner import STUDY_NAME
 from tune_search.trainable.augment import NAMES
 from tune_search.trainable.trial import WEIGHTS_ONLY, load_checkpoint
+from tune_search.tuner import STUDY_NAME
 
 SMALL = """
 data: {source: mnist, image_size: 32, train_size: 240, val_size: 120}

@@ -69,7 +69,9 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_screen_and_dose_sections(tmp_path):
-    cfg = load_config(write(tmp_path, "space: {augmentations: [hflip, blur]}\nscreen: {base: baseline, strength: {blur: 0.3}, seeds: 2}\ndose: {strengths: [1.0, 0.25, 0.5]}"))
+    cfg = load_config(
+        write(tmp_path, "space: {augmentations: [hflip, blur]}\nscreen: {base: baseline, strength: {blur: 0.3}, seeds: 2}\ndose: {strengths: [1.0, 0.25, 0.5]}")
+    )
     assert cfg.screen.base == "baseline" and cfg.screen.strength == {"blur": 0.3} and cfg.screen.seeds == 2
     assert cfg.dose.strengths == (0.25, 0.5, 1.0)
     for bad, says in [

@@ -43,8 +43,10 @@ def test_every_run_gets_a_line_when_asked(capsys):
 
 
 def test_the_search_outcome_is_one_line_without_top5_where_it_is_not_measured():
-    row = {**{c: False if c.startswith("aug_") and not c.endswith("_strength") else 0.0 for c in CONFIG_COLUMNS}, "trial_id": "t", "status": "completed", "baseline": "", "epochs": 1, "top1": 0.75, "top5": float("nan"),
-           "lr": 0.00125, "freeze_depth": 7, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0, "aug_hflip": True, "aug_hflip_strength": 0.44}  # fmt: skip
+    row = {**{c: False if c.startswith("aug_") and not c.endswith("_strength") else 0.0 for c in CONFIG_COLUMNS},
+        "trial_id": "t", "status": "completed", "baseline": "", "epochs": 1, "top1": 0.75, "top5": float("nan"),
+           "lr": 0.00125, "freeze_depth": 7, "weight_decay": 0.0,
+               "batch_size": 64, "label_smoothing": 0.0, "aug_hflip": True, "aug_hflip_strength": 0.44}  # fmt: skip
     trials = pd.DataFrame([row, {**row, "trial_id": "u", "status": "early_stopped"}])
     line = search_outcome({"trials": trials, "best_configs": trials.iloc[:1]}, baselines=False)
     assert line.startswith("search: 1 completed, 1 early stopped; best top-1 0.750 after 1 epoch: lr ")

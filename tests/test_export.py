@@ -11,8 +11,8 @@ from tune_search.export import (
     best_configs,
     config_from_row,
     history_table,
-    trials_table,
     search_tables,
+    trials_table,
 )
 from tune_search.render import markdown_table
 from tune_search.results import ResultsFolder
@@ -80,9 +80,7 @@ def test_config_from_row_round_trips_a_trial():
     t = trials_table(RECORDS, 3)
     config = config_from_row(t.iloc[1])
     assert config["aug_hflip"] and config["aug_hflip_strength"] == 0.4 and config["lr"] == 1e-3
-    assert "aug_crop_strength" not in config and set(k for k in config if not k.endswith("_strength")) >= {
-        f"aug_{n}" for n in NAMES
-    }
+    assert "aug_crop_strength" not in config and set(k for k in config if not k.endswith("_strength")) >= {f"aug_{n}" for n in NAMES}
     assert trials_table([TrialRecord("again", config, history([0.9]))], 1).iloc[0, 11:-1].equals(t.iloc[1, 11:-1])
 
 

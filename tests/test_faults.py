@@ -119,7 +119,11 @@ def _two_finished_one_held(lines: dict[str, int], pids: dict[str, int], held: in
 
 def _pids(folder: Path) -> dict[str, int]:
     """Each trial folder's pid of its first report."""
-    return {d.name: json.loads(d.joinpath("result.json").read_text().splitlines()[0])["pid"] for d in folder.glob("trial_*") if d.joinpath("result.json").is_file() and d.joinpath("result.json").read_text().strip()}
+    return {
+        d.name: json.loads(d.joinpath("result.json").read_text().splitlines()[0])["pid"]
+        for d in folder.glob("trial_*")
+        if d.joinpath("result.json").is_file() and d.joinpath("result.json").read_text().strip()
+    }
 
 
 def _epochs(folder: Path) -> dict[str, list[int]]:
@@ -215,11 +219,17 @@ def test_a_driver_killed_right_after_each_checkpoint_change_resumes_every_time(t
     folder, kills, finished = tmp_path / "k", [], False
     for attempt in range(8):
         wanted = ("new", "deleted")[attempt % 2]
-        proc = subprocess.Popen([sys.executable, "-m", "tune_search.cli", *args, *(["--resume"] if attempt else [])], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tune_search.cli", *args, *(["--resume"] if attempt else [])],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         seen = _checkpoint_names(folder)
         while proc.poll() is None:
             now = _checkpoint_names(folder)
-            if (now - seen if wanted == "new" else seen - now):
+            if now - seen if wanted == "new" else seen - now:
                 break
             seen |= now
             time.sleep(0.005)

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-
 from bench.procedure import TRUTHS, one_procedure, rates
+
 from tune_search.config import SearchConfig
 
 pytestmark = pytest.mark.slow  # ~1 minute of statsmodels fits, no training

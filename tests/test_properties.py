@@ -7,8 +7,8 @@ import io
 import math
 import string
 
-import yaml
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,11 +25,15 @@ scalars = st.one_of(
     st.text(string.printable, max_size=12),
     st.sampled_from(["all", "auto", "max", "best", "baseline", "none", "hflip", "mnist", "fashion-mnist"]),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(string.ascii_lowercase, max_size=8), inner, max_size=3), max_leaves=8)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(string.ascii_lowercase, max_size=8), inner, max_size=3), max_leaves=8
+)
 known_keys = st.sampled_from([(s, k) for s, keys in SECTIONS.items() for k in keys])
 sections = st.dictionaries(
     st.sampled_from([*SECTIONS, "extra", "Data"]),
-    st.one_of(st.none(), values, st.dictionaries(st.one_of(st.sampled_from([k for keys in SECTIONS.values() for k in keys]), st.text(max_size=6)), values, max_size=4)),
+    st.one_of(
+        st.none(), values, st.dictionaries(st.one_of(st.sampled_from([k for keys in SECTIONS.values() for k in keys]), st.text(max_size=6)), values, max_size=4)
+    ),
     max_size=5,
 )
 

@@ -106,7 +106,9 @@ def test_a_search_on_s3_is_killed_resumed_screened_and_read_back_from_the_uri(s3
     storage = f"s3://runs/team?endpoint_override={s3.removeprefix('http://')}&scheme=http"
     args = ["--space", "space.yaml", "--storage", storage, "--name", "s3run"]
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    proc = subprocess.Popen([sys.executable, "-m", "tune_search.cli", *args], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tune_search.cli", *args], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:

@@ -1,7 +1,12 @@
-import pytest
 import numpy as np
 import pandas as pd
+import pytest
 
+from tests.studies.test_ablation import AUGS, runs_with
+from tests.studies.test_dose import dose_runs
+from tests.studies.test_screen import NAMES, simulate
+from tests.test_analysis import planted_table
+from tests.test_export import RECORDS
 from tune_search.analysis import estimate_effects
 from tune_search.export import search_tables
 from tune_search.report import build_report
@@ -10,11 +15,6 @@ from tune_search.studies import effects_table
 from tune_search.studies.ablation import paired_effects
 from tune_search.studies.dose import dose_curve, dose_table, harmful_above, with_thresholds
 from tune_search.studies.screen import per_class_effects, screen_effects, with_screen
-from tests.studies.test_ablation import AUGS, runs_with
-from tests.studies.test_dose import dose_runs
-from tests.studies.test_screen import NAMES, simulate
-from tests.test_analysis import planted_table
-from tests.test_export import RECORDS
 
 
 @pytest.mark.slow
@@ -35,8 +35,21 @@ def test_report_from_parquet_files_only(tmp_path):
     folder.write("screen", screen_runs)
     runs = runs_with({"hflip": -0.10, "blur": 0.0, "contrast": 0.0})
     folder.write("ablation", paired_effects(runs, AUGS, effects))
-    folder.write("affinity", pd.DataFrame({"augmentation": AUGS, "strength": [0.7, 0.3, 0.7], "affinity": [-0.4, -0.1, 0.0], "diversity": [0.5, 0.3, 0.3], "clean_train_loss": [0.3] * 3}))
-    data = {"origin": "a folder", "train_images": 9, "val_images": 6, "image_size": 32, "classes": ["ant", "bee", "cat"], "train_per_class": [4, 2, 3], "skipped": ["x.txt: not an image"]}
+    folder.write(
+        "affinity",
+        pd.DataFrame(
+            {"augmentation": AUGS, "strength": [0.7, 0.3, 0.7], "affinity": [-0.4, -0.1, 0.0], "diversity": [0.5, 0.3, 0.3], "clean_train_loss": [0.3] * 3}
+        ),
+    )
+    data = {
+        "origin": "a folder",
+        "train_images": 9,
+        "val_images": 6,
+        "image_size": 32,
+        "classes": ["ant", "bee", "cat"],
+        "train_per_class": [4, 2, 3],
+        "skipped": ["x.txt: not an image"],
+    }
     folder.write_facts({"data": data, "model": {"name": "resnet18", "weights": "auto", "max_freeze_depth": 4}})
     text = build_report(tmp_path).read_text()
     assert "train images per class: 2 (bee) to 4" in text and "skipped 1 files" in text and "freeze depths 0 to 4 (4 trains" in text

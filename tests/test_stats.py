@@ -1,6 +1,5 @@
 """The statistics module's rules, tested as whole procedures by simulation."""
 
-import gc
 import math
 
 import numpy as np
@@ -8,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tune_search.stats import detectable_effect, interval_verdict, main_effects, paired_interval, simultaneous, support_verdicts
 from tests.studies.test_screen import NAMES, simulate
+from tune_search.stats import detectable_effect, interval_verdict, main_effects, paired_interval, simultaneous, support_verdicts
 
 
 @pytest.mark.slow

@@ -104,9 +104,7 @@ def estimate_effects(
     which treats the other switches as noise: TPE draws them independently of this one."""
     y = table["score"].to_numpy(float)
     controls = control_features(table)
-    slopes = {
-        n: bool(table[switch_key(n)].sum() >= MIN_FOR_SLOPE and _varies(table[strength_key(n)])) for n in augmentations
-    }
+    slopes = {n: bool(table[switch_key(n)].sum() >= MIN_FOR_SLOPE and _varies(table[strength_key(n)])) for n in augmentations}
     blocks = {n: augmentation_features(table, n, slopes[n]) for n in augmentations}
     samples = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
     joint = pd.concat([*blocks.values(), controls], axis=1)
@@ -190,9 +188,7 @@ def importance(table: pd.DataFrame, augmentations: list[str]) -> dict[str, float
         used = {k: dists[k] for k in params}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=used, value=float(row["score"])))
     try:
-        scores = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), normalize=True
-        )
+        scores = optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), normalize=True)
     except (ValueError, RuntimeError, ZeroDivisionError):
         return {name: math.nan for name in augmentations}
     return {name: scores.get(switch_key(name), 0.0) + scores.get(strength_key(name), 0.0) for name in augmentations}

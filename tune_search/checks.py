@@ -32,8 +32,7 @@ def check_resources(cfg: SearchConfig, address: str | None) -> None:
         )
     if cpus != "auto" and cpus > have_cpus:
         raise ConfigError(
-            f"resources.cpus_per_trial {cpus:g}: this machine has {have_cpus} CPU(s); use at most {have_cpus}, "
-            "auto, or --address for a Ray cluster"
+            f"resources.cpus_per_trial {cpus:g}: this machine has {have_cpus} CPU(s); use at most {have_cpus}, auto, or --address for a Ray cluster"
         )
 
 
@@ -104,6 +103,5 @@ def check_resumable(cfg: SearchConfig, folder: Path, state_present: bool) -> Non
     ]
     if changed:
         raise ConfigError(
-            f"--resume: {saved} was written with other settings: {', '.join(changed)}; "
-            "pass the same space file and flags as the interrupted search"
+            f"--resume: {saved} was written with other settings: {', '.join(changed)}; pass the same space file and flags as the interrupted search"
         )

@@ -80,8 +80,7 @@ RESULTS_COMMANDS = (*by_command, *TABLE_COMMANDS)
 def build_parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="tune-search",
-        description="Search augmentations, freeze depth and learning rate for fine-tuning an image classifier, "
-        "then find out which augmentations hurt.",
+        description="Search augmentations, freeze depth and learning rate for fine-tuning an image classifier, then find out which augmentations hurt.",
         epilog=SEARCH_EPILOG,
     )
     commands = top.add_subparsers(dest="command", metavar="COMMAND")

@@ -11,8 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tune_search.trainable.augment import NAMES, unknown_names
-from tune_search.trainable.hyperparameters import BY_NAME, HYPERPARAMETERS
 from tune_search.trainable.data import DataSpec
+from tune_search.trainable.hyperparameters import BY_NAME, HYPERPARAMETERS
 from tune_search.trainable.models import ModelSpec, available_models
 from tune_search.trainable.trial import TrialSpec
 

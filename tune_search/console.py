@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from ray import tune
 from tqdm import tqdm
-
-import pandas as pd
 
 from tune_search import render
 from tune_search.export import baseline_summary, config_from_row

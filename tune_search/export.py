@@ -93,7 +93,7 @@ def _last_failure(error_file: Path, last_result_date: str) -> str | None:
     failures = list(FAILURE.finditer(text))
     if failures and failures[-1].group(1) < last_result_date:
         return None
-    block = text[failures[-1].end():] if failures else text
+    block = text[failures[-1].end() :] if failures else text
     lines = [line.strip() for line in block.splitlines() if line.strip()]
     return lines[-1] if lines else "error (error.txt holds no message)"
 

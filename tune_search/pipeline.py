@@ -18,18 +18,17 @@ from tune_search.checkpoints import prune_checkpoints
 from tune_search.checks import check_remote_storage, check_resources, check_resumable, check_writable
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.console import baseline_table, display_path, search_outcome
-from tune_search.interrupt import catching
 from tune_search.export import records_from_folder, records_from_results, search_tables
+from tune_search.interrupt import catching
 from tune_search.location import RunLocation
 from tune_search.report import build_report
 from tune_search.results import ResultsFolder
 from tune_search.space import Space
 from tune_search.storage import fetch, mark_staging, publish, write_text
 from tune_search.studies import Study, StudyContext
-from tune_search.trainable.data import DataSpec, Dataset, load_dataset
+from tune_search.trainable.data import Dataset, DataSpec, load_dataset
 from tune_search.trainable.models import ModelSpec, max_freeze_depth, pretrained_backbone
 from tune_search.trainable.trial import TrialSpec, keep_weights_only
-
 
 IMBALANCED = 1.5  # largest over smallest class: worth a word on the console
 SNAPSHOT_EVERY_S = 1
@@ -53,7 +52,15 @@ def prepare(cfg: SearchConfig) -> tuple[Space, TrialSpec, Dataset]:
         fast_path=cfg.resources.fast_path,
     )
     d = cfg.data
-    spec_data = DataSpec(source=d.source, image_size=d.image_size, train_size=d.train_size, val_size=d.val_size, val_fraction=d.val_fraction, seed=cfg.run.seed, max_pixels=d.max_pixels)
+    spec_data = DataSpec(
+        source=d.source,
+        image_size=d.image_size,
+        train_size=d.train_size,
+        val_size=d.val_size,
+        val_fraction=d.val_fraction,
+        seed=cfg.run.seed,
+        max_pixels=d.max_pixels,
+    )
     data = load_dataset(spec_data)
     print(f"data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, {data.num_classes} classes, {d.image_size} px")
     low, high = (int(f(data.train.class_counts(data.num_classes))) for f in (torch.min, torch.max))

@@ -55,7 +55,14 @@ def _search_effects(effects: pd.DataFrame | None) -> list[str]:
             "importance": search["importance"].round(3),
         }
     )
-    return ["## What the search saw", "", f"Not verdicts: the search samples where it expects good configs, not a design. {search['method'].iloc[0]}.", "", render.markdown_table(table), ""]
+    return [
+        "## What the search saw",
+        "",
+        f"Not verdicts: the search samples where it expects good configs, not a design. {search['method'].iloc[0]}.",
+        "",
+        render.markdown_table(table),
+        "",
+    ]
 
 
 def _lr_and_depth(trials: pd.DataFrame, history: pd.DataFrame, folder: Path) -> list[str]:
@@ -65,8 +72,18 @@ def _lr_and_depth(trials: pd.DataFrame, history: pd.DataFrame, folder: Path) -> 
         return []
     at = at.assign(top1=100 * at["top1"])  # points, as every other plot
     ylabel = f"validation top-1 at epoch {epoch}, %"
-    render.scatter(at, "freeze_depth", "top1", folder / "freeze_depth.png", xlabel="freeze depth (backbone stages frozen)", ylabel=ylabel, title="Search: top-1 by freeze depth, every trial")
-    render.scatter(at, "lr", "top1", folder / "lr.png", xlabel="learning rate (AdamW)", ylabel=ylabel, title="Search: top-1 by learning rate, every trial", logx=True)
+    render.scatter(
+        at,
+        "freeze_depth",
+        "top1",
+        folder / "freeze_depth.png",
+        xlabel="freeze depth (backbone stages frozen)",
+        ylabel=ylabel,
+        title="Search: top-1 by freeze depth, every trial",
+    )
+    render.scatter(
+        at, "lr", "top1", folder / "lr.png", xlabel="learning rate (AdamW)", ylabel=ylabel, title="Search: top-1 by learning rate, every trial", logx=True
+    )
     return ["## Learning rate and freeze depth", "", f"Every search trial at epoch {epoch}:", "", "![freeze depth](freeze_depth.png) ![lr](lr.png)", ""]
 
 
@@ -79,7 +96,8 @@ def _baselines_and_best(trials: pd.DataFrame) -> list[str]:
         lines += [
             "## Best config",
             "",
-            f"{describe_settings(config)}; augmentations: {augs}. top-1 {best.iloc[0]['top1']:.4f} after {best.iloc[0]['epochs']} epoch{'s' * int(best.iloc[0]['epochs'] != 1)}.",
+            f"{describe_settings(config)}; augmentations: {augs}."
+            f" top-1 {best.iloc[0]['top1']:.4f} after {best.iloc[0]['epochs']} epoch{'s' * int(best.iloc[0]['epochs'] != 1)}.",
             "",
         ]
     return lines

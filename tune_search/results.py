@@ -52,7 +52,9 @@ class ResultsFolder:
         try:
             frame = from_arrow(table, pd.read_parquet(self.file(table)))
         except Exception as exc:  # pyarrow raises several kinds for a damaged file
-            raise ConfigError(f"{self.file(table)} is not a readable Parquet file ({type(exc).__name__}); `tune-search export` rebuilds the search's tables") from None
+            raise ConfigError(
+                f"{self.file(table)} is not a readable Parquet file ({type(exc).__name__}); `tune-search export` rebuilds the search's tables"
+            ) from None
         missing = [c for c in NEEDED.get(table, ()) if c not in frame.columns]
         if missing:
             raise ConfigError(f"{self.file(table)} lacks the columns {', '.join(missing)}")

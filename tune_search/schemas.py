@@ -89,7 +89,14 @@ EXPLAIN_RUNS = [
     *_c("oversample_to, max_epochs, params", INT),
 ]
 INTERVAL = _c("effect, ci_low, ci_high", FLOAT, DIFFERENCE)
-DOSE = [*_c("augmentation", STRING), *_c("strength", FLOAT, "strength in [0, 1]"), *INTERVAL, *_c("fitted, fit_low, fit_high", FLOAT, DIFFERENCE), *_c("n_seeds", INT), *_c("threshold", FLOAT, DIFFERENCE)]
+DOSE = [
+    *_c("augmentation", STRING),
+    *_c("strength", FLOAT, "strength in [0, 1]"),
+    *INTERVAL,
+    *_c("fitted, fit_low, fit_high", FLOAT, DIFFERENCE),
+    *_c("n_seeds", INT),
+    *_c("threshold", FLOAT, DIFFERENCE),
+]
 STRENGTH = "strength in [0, 1]"
 
 SCHEMAS: dict[str, list[Column]] = {
@@ -272,4 +279,3 @@ def _type_name(type: pa.DataType) -> str:
 def unit_metadata(table: str) -> dict[str, str]:
     """{column: unit} for the columns that have one."""
     return {f.name: f.metadata[b"unit"].decode() for f in schema(table) if f.metadata}
-

@@ -19,7 +19,6 @@ from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS
 
 
-
 @dataclass(frozen=True)
 class Space:
     """`SpaceConfig` with freeze depths resolved against the chosen model."""

@@ -21,10 +21,10 @@ from tune_search.board import TensorBoard
 from tune_search.checkpoints import CheckpointRetention, prune_behind_snapshot
 from tune_search.config import ConfigError, ResourcesConfig, SearchConfig
 from tune_search.console import Progress
-from tune_search.space import Space
-from tune_search.location import RunLocation, join
-from tune_search.storage import storage_filesystem
 from tune_search.interrupt import tuning
+from tune_search.location import RunLocation, join
+from tune_search.space import Space
+from tune_search.storage import storage_filesystem
 from tune_search.trainable.data import Dataset
 from tune_search.trainable.trial import STUDY_RUN, TrialSpec, amp_dtype, run_of, spec_for, train_trial
 
@@ -149,7 +149,9 @@ def resources_line(cfg: SearchConfig, spec: TrialSpec) -> str:
     cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
     precision = amp_dtype(dataclasses.replace(spec, gpus_per_trial=gpus), torch.device("cuda" if gpus else "cpu"))
     total = ray.cluster_resources()
-    return f"each trial: {cpus:g} CPU, {gpus:g} GPU, {'bf16 autocast' if precision else 'fp32'} (Ray has {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU)"
+    return (
+        f"each trial: {cpus:g} CPU, {gpus:g} GPU, {'bf16 autocast' if precision else 'fp32'} (Ray has {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU)"
+    )
 
 
 def reuse_actors() -> bool:
@@ -192,9 +194,7 @@ def _fit(tuner: tune.Tuner, uri: str, phase: str) -> tune.ResultGrid:
 
 
 def make_searcher(cfg: SearchConfig, space: Space, journal: Path | None = None) -> PruneAwareOptunaSearch:
-    return PruneAwareOptunaSearch(
-        space, max_t=cfg.budget.max_epochs, seed=cfg.run.seed, baselines=space.baseline_points(), journal=journal
-    )
+    return PruneAwareOptunaSearch(space, max_t=cfg.budget.max_epochs, seed=cfg.run.seed, baselines=space.baseline_points(), journal=journal)
 
 
 def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, location: RunLocation, journal: Path | None = None) -> tune.ResultGrid:
@@ -202,11 +202,7 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, 
     if journal is not None:
         journal.unlink(missing_ok=True)  # a new search in a reused folder starts a new study
     searcher = make_searcher(cfg, space, journal)
-    search_alg = (
-        ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent)
-        if cfg.resources.max_concurrent
-        else searcher
-    )
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent) if cfg.resources.max_concurrent else searcher
     scheduler = BaselineFullBudgetASHA(
         time_attr=TRAINING_ITERATION,
         metric=METRIC,
@@ -274,7 +270,15 @@ def _same_study(folder: Path | None, configs: list[dict[str, Any]]) -> None:
 
 
 def run_study(
-    cfg: SearchConfig, data: Dataset, spec: TrialSpec, configs: list[dict[str, Any]], *, location: RunLocation, suffix: str, resume: bool = False, phase: str | None = None
+    cfg: SearchConfig,
+    data: Dataset,
+    spec: TrialSpec,
+    configs: list[dict[str, Any]],
+    *,
+    location: RunLocation,
+    suffix: str,
+    resume: bool = False,
+    phase: str | None = None,
 ) -> tune.ResultGrid:
     """Train every config of a designed study for the full budget, in parallel, with no
     early stopping, into STORAGE/NAME-<suffix>. With `resume`, a study a killed driver left

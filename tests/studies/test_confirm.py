@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tune_search.config import SearchConfig, load_config
+from tests.test_export import RECORDS
+from tune_search.config import RecipeConfig, SearchConfig, load_config
 from tune_search.export import config_from_row, search_tables
-from tune_search.config import RecipeConfig
 from tune_search.studies.confirm import (
     BEST,
     NONE,
@@ -25,8 +25,8 @@ from tune_search.studies.confirm import (
     recipe_space,
     recommended_row,
 )
-from tune_search.studies.recipe import decisions as decide, recipe_config
-from tests.test_export import RECORDS
+from tune_search.studies.recipe import decisions as decide
+from tune_search.studies.recipe import recipe_config
 
 NAMES = ["hflip", "crop", "blur", "contrast", "rotate"]
 BASE = {"lr": 2e-3, "freeze_depth": 3, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0, "aug_rotate": True, "aug_rotate_strength": 0.9}
@@ -162,7 +162,15 @@ def test_when_no_arm_differs_false_verdicts_stay_at_or_under_5_percent():
 def test_the_arms_add_each_augmentation_of_the_best_config_that_does_not_hurt_to_the_recipe():
     screened = effects({"hflip": "helps", "crop": "hurts", "contrast": "unclear", "blur": "unclear"})
     recipe = recipe_config(BASE, decisions(screened), NAMES)
-    best = {**{k: v for k, v in BASE.items() if not k.startswith("aug_")}, "aug_hflip": True, "aug_hflip_strength": 0.8, "aug_crop": True, "aug_crop_strength": 0.4, "aug_contrast": True, "aug_contrast_strength": 0.3}
+    best = {
+        **{k: v for k, v in BASE.items() if not k.startswith("aug_")},
+        "aug_hflip": True,
+        "aug_hflip_strength": 0.8,
+        "aug_crop": True,
+        "aug_crop_strength": 0.4,
+        "aug_contrast": True,
+        "aug_contrast_strength": 0.3,
+    }
     made = arms(recipe, best, {"hflip": 0.5}, screened, NAMES)
     assert list(made) == [RECIPE, NONE, BEST, PLUS + "contrast"]  # the original set is the recipe here: one arm
     plus = made[PLUS + "contrast"]

@@ -49,7 +49,10 @@ def test_a_harmless_augmentation_rarely_gets_a_start_strength():
     """No harm at any strength, two seeds, 1-point noise: a start strength is named only
     where the whole band passes the threshold, so rarely (it was about half the time)."""
     rng = np.random.default_rng(3)
-    named = sum(not math.isnan(harmful_above(dose_curve(dose_runs(lambda s: 0.0, levels=(0.1, 0.25, 0.5, 1.0), seeds=(0, 1), sd=0.01, rng=rng), "blur"), 0.005)[0]) for _ in range(200))
+    named = sum(
+        not math.isnan(harmful_above(dose_curve(dose_runs(lambda s: 0.0, levels=(0.1, 0.25, 0.5, 1.0), seeds=(0, 1), sd=0.01, rng=rng), "blur"), 0.005)[0])
+        for _ in range(200)
+    )
     assert named / 200 <= 0.05
 
 

@@ -105,7 +105,9 @@ def test_a_noisy_cell_widens_only_its_own_contrasts_and_every_interval_covers():
     trials = 200
     gc.freeze()
     for _ in range(trials):
-        table = explain_table(simulate(sd=0.005, rng=rng, seeds=range(6), noisy={"scratch": 0.04}, cell_seed=0.02), max_depth=MAX_DEPTH, params=PARAMS).set_index("explanation")
+        table = explain_table(
+            simulate(sd=0.005, rng=rng, seeds=range(6), noisy={"scratch": 0.04}, cell_seed=0.02), max_depth=MAX_DEPTH, params=PARAMS
+        ).set_index("explanation")
         for key in covered:
             covered[key] += table.loc[key, "ci_low"] <= TRUTH[key] <= table.loc[key, "ci_high"]
             width[key].append(table.loc[key, "ci_high"] - table.loc[key, "ci_low"])
@@ -148,7 +150,9 @@ def test_when_nothing_matters_false_support_stays_at_or_under_5_percent():
     trials = 200
     gc.freeze()  # statsmodels' Holm runs gc.collect() per call: keep today's objects out of it
     for _ in range(trials):
-        table = explain_table(simulate(sd=0.01, rng=rng, planted=null, oversampling=0.0, crop=dict.fromkeys(CROP, -0.01)), max_depth=MAX_DEPTH, params=PARAMS, negligible=1e-6)
+        table = explain_table(
+            simulate(sd=0.01, rng=rng, planted=null, oversampling=0.0, crop=dict.fromkeys(CROP, -0.01)), max_depth=MAX_DEPTH, params=PARAMS, negligible=1e-6
+        )
         false += (table["verdict"] == "supported").any() | (table["p_adjusted"] < 0.05).any()
     gc.unfreeze()
     assert false / trials <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / trials)

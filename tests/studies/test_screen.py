@@ -19,6 +19,7 @@ from tune_search.studies.screen import (
 NAMES = ["hflip", "vflip", "crop", "blur", "sharpen", "contrast", "brightness", "color", "affine", "rotate", "grayscale", "erasing"]
 BASE = {"lr": 1e-3, "freeze_depth": 4, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0}
 
+
 def simulate(effects: dict[str, float], *, seeds=(0,), sd=0.009, rng=None, interaction=0.0, names=NAMES) -> pd.DataFrame:
     """Screen runs where switching `name` on changes top-1 by effects[name], plus noise and
     an optional hflip x vflip interaction; seeds shift every run alike."""
@@ -30,7 +31,9 @@ def simulate(effects: dict[str, float], *, seeds=(0,), sd=0.009, rng=None, inter
         if {"hflip", "vflip"} <= on:
             top1 += interaction
         per_class = [top1 + (2 * effects.get("hflip", 0) if "hflip" in on else 0), top1, top1 - 0.05]
-        rows.append({**config, "top1": top1, "top5": min(1.0, top1 + 0.1), "train_loss": 0.3 + 0.2 * ("crop" in on) + rng.normal(0, 0.01), "per_class_top1": per_class})
+        rows.append(
+            {**config, "top1": top1, "top5": min(1.0, top1 + 0.1), "train_loss": 0.3 + 0.2 * ("crop" in on) + rng.normal(0, 0.01), "per_class_top1": per_class}
+        )
     return pd.DataFrame(rows)
 
 

@@ -5,6 +5,7 @@ from tune_search.trainable.augment import build_pipeline
 from tune_search.trainable.data import Split
 from tune_search.trainable.loop import predict
 
+
 class PixelModel(torch.nn.Module):
     """Takes pixel values 0-255, uint8 or float, as a StagedClassifier does."""
 

@@ -23,7 +23,13 @@ def test_trainable_parameters_shrink_stage_by_stage(name):
 
 
 # one model of each family in the model table, the smallest
-FAMILY_MODELS = {"resnet": "resnet18", "regnet": "regnet_x_400mf", "efficientnet": "efficientnet_b0", "mobilenet": "mobilenet_v2", "efficientnet_lite": models.BUNDLED}
+FAMILY_MODELS = {
+    "resnet": "resnet18",
+    "regnet": "regnet_x_400mf",
+    "efficientnet": "efficientnet_b0",
+    "mobilenet": "mobilenet_v2",
+    "efficientnet_lite": models.BUNDLED,
+}
 
 
 def test_every_family_in_the_model_table_is_tested():

@@ -10,10 +10,10 @@ import torch
 from tune_search.trainable.augment import NAMES
 from tune_search.trainable.data import Dataset, Split
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS
-from tune_search.trainable.models import ModelSpec
 from tune_search.trainable.loop import cpu_has_bf16
+from tune_search.trainable.models import ModelSpec
 from tune_search.trainable.probes import affinity
-from tune_search.trainable.trial import CHECKPOINT_FILE, TrialSpec, TrialSettings, amp_dtype, fine_tune, keep_freed_memory, keep_weights_only, load_checkpoint
+from tune_search.trainable.trial import CHECKPOINT_FILE, TrialSettings, TrialSpec, amp_dtype, fine_tune, keep_freed_memory, keep_weights_only, load_checkpoint
 
 
 def planted(n: int, seed: int) -> Split:
@@ -43,9 +43,7 @@ def test_trial_settings_are_the_hyperparameter_table():
 
 
 def test_settings_read_only_switched_on_augmentations():
-    s = TrialSettings.from_config(
-        {"lr": 0.01, "freeze_depth": 2, "aug_hflip": True, "aug_hflip_strength": 0.3, "aug_blur": False, "batch_size": 32}
-    )
+    s = TrialSettings.from_config({"lr": 0.01, "freeze_depth": 2, "aug_hflip": True, "aug_hflip_strength": 0.3, "aug_blur": False, "batch_size": 32})
     assert s.augmentations == (("hflip", 0.3),) and s.batch_size == 32 and s.freeze_depth == 2
 
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pandas as pd
 
+from tune_search.checkpoints import prune_checkpoints
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import BASELINES, FINISHED
 from tune_search.export import config_from_row, runs_table
 from tune_search.location import RunLocation
-from tune_search.checkpoints import prune_checkpoints
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.trial import RUN_KEYS, SPEC_KEYS
 

@@ -114,7 +114,10 @@ class Ablation(Study):
             raise ConfigError(f"{ctx.folder.file('best_configs')} has no successful trial to ablate")
         augs = list(ctx.space.augmentations)
         configs = ablation_configs(config_from_row(best.iloc[0]), augs, strength=cfg.ablation.strength, seeds=cfg.ablation.seeds)
-        print(f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations, {cfg.ablation.seeds} seed{'s' * (cfg.ablation.seeds != 1)} each)")
+        print(
+            f"ablation: {len(configs)} runs of {cfg.budget.max_epochs} epochs (the best config and {len(augs)} switched augmentations,"
+            f" {cfg.ablation.seeds} seed{'s' * (cfg.ablation.seeds != 1)} each)"
+        )
         _, runs = train(ctx, configs, "ablation")
         if runs.empty:
             raise RuntimeError("every ablation run failed; see Ray's log above")
@@ -132,7 +135,8 @@ class Ablation(Study):
         if ablation is None or not len(ablation):
             return []
         lines = [
-            f"- The screen and the ablation of the best config disagree on **{r['augmentation']}**: screen says {r['screen_verdict']}, ablation says {r['verdict']} ({render.row_interval(r)} points)."
+            f"- The screen and the ablation of the best config disagree on **{r['augmentation']}**: screen says {r['screen_verdict']},"
+            f" ablation says {r['verdict']} ({render.row_interval(r)} points)."
             for _, r in ablation[ablation["agrees"] == False].iterrows()  # noqa: E712
         ]
         return lines + [""] if lines else []

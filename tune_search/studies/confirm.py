@@ -95,7 +95,9 @@ def original_set(trials: pd.DataFrame | None, effects: pd.DataFrame, compare: Se
     return {n: float(screened.get(n, 0.5)) for n in MOTIVATING}
 
 
-def arms(recipe: dict[str, Any], best: dict[str, Any] | None, original: Mapping[str, float], verdicts: pd.DataFrame, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def arms(
+    recipe: dict[str, Any], best: dict[str, Any] | None, original: Mapping[str, float], verdicts: pd.DataFrame, names: Sequence[str]
+) -> dict[str, dict[str, Any]]:
     """Every arm's trial config, each distinct config once (the first label that trains it).
     `verdicts`: each augmentation's deciding verdict (`recipe.decisions`, or the screen's
     effects); the best config's augmentations called `hurts` there are not added to the recipe."""
@@ -194,7 +196,8 @@ def comparisons(pairs: pd.DataFrame, arm_summary: pd.DataFrame) -> pd.DataFrame:
     mine = pairs[pairs["a"] == chosen]
     return pd.DataFrame(
         [
-            {"comparison": f"{describe_arm(chosen)} vs {describe_arm(r['b'])}", "arm": r["b"], "effect": r["effect"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+            {"comparison": f"{describe_arm(chosen)} vs {describe_arm(r['b'])}", "arm": r["b"], "effect": r["effect"],
+                "ci_low": r["ci_low"], "ci_high": r["ci_high"],
              "p_value": r["p_value"], "p_adjusted": r["p_adjusted"], "p_equivalence_adjusted": r["p_equivalence_adjusted"], "verdict": r["verdict"],
              "top1_recommended": float(mean[chosen]), "top1_other": float(mean[r["b"]]), "n_seeds": int(seeds[chosen]), "df": r["df"]}
             for _, r in mine.iterrows()
@@ -206,7 +209,10 @@ def comparisons(pairs: pd.DataFrame, arm_summary: pd.DataFrame) -> pd.DataFrame:
 class Confirm(Study):
     name = "confirm"
     command = "confirm"
-    help = "train the recipe beside no augmentation, the original set, the search's best config and the recipe plus each of its augmentations; recommend the best measured"
+    help = (
+        "train the recipe beside no augmentation, the original set,"
+        " the search's best config and the recipe plus each of its augmentations; recommend the best measured"
+    )
     follows = "screen"
     flags = (Flag("--seeds", int, "confirm.seeds"),)
     tables = {
@@ -294,19 +300,26 @@ def recipe_lines(tables: Tables) -> list[str]:
     for label, title in (("kept", "the recipe arm keeps"), ("dropped", "dropped (hurts)"), ("left out", "left out")):
         mine = table[table["decision"] == label]
         if len(mine):
-            lines.append(f"  {title}: " + ", ".join(f"{r['augmentation']} ({r['verdict']}{', ' + r['stage'] if r['stage'] == 'focus' else ''})" for _, r in mine.iterrows()))
+            lines.append(
+                f"  {title}: "
+                + ", ".join(f"{r['augmentation']} ({r['verdict']}{', ' + r['stage'] if r['stage'] == 'focus' else ''})" for _, r in mine.iterrows())
+            )
     summary, confirm = tables.get("confirm_arms"), tables.get("confirm")
     if summary is None or confirm is None or not len(confirm):
         return lines + ["  not confirmed: run `tune-search confirm RESULTS_DIR`"]
     chosen = summary[summary["recommended"]].iloc[0]
     best_arm = summary[summary["best_measured"]].iloc[0]
     why = (
-        f"the best measured of {len(summary)} arms" if chosen["arm"] == best_arm["arm"]
-        else f"the simplest within ±{100 * chosen['negligible']:.1f} points of the best measured ({describe_arm(best_arm['arm'])}, top-1 {best_arm['top1']:.3f}) that no arm measured better"
+        f"the best measured of {len(summary)} arms"
+        if chosen["arm"] == best_arm["arm"]
+        else f"the simplest within ±{100 * chosen['negligible']:.1f} points of the best measured"
+        f" ({describe_arm(best_arm['arm'])}, top-1 {best_arm['top1']:.3f}) that no arm measured better"
     )
     lines.insert(1, f"  it is {describe_arm(chosen['arm'])}: {why}; top-1 {chosen['top1']:.3f}, mean of {int(chosen['n_seeds'])} seeds")
     pairs = len(summary) * (len(summary) - 1) // 2
     gains = "; ".join(f"vs {describe_arm(r['arm'])}: {render.row_interval(r)} ({r['verdict']})" for _, r in confirm.sort_values("effect").iterrows())
-    lines.append(f"confirmed over {int(chosen['n_seeds'])} seeds, points of top-1, recommended minus the other, intervals simultaneous over the {pairs} pairs of arms: {gains}")
+    lines.append(
+        f"confirmed over {int(chosen['n_seeds'])} seeds, points of top-1, recommended minus the other,"
+        f" intervals simultaneous over the {pairs} pairs of arms: {gains}"
+    )
     return lines
-

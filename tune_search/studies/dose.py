@@ -148,12 +148,19 @@ class Dose(Study):
         names = harmful(screen, list(ctx.space.augmentations), cfg)
         if not names:
             return
-        which = f"; the {cfg.dose.max_augmentations} most harmful of {len(names)} that hurt (dose.max_augmentations)" if len(names) > cfg.dose.max_augmentations else ""
+        which = (
+            f"; the {cfg.dose.max_augmentations} most harmful of {len(names)} that hurt (dose.max_augmentations)"
+            if len(names) > cfg.dose.max_augmentations
+            else ""
+        )
         names = names[: cfg.dose.max_augmentations]
         base = base_settings(config_from_row(screen.iloc[0]))
         configs = dose_configs(base, names, cfg.dose.strengths, list(range(cfg.dose.seeds)), list(ctx.space.augmentations))
         levels = ", ".join(f"{s:g}" for s in cfg.dose.strengths)
-        print(f"dose-response: {len(configs)} runs, {', '.join(names)} at strengths {levels} and none on, {cfg.dose.seeds} seed{'s' * (cfg.dose.seeds != 1)}{which}")
+        print(
+            f"dose-response: {len(configs)} runs, {', '.join(names)} at strengths {levels}"
+            f" and none on, {cfg.dose.seeds} seed{'s' * (cfg.dose.seeds != 1)}{which}"
+        )
         _, runs = train(ctx, configs, "dose")
         ctx.folder.write("dose_runs", runs)
         prune(ctx, "dose")
@@ -212,5 +219,8 @@ def dose_plot(dose: pd.DataFrame, runs: pd.DataFrame, effects: pd.DataFrame, pat
     ax.axhline(0, color="black", lw=1)
     threshold = float(dose["threshold"].iloc[0])
     ax.axhline(-100 * threshold, color="grey", ls=":", lw=1, label=f"threshold (-{100 * threshold:g} points)")
-    title = "Dose-response: measured effect (dots, 95 % intervals), fitted curve with its 95 % band;\ndashed: the strength where the whole band passes the threshold"
+    title = (
+        "Dose-response: measured effect (dots, 95 % intervals), fitted curve with its 95 % band"
+        ";\ndashed: the strength where the whole band passes the threshold"
+    )
     render.save(fig, ax, path, xlabel="strength (0 = off)", ylabel="change in top-1 (points)", title=title, size=9)

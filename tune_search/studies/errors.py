@@ -14,7 +14,6 @@ from __future__ import annotations
 from tune_search.config import SearchConfig
 from tune_search.stats import ALPHA
 
-
 # the focused screen decides most verdicts, equivalence ones included (the hardest to reach):
 # it gets the largest share; the screen only has to find the large harms, and the confirmation
 # compares arms that mostly differ by whole points

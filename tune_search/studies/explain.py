@@ -80,7 +80,20 @@ EXPLAIN_COLUMNS = (
     "explanation", "title", "claim", "contrast", "expected", "effect", "ci_low", "ci_high", "se", "p_value", "p_adjusted",
     "p_equivalence_adjusted", "verdict", "level_a", "effect_a", "level_b", "effect_b", "n_runs", "df", "note",
 )  # fmt: skip
-CELL_COLUMNS = ("cell", "freeze_depth", "model", "weights", "oversample_to", "max_epochs", "top1_without", "top1_with", "bundle_effect", "ci_low", "ci_high", "n_seeds")
+CELL_COLUMNS = (
+    "cell",
+    "freeze_depth",
+    "model",
+    "weights",
+    "oversample_to",
+    "max_epochs",
+    "top1_without",
+    "top1_with",
+    "bundle_effect",
+    "ci_low",
+    "ci_high",
+    "n_seeds",
+)
 
 
 # configs -------------------------------------------------------------------------------------
@@ -297,7 +310,10 @@ def recipe_row(screen: pd.DataFrame, names: Sequence[str], in_recipe: Sequence[s
     for group, weight in ((outside, 2.0), (inside, -2.0)):  # a coefficient is half an effect
         for name in group:
             weights[columns.index(name)] = weight / len(group)
-    note = f"these {len(names)} screened augmentations only, not a sample of augmentations; in the recipe: {', '.join(inside)}; outside: {', '.join(outside)}; the recipe: {source}"
+    note = (
+        f"these {len(names)} screened augmentations only, not a sample of augmentations;"
+        f" in the recipe: {', '.join(inside)}; outside: {', '.join(outside)}; the recipe: {source}"
+    )
     return _row("recipe", contrast(results, weights), level_a="in recipe", effect_a=float(2 * results.params[inside].mean()),
                 level_b="outside", effect_b=float(2 * results.params[outside].mean()), n_runs=int(results.nobs), note=note)  # fmt: skip
 
@@ -376,7 +392,9 @@ def with_verdicts(table: pd.DataFrame, negligible: float, alpha: float = ALPHA) 
     `supported` interval excludes zero and an `unclear` one does not)."""
     signs = np.where(table["expected"] == "negative", -1, 1)
     judged, said = support_verdicts(table["effect"], table["se"], signs, table["df"], negligible, alpha)
-    return table.assign(ci_low=judged.ci_low, ci_high=judged.ci_high, p_adjusted=judged.p_adjusted, p_equivalence_adjusted=judged.p_equivalence_adjusted, verdict=said)
+    return table.assign(
+        ci_low=judged.ci_low, ci_high=judged.ci_high, p_adjusted=judged.p_adjusted, p_equivalence_adjusted=judged.p_equivalence_adjusted, verdict=said
+    )
 
 
 def crop_sensitivity_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -393,7 +411,9 @@ def sentence(row: Mapping) -> str:
     """One explanation's result in plain words (effects in points of top-1)."""
     e = EXPLANATIONS[row["explanation"]]
     interval = "" if math.isnan(row["ci_low"]) else f" [{render.points(row['ci_low'])}, {render.points(row['ci_high'])}]"
-    detail = e.detail.format(a=f"{render.points(row['effect_a'])} points", b=f"{render.points(row['effect_b'])} points", level_a=row["level_a"], level_b=row["level_b"])
+    detail = e.detail.format(
+        a=f"{render.points(row['effect_a'])} points", b=f"{render.points(row['effect_b'])} points", level_a=row["level_a"], level_b=row["level_b"]
+    )
     note = f" ({row['note']})" if isinstance(row.get("note"), str) and row["note"] else ""
     return (
         f"**{e.title}: {row['verdict']}.** Claim: {e.claim}. {detail[0].upper()}{detail[1:]}; the difference "
@@ -508,16 +528,25 @@ class Explain(Study):
         configs = design(range(first))
         epoch_images = len(data.train)
         timed = [
-            (int(c["freeze_depth"]), (c["max_epochs"] or cfg.budget.max_epochs) * (max(oversample_to * data.num_classes, epoch_images) / epoch_images if c["oversample_to"] else 1))
+            (
+                int(c["freeze_depth"]),
+                (c["max_epochs"] or cfg.budget.max_epochs) * (max(oversample_to * data.num_classes, epoch_images) / epoch_images if c["oversample_to"] else 1),
+            )
             for c in configs
         ]
         shown = ", ".join(f"{n} {s:.2g}" for n, s in bundle.items())
-        seeds = f"{first} seeds, then as many more as bring each contrast's interval to +-{100 * cfg.explain.precision:g} points (at most {cfg.explain.max_seeds})" if auto else f"{first} seeds"
+        seeds = (
+            f"{first} seeds, then as many more as bring each contrast's interval to +-{100 * cfg.explain.precision:g} points (at most {cfg.explain.max_seeds})"
+            if auto
+            else f"{first} seeds"
+        )
         print(
             f"explain: {len(configs)} runs ({seeds}): the bundle ({shown}) off and on at freeze depths "
-            f"{', '.join(map(str, depths))}, from scratch (lr {scratch_lr or base['lr']:.3g}), " + "".join(f"on {n}, " for n, _ in models if n != spec.model.name)
+            f"{', '.join(map(str, depths))}, from scratch (lr {scratch_lr or base['lr']:.3g}), "
+            + "".join(f"on {n}, " for n, _ in models if n != spec.model.name)
             + f"with every class oversampled to {oversample_to}; crop alone at {', '.join(f'{s:g}' for s in cfg.explain.crop_strengths)}"
-            + common.estimate(folder, timed, common.slots(cfg)) + (" for the first seeds" if auto else "")
+            + common.estimate(folder, timed, common.slots(cfg))
+            + (" for the first seeds" if auto else "")
         )
         results, runs = common.train(ctx, configs, "explain")
         if runs.empty:
@@ -553,7 +582,12 @@ class Explain(Study):
         max_depth = int(runs.loc[runs["cell"] == DEPTH, "freeze_depth"].max())
         out = {
             "explain": explain_table(
-                runs, max_depth=max_depth, screen=screen, screened=names, params=params, negligible=cfg.explain.negligible,
+                runs,
+                max_depth=max_depth,
+                screen=screen,
+                screened=names,
+                params=params,
+                negligible=cfg.explain.negligible,
                 recipe=None if recipe is None else (recipe.augmentations, recipe.source),
             ),  # fmt: skip
             "explain_cells": cells(runs),
@@ -568,8 +602,22 @@ class Explain(Study):
         if explain is None:
             return []
         lines = ["## Why it hurts: the thread's explanations tested", ""]
-        bundle = [c.removeprefix("aug_") for c in runs.columns if c.startswith("aug_") and not c.endswith("_strength") and runs.loc[runs[BUNDLE].astype(bool), c].any()] if runs is not None else []
-        lines += [f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell; each verdict read off its interval, simultaneous 95 % across the explanations (Bonferroni): `supported` / `opposite` where it excludes zero on the predicted / the other side, `negligible` where it lies within the negligible band, `unclear` otherwise.", ""]
+        bundle = (
+            [
+                c.removeprefix("aug_")
+                for c in runs.columns
+                if c.startswith("aug_") and not c.endswith("_strength") and runs.loc[runs[BUNDLE].astype(bool), c].any()
+            ]
+            if runs is not None
+            else []
+        )
+        lines += [
+            f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell;"
+            " each verdict read off its interval, simultaneous 95 % across the explanations (Bonferroni): `supported` / `opposite`"
+            " where it excludes zero on the predicted / the other side, `negligible` where it lies within the negligible band,"
+            " `unclear` otherwise.",
+            "",
+        ]
         lines += [f"- {sentence(row)}" for row in explain.to_dict("records")]
         lines.append("")
         if explain_cells is not None and len(explain_cells):
@@ -578,7 +626,9 @@ class Explain(Study):
                     "cell": explain_cells["cell"],
                     "top-1 without": explain_cells["top1_without"].round(3),
                     "with the bundle": explain_cells["top1_with"].round(3),
-                    "bundle effect [95 %], points": [render.effect_interval(*v) for v in zip(explain_cells["bundle_effect"], explain_cells["ci_low"], explain_cells["ci_high"])],
+                    "bundle effect [95 %], points": [
+                        render.effect_interval(*v) for v in zip(explain_cells["bundle_effect"], explain_cells["ci_low"], explain_cells["ci_high"])
+                    ],
                 }
             )
             lines += [render.markdown_table(table), ""]
@@ -615,4 +665,6 @@ def crop_plot(sensitivity: pd.DataFrame, path: Path) -> None:
     for name in worst:
         mine = sensitivity[sensitivity["class"] == name]
         ax.plot(100 * mine["area"], 100 * mine["changed"], ".--", label=str(name))
-    render.save(fig, ax, path, xlabel="kept area of the image (%)", ylabel="predictions changed (%)", title="Crops: how often the clean model changes its answer")
+    render.save(
+        fig, ax, path, xlabel="kept area of the image (%)", ylabel="predictions changed (%)", title="Crops: how often the clean model changes its answer"
+    )

@@ -41,7 +41,15 @@ def focus_configs(base: dict, strengths: dict[str, float], searched: Sequence[st
     out = []
     for config in configs:
         on = {n: strengths[n] for n in strengths if config[f"aug_{n}"]}
-        out.append({**common.with_augmentations(common.base_settings(config), on, searched), "study": "focus", "design_row": config["design_row"], "seed": config["seed"], "label": ""})
+        out.append(
+            {
+                **common.with_augmentations(common.base_settings(config), on, searched),
+                "study": "focus",
+                "design_row": config["design_row"],
+                "seed": config["seed"],
+                "label": "",
+            }
+        )
     return out
 
 
@@ -96,8 +104,12 @@ class Focus(Study):
         print(
             f"focus: {design} runs per replicate ({len(kept)} augmentations in a folded Plackett-Burman design"
             + (f"; {', '.join(dropped)} off" if dropped else "")
-            + f"), at the screen's settings; "
-            + (f"{first} replicates" if fixed else f"replicates while a verdict is unclear (at most {cfg.focus.max_seeds}, each look at alpha {look_alpha(cfg, 'focus'):.3g})")
+            + "), at the screen's settings; "
+            + (
+                f"{first} replicates"
+                if fixed
+                else f"replicates while a verdict is unclear (at most {cfg.focus.max_seeds}, each look at alpha {look_alpha(cfg, 'focus'):.3g})"
+            )
         )
         seeds = [SEED_OFFSET + s for s in range(first)]
         _, runs = common.train(ctx, focus_configs(base, {n: float(strengths[n]) for n in kept}, searched, seeds), "focus")
@@ -157,4 +169,3 @@ class Focus(Study):
         )
         first = focus.iloc[0]
         return f"in the recipe's context (focused screen, {int(first['n_runs'])} runs):\n{render.markdown_table(table)}"
-

@@ -25,7 +25,17 @@ from pyDOE3 import fold, pbdesign
 from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES, CLEAN, MOTIVATING
-from tune_search.stats import ALPHA, MainEffects, detectable_effect, equivalence_p, fdr_adjusted, main_effects, mean_prediction, replicates_to_settle, simultaneous
+from tune_search.stats import (
+    ALPHA,
+    MainEffects,
+    detectable_effect,
+    equivalence_p,
+    fdr_adjusted,
+    main_effects,
+    mean_prediction,
+    replicates_to_settle,
+    simultaneous,
+)
 from tune_search.studies import _base as common
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
@@ -33,9 +43,25 @@ from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
 
 EFFECT_COLUMNS = (
-    "augmentation", "strength", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "verdict", "detectable",
-    "negligible", "p_equivalence", "p_equivalence_adjusted", "alpha", "settle_replicates",
-    "top5_effect", "top5_ci_low", "top5_ci_high", "n_runs", "df",
+    "augmentation",
+    "strength",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "verdict",
+    "detectable",
+    "negligible",
+    "p_equivalence",
+    "p_equivalence_adjusted",
+    "alpha",
+    "settle_replicates",
+    "top5_effect",
+    "top5_ci_low",
+    "top5_ci_high",
+    "n_runs",
+    "df",
 )  # fmt: skip  (its columns of effects.parquet)
 NOT_SCREENED = "not screened"
 VERDICTS = ("hurts", "helps", "harmless", "unclear")
@@ -73,9 +99,7 @@ def max_alias(design: np.ndarray) -> float:
     return worst
 
 
-def screen_configs(
-    base: Mapping[str, Any], strengths: Mapping[str, float], seeds: Sequence[int], *, clean_seed: int | None = 0
-) -> list[dict[str, Any]]:
+def screen_configs(base: Mapping[str, Any], strengths: Mapping[str, float], seeds: Sequence[int], *, clean_seed: int | None = 0) -> list[dict[str, Any]]:
     """Every row of the screening design over `strengths`' augmentations (on at that
     strength, or off), at `base`'s other settings, once per seed; plus one run with every
     augmentation off at `clean_seed` (its model is what affinity is measured on)."""
@@ -290,7 +314,10 @@ def look_line(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig, seeds
     effects = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
     residual = fit(runs, names).residual_sd
     counts = ", ".join(f"{n} {v}" for v in VERDICTS if (n := int((effects["verdict"] == v).sum())))
-    return f"screen after {seeds} replicate{'s' * (seeds != 1)}: residual SD {100 * residual:.2f} points, detectable harm {100 * effects['detectable'].max():.2f} points; {counts}"
+    return (
+        f"screen after {seeds} replicate{'s' * (seeds != 1)}: residual SD {100 * residual:.2f} points,"
+        f" detectable harm {100 * effects['detectable'].max():.2f} points; {counts}"
+    )
 
 
 def _measured_before(folder) -> dict[str, float]:
@@ -311,7 +338,11 @@ def seeds_flag(text: str) -> int | str:
 def _run_line(cfg: SearchConfig, base: dict, names: list[str], replicates: int, fixed: bool, timing: str) -> str:
     shown = ", ".join(f"{k} {v:.3g}" for k, v in base.items())
     runs = len(screening_design(len(names))) + 1
-    seeds = f"{replicates} replicate{'s' * (replicates != 1)}" if fixed else f"replicates while a verdict is unclear (at most {cfg.screen.max_seeds}, each look at alpha {family_alpha(cfg):.3g})"
+    seeds = (
+        f"{replicates} replicate{'s' * (replicates != 1)}"
+        if fixed
+        else f"replicates while a verdict is unclear (at most {cfg.screen.max_seeds}, each look at alpha {family_alpha(cfg):.3g})"
+    )
     return (
         f"screen: {runs} runs per replicate ({len(names)} augmentations in a folded Plackett-Burman design, and none on), "
         f"{cfg.budget.max_epochs} epochs at the {cfg.screen.base} config's {shown}; {seeds}{timing}{' for the first' if timing and not fixed else ''}"
@@ -446,7 +477,9 @@ def _sentence(row, per_class: pd.DataFrame | None) -> str:
     )
     harmed = harmed_classes(per_class, row["augmentation"])
     if len(harmed):
-        text += "; most harmed classes (false-discovery corrected): " + ", ".join(f"{r['class']} {render.row_interval(r.rename({'change': 'effect'}))}" for _, r in harmed.iterrows())
+        text += "; most harmed classes (false-discovery corrected): " + ", ".join(
+            f"{r['class']} {render.row_interval(r.rename({'change': 'effect'}))}" for _, r in harmed.iterrows()
+        )
     start = row.get("harmful_above", math.nan)
     if isinstance(start, float) and not math.isnan(start):
         low, high = row.get("harmful_above_low", math.nan), row.get("harmful_above_high", math.nan)
@@ -465,7 +498,8 @@ def caption(effects: pd.DataFrame) -> str:
         replicates = int(first["n_runs"] // max(1, len(screening_design(len(effects)))))
         more = (
             f" {len(unclear)} unclear: about {int(settle.max())} replicates in all (this screen has {replicates}) would likely settle them."
-            if len(settle) == len(unclear) else f" {len(unclear)} unclear: more than 16 replicates would be needed for some."
+            if len(settle) == len(unclear)
+            else f" {len(unclear)} unclear: more than 16 replicates would be needed for some."
         )
     return (
         f"intervals simultaneous across {len(effects)} augmentations at alpha {first['alpha']:.3g} (Bonferroni; the screen's share of 5 %); "
@@ -494,7 +528,12 @@ def _verdicts(effects: pd.DataFrame, per_class, ablation, folder: Path) -> list[
     if len(helps):
         lines += ["Helpful: " + ", ".join(f"**{r['augmentation']}** {render.row_interval(r)}" for _, r in helps.iterrows()) + " points.", ""]
     if len(harmless):
-        lines += [f"Harmless (within ±{100 * first['negligible']:.1f} points): " + ", ".join(f"**{r['augmentation']}** {render.row_interval(r)}" for _, r in harmless.iterrows()) + " points.", ""]
+        lines += [
+            f"Harmless (within ±{100 * first['negligible']:.1f} points): "
+            + ", ".join(f"**{r['augmentation']}** {render.row_interval(r)}" for _, r in harmless.iterrows())
+            + " points.",
+            "",
+        ]
     table = pd.DataFrame(
         {
             "augmentation": effects["augmentation"],
@@ -548,7 +587,9 @@ def _affinity_readable(affinity: pd.DataFrame) -> pd.DataFrame:
             "affinity, points of top-1": [f"{100 * v:+.1f}" for v in affinity["affinity"]],
             "diversity: train-loss rise [95 %]": [
                 f"{d:+.3f}" + ("" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]")
-                for d, lo, hi in zip(affinity["diversity"], *(affinity.get(c, pd.Series(math.nan, index=affinity.index)) for c in ("diversity_ci_low", "diversity_ci_high")))
+                for d, lo, hi in zip(
+                    affinity["diversity"], *(affinity.get(c, pd.Series(math.nan, index=affinity.index)) for c in ("diversity_ci_low", "diversity_ci_high"))
+                )
             ],
         }
     ).sort_values("affinity, points of top-1", key=lambda c: c.map(float))
@@ -558,18 +599,27 @@ def _affinity(affinity: pd.DataFrame | None, folder: Path) -> list[str]:
     if affinity is None or not affinity["affinity"].notna().any():
         return []
     in_points = affinity.assign(affinity=100 * affinity["affinity"])
-    render.scatter(in_points, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images (points)", ylabel="diversity: rise in final train loss (95 % interval)", labels="augmentation", title="Why: how far it moves the images (x), how much harder it makes training (y)",
+    render.scatter(in_points, "affinity", "diversity", folder / "affinity.png", xlabel="affinity: clean model's top-1 change on augmented images (points)",
+        ylabel="diversity: rise in final train loss (95 % interval)", labels="augmentation",
+        title="Why: how far it moves the images (x), how much harder it makes training (y)",
                    interval=("diversity_ci_low", "diversity_ci_high") if {"diversity_ci_low", "diversity_ci_high"} <= set(affinity) else None)  # fmt: skip
     return [
         "## Why: affinity and diversity", "", render.markdown_table(_affinity_readable(affinity)), "", "![affinity](affinity.png)", "",
-        "Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out). Diversity: how much it raises the final training loss.", "",
+        "Low affinity: the augmentation moves images away from what the clean model learned (e.g. a crop that cuts the object out)."
+        " Diversity: how much it raises the final training loss.", "",
     ]  # fmt: skip
 
 
 def _per_class(per_class: pd.DataFrame | None, effects: pd.DataFrame) -> list[str]:
     if per_class is None or not len(per_class):
         return []
-    lines = ["## For which classes", "", "Per-class harms that survive a false-discovery correction (Benjamini-Hochberg, across every augmentation and class), in points of per-class top-1 with 95 % intervals:", ""]
+    lines = [
+        "## For which classes",
+        "",
+        "Per-class harms that survive a false-discovery correction (Benjamini-Hochberg, across every augmentation and class),"
+        " in points of per-class top-1 with 95 % intervals:",
+        "",
+    ]
     verdicts = effects.set_index("augmentation")["verdict"]
     order = list(effects.sort_values("effect")["augmentation"])
     names = list(dict.fromkeys(per_class["augmentation"]))

@@ -18,7 +18,6 @@ from torchvision.transforms import v2
 
 from tune_search.trainable import batched as B
 
-
 Params = dict[str, torch.Tensor]  # one entry per image in every tensor
 
 

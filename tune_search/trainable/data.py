@@ -22,7 +22,16 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 EXTENSIONS = (*IMG_EXTENSIONS, ".gif")  # ImageFolder's, and GIF (its first frame)
 MAX_PIXELS = 89_478_485  # PIL's own limit (Image.MAX_IMAGE_PIXELS): past it PIL warns of a decompression bomb
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 
@@ -317,9 +326,7 @@ def _load_split(samples: list[tuple[str, int]], side: int, skipped: list[str], m
 def _image_folder(spec: DataSpec) -> Dataset:
     root = Path(spec.source).expanduser()
     if not root.is_dir():
-        raise DataError(
-            f"data {spec.source!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder"
-        )
+        raise DataError(f"data {spec.source!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
     skipped: list[str] = []
     split_dirs = (root / "train", root / "val")
     separate = all(d.is_dir() for d in split_dirs)

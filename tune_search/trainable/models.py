@@ -75,9 +75,7 @@ FAMILIES: dict[str, Family] = {
     "efficientnet": Family(("efficientnet_b", "efficientnet_v2"), lambda m: list(m.features), _first_linear),
     "mobilenet": Family(("mobilenet_v2", "mobilenet_v3"), lambda m: list(m.features), _first_linear),
     # timm's TF port: stem, 7 block stages, head conv; trained on inputs in [-1, 1]
-    "efficientnet_lite": Family(
-        ("efficientnet_lite",), _lite_stages, lambda m: m.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
-    ),
+    "efficientnet_lite": Family(("efficientnet_lite",), _lite_stages, lambda m: m.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
 }
 
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from tune_search.trainable.augment import build_pipeline, strengths_in
-from tune_search.trainable.hyperparameters import BY_NAME, settings_in
 from tune_search.trainable.data import Dataset, Split, balanced_order, class_weights
 from tune_search.trainable.hold import maybe_hold
+from tune_search.trainable.hyperparameters import BY_NAME, settings_in
 from tune_search.trainable.loop import (
     autocast,
     classification_metrics,
@@ -135,10 +135,7 @@ def cached_features(model: StagedClassifier, split: Split, spec: TrialSpec, devi
     if probe.numel() * 4 * len(split) > spec.feature_cache_bytes:
         return None
     with torch.no_grad(), autocast(device, amp):
-        parts = [
-            model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float()
-            for i in range(0, len(split), spec.eval_batch_size)
-        ]
+        parts = [model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float() for i in range(0, len(split), spec.eval_batch_size)]
     return Split(torch.cat(parts).cpu(), split.labels)
 
 
