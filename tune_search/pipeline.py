@@ -287,7 +287,7 @@ def analyse(folder: ResultsFolder, cfg: SearchConfig) -> dict[str, pd.DataFrame]
     made = registry.analyse(tables, cfg, classes, search)
     folder.write_tables(made)
     for study in registry.STUDIES:
-        for name, text in study.files(tables | made, cfg).items():
+        for name, text in study.files(tables | made, cfg, folder.path).items():
             write_text(text, folder.path / name)
     return tables | made
 

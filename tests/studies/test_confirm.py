@@ -92,6 +92,9 @@ def test_the_recommended_row_retrains_the_recipe_and_replaces_an_earlier_one(tmp
     cfg = load_config(tmp_path / "recipe.yaml")  # a valid space file
     assert cfg.space.augmentations == ("hflip",) and cfg.space.lr == 2e-3 and cfg.space.freeze_depth == 3
     assert f"--row {len(twice) - 1}" in text and yaml.safe_load(text)["space"]["strength"] == [0.5, 0.5]
+    # the commands name the files as the user types them from where they stand
+    elsewhere = recipe_space(SearchConfig(), again, 3, "results/my run")
+    assert "tune-search --space 'results/my run/recipe.yaml' --config-from 'results/my run/best_configs.parquet' --row 3" in elsewhere
 
 
 ARM_EFFECT = {RECIPE: 0.0, NONE: -0.03, ORIGINAL: -0.05, BEST: 0.0}  # top-1 of each arm against the recipe

@@ -112,8 +112,8 @@ class Study(abc.ABC):
         """The console's last lines, after the baseline table."""
         return None
 
-    def files(self, tables: Tables, cfg: SearchConfig) -> dict[str, str]:
-        """Files besides tables it writes into the results folder: name -> text."""
+    def files(self, tables: Tables, cfg: SearchConfig, folder: Path) -> dict[str, str]:
+        """Files besides tables it writes into the results folder `folder`: name -> text."""
         return {}
 
 

@@ -15,8 +15,10 @@ simplest (fewest augmentations): never an arm another one measured better.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping, Sequence
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ import yaml
 
 from tune_search import render
 from tune_search.config import SearchConfig
+from tune_search.console import display_path
 from tune_search.constants import BASELINES, MOTIVATING
 from tune_search.export import config_columns, config_from_row
 from tune_search.stats import ALPHA, block_fit, contrast, simultaneous
@@ -63,9 +66,12 @@ def recommended_row(recipe: Mapping[str, Any], best: pd.DataFrame, top1: float, 
     return pd.concat([searched, pd.DataFrame([row], columns=searched.columns).astype(searched.dtypes.to_dict())], ignore_index=True)
 
 
-def recipe_space(cfg: SearchConfig, recipe: Mapping[str, Any], row: int) -> str:
-    """recipe.yaml: the run's space file narrowed to the recipe (its settings fixed, only its
-    augmentations searched, at their strengths), with how to re-train the recipe exactly."""
+def recipe_space(cfg: SearchConfig, recipe: Mapping[str, Any], row: int, folder: str = ".") -> str:
+    """recipe.yaml: the run's space file narrowed to the recommendation (its settings fixed,
+    only its augmentations searched, at their strengths), with how to re-train it exactly;
+    the commands name the files in `folder` (the results folder as the user types it)."""
+    here = "" if folder in ("", ".") else folder.rstrip("/") + "/"
+    space_file, table = shlex.quote(here + "recipe.yaml"), shlex.quote(here + "best_configs.parquet")
     tree = yaml.safe_load(cfg.dump())
     on = strengths_in(recipe)
     tree["space"] |= {k: recipe[k] for k in ("lr", "freeze_depth", "weight_decay", "batch_size", "label_smoothing")}
@@ -78,8 +84,8 @@ def recipe_space(cfg: SearchConfig, recipe: Mapping[str, Any], row: int) -> str:
     head = (
         f"# The recipe tune-search recommends: {describe_settings(recipe)}; "
         f"augmentations: {', '.join(f'{n} {s:.2f}' for n, s in on.items()) or 'none'}.\n"
-        f"# Re-train it exactly: tune-search --space recipe.yaml --config-from best_configs.parquet --row {row}\n"
-        "# Search around it: tune-search --space recipe.yaml (its settings fixed, its augmentations searched)\n"
+        f"# Re-train it exactly: tune-search --space {space_file} --config-from {table} --row {row}\n"
+        f"# Search around it: tune-search --space {space_file} (its settings fixed, its augmentations searched)\n"
     )
     return head + yaml.safe_dump(tree, sort_keys=False)
 
@@ -269,12 +275,12 @@ class Confirm(Study):
             out["best_configs"] = recommended_row(recommended, tables["best_configs"], top1, cfg.budget.max_epochs)
         return out
 
-    def files(self, tables: Tables, cfg: SearchConfig) -> dict[str, str]:
+    def files(self, tables: Tables, cfg: SearchConfig, folder: Path) -> dict[str, str]:
         best = tables.get("best_configs")
         if best is None or not (best["trial_id"] == RECOMMENDED).any():
             return {}
         row = int(np.flatnonzero(best["trial_id"] == RECOMMENDED)[0])
-        return {"recipe.yaml": recipe_space(cfg, config_from_row(best.iloc[row]), row)}
+        return {"recipe.yaml": recipe_space(cfg, config_from_row(best.iloc[row]), row, display_path(folder))}
 
     def headline(self, tables: Tables) -> list[str]:
         lines = [line.strip() for line in recipe_lines(tables)]
