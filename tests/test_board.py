@@ -19,11 +19,14 @@ def test_runs_are_named_as_the_console_names_them():
     assert run_name("ab12", {STUDY_RUN: {"study": "screen", "design_row": 3, "seed": 1}}) == "screen-row-03-seed-1-ab12"
     assert run_name("ab12", {STUDY_RUN: {"study": "confirm", "label": "recipe", "seed": 2}}) == "confirm-recipe-seed-2-ab12"
     assert run_name("ab12", {"lr": 0.001}) == "trial-ab12"
+    dose = {"study": "dose", "label": "rotate", "seed": 0, "aug_rotate": True, "aug_rotate_strength": 0.25}
+    assert run_name("ab12", {STUDY_RUN: dose}) == "dose-rotate-0.25-seed-0-ab12"  # a dose run names its strength
+    assert run_name("ab12", {STUDY_RUN: {**dose, "aug_rotate": False}}) == "dose-rotate-off-seed-0-ab12"
 
 
 def test_hparams_hold_every_switch_and_strength():
     got = hparams({"lr": 0.01, "freeze_depth": 3, "aug_hflip": True, "aug_hflip_strength": 0.4, "aug_blur": False, "baseline": ""})
-    assert got["lr"] == 0.01 and got["freeze_depth"] == 3 and "baseline" not in got
+    assert got["lr"] == 0.01 and got["freeze_depth"] == 3 and got["baseline"] == "none" and got["study"] == "search"
     assert all(switch_key(n) in got and strength_key(n) in got for n in NAMES)
     assert got["aug_hflip"] is True and got["aug_hflip_strength"] == 0.4 and got["aug_blur"] is False and got["aug_blur_strength"] == 0.0
 
@@ -50,3 +53,23 @@ def test_a_phase_writes_each_run_with_its_metrics_and_hparams(tmp_path):
     assert [m.name.tag for m in experiment.experiment.metric_infos] == ["accuracy/top-1"]
     assert params["aug_crop"].bool_value and params["aug_crop_strength"].number_value == 0.5
     assert not params["aug_hflip"].bool_value and params["lr"].number_value == 0.002 and params["study"].string_value == "screen"
+
+
+def test_a_run_stopped_early_or_failed_does_not_end_as_a_success(tmp_path):
+    board = TensorBoard(tmp_path / "tb", "search", max_epochs=3)
+    runs = [trial(t, {"lr": 0.001, "baseline": ""}) for t in ("full", "stopped", "failed")]
+    for t, epochs in zip(runs, (3, 1, 1)):
+        for epoch in range(1, epochs + 1):
+            board.on_trial_result(0, runs, t, {"epoch": epoch, "top1": 0.5})
+    board.on_trial_complete(0, runs, runs[0])
+    board.on_trial_complete(0, runs, runs[1])  # ASHA stopped it after one epoch of three
+    board.on_trial_error(0, runs, runs[2])
+    statuses = {}
+    for t in runs:
+        events = EventAccumulator(str(tmp_path / "tb" / "search" / f"trial-{t.trial_id}")).Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_end_info"]
+        statuses[t.trial_id] = plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status
+    from tensorboard.plugins.hparams import api_pb2
+
+    # TensorBoard's HParams has no "stopped" status: UNKNOWN, and the `ended` column says why
+    assert statuses == {"full": api_pb2.STATUS_SUCCESS, "stopped": api_pb2.STATUS_UNKNOWN, "failed": api_pb2.STATUS_FAILURE}

@@ -46,6 +46,7 @@ def test_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path):
     journal = optuna.storages.journal.JournalFileBackend(str(tmp_path / "div" / "optuna.journal"))
     study = optuna.load_study(study_name=STUDY_NAME, storage=optuna.storages.JournalStorage(journal))
     assert sum(t.state == TrialState.FAIL for t in study.trials) == len(diverged)
+    assert {t.user_attrs["ray_trial_id"] for t in study.trials} == set(trials["trial_id"])  # the journal names each Ray trial
 
 
 def one_at_a_time(trials: int, studies: str) -> str:

@@ -34,6 +34,9 @@ def run_name(trial_id: str, config: dict[str, Any]) -> str:
     elif "study" in run:
         row = run.get("design_row")
         what = f"row {int(row):02d}" if isinstance(row, int | float) and row >= 0 else (run.get("label") or "run")
+        label = run.get("label")
+        if label in NAMES:  # a dose-response or sweep run: which strength of it
+            what += f" {float(run[strength_key(label)]):g}" if run.get(switch_key(label)) else " off"
         name = f"{run['study']} {what} seed {run.get('seed', 0)}"
     else:
         name = "trial"
@@ -52,18 +55,32 @@ def hparams(config: dict[str, Any]) -> dict[str, float | bool | str]:
         on = bool(run.get(switch_key(name), False))
         out[switch_key(name)] = on
         out[strength_key(name)] = float(run.get(strength_key(name)) or 0.0) if on else 0.0
-    for key in ("baseline", "study", "seed", "model"):
+    out["baseline"] = run.get("baseline") or "none"  # every run has the column: a filter in the HParams table
+    out["study"] = run.get("study") or "search"
+    for key in ("seed", "model"):
         if run.get(key) not in (None, ""):
             out[key] = run[key]
     return out
+
+
+def session_end(status: str):
+    """The HParams session-end summary with `status` (tensorboardX writes SUCCESS always)."""
+    from tensorboardX.proto.api_pb2 import Status
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
+    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(status)), version=0)
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=metadata)])
 
 
 class TensorBoard(tune.Callback):
     """Writes each run of one phase into LOGDIR/PHASE/RUN. Writers are opened lazily and left
     out of the pickle Ray keeps for `Tuner.restore`."""
 
-    def __init__(self, logdir: Path, phase: str):
+    def __init__(self, logdir: Path, phase: str, max_epochs: int | None = None):
         self.folder = Path(logdir) / _slug(phase)
+        self.max_epochs = max_epochs  # a run that stopped short of it (ASHA) did not end a success
         self._writers: dict[str, Any] = {}
         self._last: dict[str, dict] = {}
 
@@ -86,7 +103,16 @@ class TensorBoard(tune.Callback):
             if isinstance(value, int | float) and math.isfinite(value):
                 writer.add_scalar(tag, float(value), step)
 
-    def _close(self, trial) -> None:
+    def _ended(self, trial, failed: bool) -> str:
+        """How the run ended: `full budget`, `stopped early` (ASHA) or `failed` (raised or diverged)."""
+        last = self._last.get(trial.trial_id, {})
+        if failed or last.get("diverged"):
+            return "failed"
+        budget = run_of(trial.config).get("max_epochs") or self.max_epochs
+        epoch = last.get("epoch") or last.get("training_iteration") or 0
+        return "stopped early" if budget and epoch < budget else "full budget"
+
+    def _close(self, trial, failed: bool = False) -> None:
         writer = self._writer(trial)  # opened here for a run that failed before its first result
         del self._writers[trial.trial_id]
         top1 = self._last.get(trial.trial_id, {}).get("top1")
@@ -95,7 +121,11 @@ class TensorBoard(tune.Callback):
         # file name can collide with the first's within a second)
         from tensorboardX.summary import hparams as hparams_summaries
 
-        for summary in hparams_summaries(hparams(trial.config), {FINAL: final}):
+        ended = self._ended(trial, failed)
+        # HParams has no status for a run stopped early: UNKNOWN, and `ended` says which
+        status = {"full budget": "STATUS_SUCCESS", "stopped early": "STATUS_UNKNOWN", "failed": "STATUS_FAILURE"}[ended]
+        experiment, start, _ = hparams_summaries({**hparams(trial.config), "ended": ended}, {FINAL: final})
+        for summary in (experiment, start, session_end(status)):
             writer.file_writer.add_summary(summary)
         writer.close()
 
@@ -103,7 +133,7 @@ class TensorBoard(tune.Callback):
         self._close(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._close(trial)
+        self._close(trial, failed=True)
 
     def on_experiment_end(self, trials, **info) -> None:
         for writer in self._writers.values():

@@ -64,6 +64,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
         return trial_id in self._completed_trials
 
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # the journal names the Ray trial: optuna-dashboard beside trials.parquet
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._ot_trials and self._told_before(trial_id):
             return
@@ -178,7 +184,7 @@ def _run_config(cfg: SearchConfig, location: RunLocation, name: str, trials: int
         verbose=1 if cfg.run.verbose else 0,
         callbacks=[
             Progress(phase, trials, cfg.budget.max_epochs, every_run=cfg.run.verbose),
-            TensorBoard(location.board, phase),
+            TensorBoard(location.board, phase, cfg.budget.max_epochs),
             CheckpointRetention(join(location.storage, name)),
         ],
     )
