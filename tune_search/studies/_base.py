@@ -21,7 +21,7 @@ from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import BASELINES, FINISHED
 from tune_search.export import config_from_row, runs_table
 from tune_search.location import RunLocation
-from tune_search.trainable.augment import strength_key, switch_key
+from tune_search.trainable.augment import is_augmentation_key, strength_key, switch_key
 from tune_search.trainable.trial import RUN_KEYS, SPEC_KEYS
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class Study(abc.ABC):
 
 def base_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """A trial config's non-augmentation settings, every augmentation off."""
-    return {k: v for k, v in config.items() if not k.startswith("aug_") and k not in RUN_KEYS and k not in SPEC_KEYS}
+    return {k: v for k, v in config.items() if not is_augmentation_key(k) and k not in RUN_KEYS and k not in SPEC_KEYS}
 
 
 def with_augmentations(base: Mapping[str, Any], on: Mapping[str, float], names: Sequence[str]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.dose import dose_table
 from tune_search.studies.screen import fit as screen_fit
 from tune_search.studies.screen import harmful, seeds_flag
+from tune_search.trainable.augment import NAMES, strength_key, switch_key
 from tune_search.trainable.trial import BUNDLE
 
 # a run's cell: what it changes against the base settings (the `cell` key of its config)
@@ -335,10 +336,10 @@ def crop_row(runs: pd.DataFrame) -> dict | None:
     (the base depth's cell with the bundle off) of the same seed."""
     runs = crop_runs(runs)
     crop = runs[runs["cell"] == CROP]
-    levels = sorted(crop["aug_crop_strength"].unique())
+    levels = sorted(crop[strength_key("crop")].unique())
     if len(levels) < 2:
         return None
-    by_seed = crop.pivot_table(index="seed", columns="aug_crop_strength", values="top1", aggfunc="mean")[[levels[0], levels[-1]]].dropna()
+    by_seed = crop.pivot_table(index="seed", columns=strength_key("crop"), values="top1", aggfunc="mean")[[levels[0], levels[-1]]].dropna()
     reference = runs[runs["label"] == CLEAN].groupby("seed")["top1"].mean().reindex(by_seed.index)
     low, high = by_seed[levels[0]], by_seed[levels[-1]]
     return _row("crop", paired_estimate((high - low).to_numpy(float)), level_a=f"strength {levels[0]:g}", effect_a=float((low - reference).mean()),
@@ -602,15 +603,7 @@ class Explain(Study):
         if explain is None:
             return []
         lines = ["## Why it hurts: the thread's explanations tested", ""]
-        bundle = (
-            [
-                c.removeprefix("aug_")
-                for c in runs.columns
-                if c.startswith("aug_") and not c.endswith("_strength") and runs.loc[runs[BUNDLE].astype(bool), c].any()
-            ]
-            if runs is not None
-            else []
-        )
+        bundle = [n for n in NAMES if switch_key(n) in runs and runs.loc[runs[BUNDLE].astype(bool), switch_key(n)].any()] if runs is not None else []
         lines += [
             f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell;"
             " each verdict read off its interval, simultaneous 95 % across the explanations (Bonferroni): `supported` / `opposite`"

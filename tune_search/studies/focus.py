@@ -24,6 +24,7 @@ from tune_search.studies import _base as common
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
 from tune_search.studies.screen import VERDICTS, family_alpha, fit, screen_configs, screen_effects, screening_design
+from tune_search.trainable.augment import switch_key
 
 SEED_OFFSET = 1000  # its runs' seeds: none shared with the screen's or the confirmation's runs
 
@@ -40,7 +41,7 @@ def focus_configs(base: dict, strengths: dict[str, float], searched: Sequence[st
     configs = screen_configs(base, strengths, seeds, clean_seed=None)
     out = []
     for config in configs:
-        on = {n: strengths[n] for n in strengths if config[f"aug_{n}"]}
+        on = {n: strengths[n] for n in strengths if config[switch_key(n)]}
         out.append(
             {
                 **common.with_augmentations(common.base_settings(config), on, searched),

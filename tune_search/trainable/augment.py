@@ -275,6 +275,11 @@ def strength_key(name: str) -> str:
     return f"aug_{name}_strength"
 
 
+def is_augmentation_key(key: str) -> bool:
+    """Whether a config key or table column is an augmentation's switch or strength."""
+    return key.startswith(switch_key(""))
+
+
 def strengths_in(config: Mapping) -> dict[str, float]:
     """The switched-on augmentations of a flat trial config or a table row, in registry order."""
     return {n: float(config[strength_key(n)]) for n in NAMES if config.get(switch_key(n))}
