@@ -25,6 +25,9 @@ data: {source: mnist, image_size: 32, train_size: 240, val_size: 120}
 space: {augmentations: [hflip, vflip, crop, blur, sharpen, contrast, affine]}
 budget: {num_samples: 6, max_epochs: 2, grace_period: 1, reduction_factor: 2, top_k: 3}
 resources: {cpus_per_trial: 1}
+screen: {max_seeds: 2}
+focus: {enabled: false}
+confirm: {seeds: 3}
 """
 
 
@@ -197,7 +200,7 @@ def test_no_screen_leaves_verdicts_to_the_screen_command(search_run, capsys):
     assert effects["ci_low"].lt(effects["ci_high"]).all() and effects["detectable"].gt(0).all()
     assert list(results.glob("small-screen/trial_*"))  # Ray's runs beside the folder
     out = capsys.readouterr().out
-    assert "| augmentation | top-1 effect, points | verdict |" in out and "Holm-corrected" in out
+    assert "| augmentation | top-1 effect, points | verdict |" in out and "intervals simultaneous across 7 augmentations" in out
     assert "screen after 1 replicate: residual SD" in out  # why the second replicate ran
     assert main(["screen", str(folder), "--base", "worst"]) == 2
     assert "screen.base" in capsys.readouterr().err
