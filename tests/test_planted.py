@@ -75,4 +75,4 @@ def test_the_recipe_leaves_the_planted_harms_out_and_is_confirmed(planted_run):
     arms = pd.read_parquet(planted_run / "confirm_arms.parquet")
     assert arms["recommended"].sum() == 1 and arms.loc[arms["recommended"], "top1"].item() >= arms["top1"].max() - 0.01
     text = (planted_run / "recipe.yaml").read_text()
-    assert "--config-from best_configs.parquet --row" in text
+    assert f"--config-from {planted_run / 'best_configs.parquet'} --row" in text  # runnable from where the user stands
