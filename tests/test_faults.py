@@ -104,6 +104,9 @@ def _kill_when(cli: list[str], folder: Path, what: str, hold: Path, check_loopba
         while not _two_finished_one_held(lines := _result_lines(folder), _pids(folder), pid):
             assert time.time() < deadline, lines
             time.sleep(0.05)
+        # the runs finished now are in Ray's snapshot (written every second) by the kill; a run
+        # another slot finishes in these seconds may be retrained from its last checkpoint
+        time.sleep(5)
         if check_loopback:
             listening = listening_addresses(proc.pid)
             assert listening and all(ipaddress.ip_address(ip).is_loopback for ip in listening), listening
