@@ -50,7 +50,7 @@ SAYS = {"helps": "better", "hurts": "worse", "harmless": "no different", "unclea
 
 
 def describe_arm(arm: str) -> str:
-    return ARMS.get(arm, arm if arm.startswith(PLUS) else arm)
+    return ARMS.get(arm, arm)  # `recipe + NAME` arms are named as they are
 
 
 def _on_text(config: Mapping[str, Any]) -> str:

@@ -62,12 +62,8 @@ def sweep_table(runs: pd.DataFrame, negligible: float) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[list(SWEEP_COLUMNS)] if frames else pd.DataFrame(columns=list(SWEEP_COLUMNS))
 
 
-def helpful(tables: Tables, cfg: SearchConfig) -> list[str]:
-    """The augmentations the recipe keeps because they help."""
-    effects = tables.get("effects")
-    if effects is None:
-        return []
-    table = decisions(effects, tables.get("focus"), None, cfg.recipe)
+def helpful(table: pd.DataFrame) -> list[str]:
+    """The augmentations the recipe's decisions (`recipe.decisions`) keep because they help."""
     return list(table.loc[(table["decision"] == "kept") & (table["verdict"] == "helps"), "augmentation"])
 
 
@@ -86,11 +82,13 @@ class Sweep(Study):
 
         cfg = ctx.cfg
         tables = analyse(ctx.folder.read_all(), cfg, [], None)
-        names = helpful(tables, cfg)
         screen = ctx.folder.read("screen")
-        if not names or screen is None:
+        if screen is None or "effects" not in tables:
             return
         table = decisions(tables["effects"], tables.get("focus"), None, cfg.recipe)
+        names = helpful(table)
+        if not names:
+            return
         searched = list(ctx.space.augmentations)
         recipe = recipe_config(config_from_row(screen.iloc[0]), table, searched)
         seeds = [SEED_OFFSET + s for s in range(cfg.sweep.seeds)]
