@@ -264,13 +264,57 @@ def pipeline_costs(size: int, batch: int = 64, reps: int = 20, rounds: int = 5) 
     return rows
 
 
+# entries a space file might declare (configs/declared.yaml has some), and the policies
+DECLARED_EXAMPLES = {
+    "perspective": {"transform": "RandomPerspective", "at_full": {"distortion_scale": 0.5, "p": 1.0}, "scales": {"distortion_scale": 0.0}},
+    "elastic": {"transform": "ElasticTransform", "at_full": {"alpha": 40.0, "sigma": 4.0}, "scales": {"alpha": 0.0}},
+    "invert": {"transform": "RandomInvert", "at_full": {"p": 0.5}, "scales": {"p": 0.0}},
+    "jpeg": {"transform": "JPEG", "at_full": {"quality": [30, 90]}},
+    **{p.lower(): {"transform": p} for p in ("TrivialAugmentWide", "RandAugment", "AutoAugment", "AugMix")},
+}
+
+
+def declared_costs(size: int, batch: int = 64, reps: int = 5, rounds: int = 3) -> list[dict]:
+    """Microseconds per image of each declared example at strength 0.5, run image by image
+    inside the batch pipeline (they have no batch form), beside the built-ins' batch forms per
+    image; the fastest of `rounds`, net of the conversions."""
+    from tune_search.trainable.declared import catalog, declare
+
+    entries = catalog(tuple(declare(n, e) for n, e in DECLARED_EXAMPLES.items()))
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    names = [*DECLARED_EXAMPLES, "crop", "affine", "blur", "color"]
+
+    def fastest(run) -> float:
+        best = math.inf
+        for round_ in range(rounds + 1):
+            torch.manual_seed(round_)
+            started = time.perf_counter()
+            for _ in range(reps):
+                run()
+            if round_:
+                best = min(best, (time.perf_counter() - started) / reps / batch * 1e6)
+        return best
+
+    floor = fastest(lambda: images.float().contiguous(memory_format=torch.channels_last))
+    rows = []
+    for name in names:
+        pipeline = build_pipeline({name: 0.5}, size, True, entries)
+        form = "batch form" if entries[name].batched else "v2, image by image"
+        rows.append({"augmentation": name, "form": form, "us per image": fastest(lambda p=pipeline: p(images)) - floor})
+    return rows
+
+
 def section_augment(args) -> dict:
     torch.set_num_threads(args.threads)
     costs = pipeline_costs(args.image_size)
     print(f"\n## Batch augmentation back to back, {args.image_size} px, batch 64, strength 0.5, {args.threads} thread(s), "
           f"ms per batch (steps net of the conversions)\n")  # fmt: skip
     print(table(costs, ["step", "batch form ms", "kornia ms", "kornia / batch form"]) + "\n")
-    return {"augmentation_ms": costs}
+    declared = declared_costs(args.image_size)
+    print(f"\n## Declared entries (v2, image by image) beside built-in batch forms, {args.image_size} px, batch 64, strength 0.5, "
+          f"{args.threads} thread(s), microseconds per image net of the conversions\n")  # fmt: skip
+    print(table(declared, ["augmentation", "form", "us per image"]) + "\n")
+    return {"augmentation_ms": costs, "declared_us_per_image": declared}
 
 
 def section_steps(args) -> dict:

@@ -36,7 +36,7 @@ def test_ranges_and_fixed_values(tmp_path):
         ("budget: {num_trials: 3}", r"unknown key 'budget.num_trials'; valid keys here: num_samples, max_epochs"),
         ("sapce: {}", r"unknown key 'sapce'; valid keys here: data, model, space"),
         ("space: {lr: [0.1, 0.001]}", r"lr range \[0.1, 0.001\] is reversed"),
-        ("space: {augmentations: [hflip, mixup]}", r"unknown augmentation\(s\) mixup; valid: all, or a list of crop, hflip"),
+        ("space: {augmentations: [hflip, mixup]}", r"unknown augmentation 'mixup'; valid: all, or a list of crop, hflip.* and entries you declare"),
         ("data: {balance: smote}", r"data.balance: Input should be 'none', 'oversample' or 'weighted'"),
         ("model: {name: vgg11}", r"model.name: unknown model 'vgg11'; valid models: efficientnet_lite0"),
         ("budget: {max_epochs: 0}", r"budget.max_epochs: Input should be greater than or equal to 1"),

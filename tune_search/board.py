@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from tune_search.trainable.augment import NAMES, strength_key, switch_key
+from tune_search.trainable.augment import names_in, strength_key, switch_key, switched_on
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
 from tune_search.trainable.trial import run_of
 
@@ -35,8 +35,8 @@ def run_name(trial_id: str, config: dict[str, Any]) -> str:
         row = run.get("design_row")
         what = f"row {int(row):02d}" if isinstance(row, int | float) and row >= 0 else (run.get("label") or "run")
         label = run.get("label")
-        if label in NAMES:  # a dose-response or sweep run: which strength of it
-            what += f" {float(run[strength_key(label)]):g}" if run.get(switch_key(label)) else " off"
+        if label in names_in(run.keys()):  # a dose-response or sweep run: which strength of it
+            what += f" {float(run[strength_key(label)]):g}" if switched_on(run.get(switch_key(label))) else " off"
         name = f"{run['study']} {what} seed {run.get('seed', 0)}"
     else:
         name = "trial"
@@ -51,8 +51,8 @@ def hparams(config: dict[str, Any]) -> dict[str, float | bool | str]:
     """Every hyperparameter and every augmentation's switch and strength (0 when off)."""
     run = run_of(config)
     out: dict[str, float | bool | str] = {k: run[k] for k in HYPERPARAMETER_KEYS if k in run}
-    for name in NAMES:
-        on = bool(run.get(switch_key(name), False))
+    for name in names_in(run.keys()):
+        on = switched_on(run.get(switch_key(name), False))
         out[switch_key(name)] = on
         out[strength_key(name)] = float(run.get(strength_key(name)) or 0.0) if on else 0.0
     out["baseline"] = run.get("baseline") or "none"  # every run has the column: a filter in the HParams table

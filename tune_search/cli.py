@@ -45,7 +45,7 @@ SEARCH_EPILOG = "A bare `tune-search [flags]` is `tune-search search [flags]`. -
 
 def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", metavar="FILE", help="YAML space file (see configs/default.yaml); defaults if omitted")
-    p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table and exit")
+    p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table (with --space, its declared entries too) and exit")
     p.add_argument("--config-from", metavar="PARQUET", help="re-run one saved config for the full budget")
     p.add_argument("--row", type=int, help="row of --config-from to re-run (default 0, the best)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search STORAGE/NAME")
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_results_command(args)
         args, cfg = parse(argv[1:])
         if args.list_augmentations:
-            print(describe())
+            print(describe(cfg.catalog))  # with --space, its declared entries too
             return 0
         return run(args, cfg)
     except (Interrupted, KeyboardInterrupt) as exc:

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tune_search.trainable.augment import NAMES, unknown_names
+from tune_search.trainable import declared as declaring
+from tune_search.trainable.augment import NAMES, Augmentation, unknown_names
 from tune_search.trainable.data import DataSpec
 from tune_search.trainable.hyperparameters import BY_NAME, HYPERPARAMETERS
 from tune_search.trainable.models import ModelSpec, available_models
@@ -60,9 +61,11 @@ class ModelConfig(_Section):
 
 
 class SpaceConfig(_Section):
-    """Each hyperparameter is a range (searched) or one value (fixed)."""
+    """Each hyperparameter is a range (searched) or one value (fixed). `augmentations`: all
+    built-ins, or a list whose items are built-in names or declared entries `{NAME: {transform:
+    CLASS, at_full: {...}, scales: {...}}}` (tune_search.trainable.declared)."""
 
-    augmentations: Literal["all"] | tuple[str, ...] = "all"
+    augmentations: Literal["all"] | tuple[str | dict[str, Any], ...] = "all"
     strength: Range = (0.0, 1.0)
     lr: Annotated[float, Field(gt=0)] | Range = (1e-4, 1e-2)
     freeze_depth: int | Literal["max"] | tuple[int | Literal["max"], int | Literal["max"]] = (0, "max")
@@ -75,13 +78,33 @@ class SpaceConfig(_Section):
     @field_validator("augmentations")
     @classmethod
     def _known_augs(cls, value):
-        if value != "all":
-            bad = unknown_names(value)
-            if bad:
-                raise ValueError(f"unknown augmentation(s) {', '.join(bad)}; valid: all, or a list of {', '.join(NAMES)}")
-            if len(set(value)) != len(value):
-                raise ValueError("augmentations are listed twice")
+        if value == "all":
+            return value
+        names = []
+        for item in value:
+            if isinstance(item, str):
+                if unknown_names([item]):
+                    raise ValueError(
+                        f"unknown augmentation {item!r}; valid: all, or a list of {', '.join(NAMES)}"
+                        " and entries you declare ({NAME: {transform: CLASS, at_full: {...}, scales: {...}}})"
+                    )
+                names.append(item)
+            elif len(item) != 1:
+                raise ValueError(f"a declared entry is one NAME: {{transform: ...}} mapping per list item (got keys {', '.join(map(str, item))})")
+            else:
+                ((name, entry),) = item.items()
+                declaring.declare(name, entry)  # raises naming the entry and the key
+                names.append(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"augmentations are listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
         return value
+
+    @property
+    def declared(self) -> tuple[declaring.Declaration, ...]:
+        """The entries this space declares, in the order listed."""
+        if self.augmentations == "all":
+            return ()
+        return tuple(declaring.declare(*next(iter(item.items()))) for item in self.augmentations if isinstance(item, dict))
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -100,7 +123,10 @@ class SpaceConfig(_Section):
 
     @property
     def augmentation_names(self) -> tuple[str, ...]:
-        return NAMES if self.augmentations == "all" else tuple(n for n in NAMES if n in self.augmentations)
+        """The searched augmentations: the built-ins in registry order, then the declared."""
+        if self.augmentations == "all":
+            return NAMES
+        return (*(n for n in NAMES if n in self.augmentations), *(d.name for d in self.declared))
 
 
 BASELINE_TRIALS = 3  # head only, all layers, all + aug: they always run
@@ -181,15 +207,6 @@ class DoseConfig(_Section):
     _levels = field_validator("strengths")(lambda value: _two_levels(value, "dose-response"))
 
 
-def _augmentation_list(value, default: str):
-    """A non-empty list of registry names, or the key's `default` word (None for null)."""
-    if value not in (None, default):
-        bad = unknown_names(value)
-        if bad or not value:
-            raise ValueError(f"unknown augmentation(s) {', '.join(bad)}; valid: {default}, or a list of {', '.join(NAMES)}")
-    return value
-
-
 class RecipeConfig(_Section):
     """The recipe the verdicts recommend (the focused screen's where it ran, else the
     screen's): hurts dropped, helps kept, harmless kept unless `keep_harmless: false`."""
@@ -207,8 +224,8 @@ class ConfirmConfig(_Section):
     # simultaneous over the pairs at the confirmation's share needs t = 7.2 (4.0 with 5 seeds)
     seeds: Annotated[int, Field(ge=2)] = 5
     compare: tuple[str, ...] | None = None  # the original set; None: the all + aug baseline's
-
-    _known = field_validator("compare")(lambda value: _augmentation_list(value, "null"))
+    # automatic-policy arms: v2 policy classes (declaring.POLICIES) or entries the space declares
+    policies: tuple[str, ...] = ("TrivialAugmentWide",)
 
 
 class AblationConfig(_Section):
@@ -237,8 +254,6 @@ class ExplainConfig(_Section):
     oversample_to: PositiveInt | None = None  # None: 4x the mean class size (the thread: 60 -> 256)
     crop_strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
     negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # negligible: an equivalence test puts the contrast within +-this
-
-    _known_bundle = field_validator("bundle")(lambda value: _augmentation_list(value, "auto"))
 
     @field_validator("models")
     @classmethod
@@ -282,12 +297,41 @@ class SearchConfig(_Section):
     @model_validator(mode="after")
     def _screened(self):
         strength = self.screen.strength
+        searched = self.space.augmentation_names
         if isinstance(strength, dict):
-            searched = self.space.augmentation_names
             stray = [n for n in strength if n not in searched]
             if stray:
                 raise ValueError(f"screen.strength names {', '.join(stray)}, which the space does not search; searched: {', '.join(searched)}")
+        for declaration in self.space.declared:  # each declared transform runs on probe images of the run's size
+            declaring.check_on_images(declaration, self.data.image_size)
+        known = (*NAMES, *(d.name for d in self.space.declared))
+        for key, names, default in (("confirm.compare", self.confirm.compare, None), ("explain.bundle", self.explain.bundle, "auto")):
+            if names not in (None, default) and (not names or unknown_names(names, known)):
+                bad = ", ".join(unknown_names(names, known)) or "none"
+                raise ValueError(f"{key}: unknown augmentation(s) {bad}; valid: {default or 'null'}, or a list of {', '.join(known)}")
+        for name in self.confirm.policies:
+            if name not in declaring.POLICIES and name not in searched:
+                raise ValueError(
+                    f"confirm.policies: {name!r} is neither an automatic policy ({', '.join(declaring.POLICIES)}) nor an entry the space declares; [] for none"
+                )
         return self
+
+    @property
+    def declared(self) -> tuple[declaring.Declaration, ...]:
+        """Every declared entry a trial may train with: the space's, then the policy arms'."""
+        own = self.space.declared
+        names = {d.name for d in own}
+        policies = tuple(declaring.policy(p) for p in self.confirm.policies if p in declaring.POLICIES and declaring.policy(p).name not in names)
+        return own + tuple(dict.fromkeys(policies))
+
+    @property
+    def policy_names(self) -> tuple[str, ...]:
+        """The confirmation's policy arms, as augmentation names."""
+        return tuple(declaring.policy(p).name if p in declaring.POLICIES and p not in self.space.augmentation_names else p for p in self.confirm.policies)
+
+    @property
+    def catalog(self) -> dict[str, Augmentation]:
+        return declaring.catalog(self.declared)
 
     def dump(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -317,7 +361,9 @@ def _explain(error: ValidationError, origin: str) -> ConfigError:
         if key in seen:
             continue
         seen.add(key)
-        if e["type"] == "extra_forbidden":
+        if not loc:  # a check across sections: its message names its keys
+            lines.append(e["msg"].removeprefix("Value error, "))
+        elif e["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}; valid keys here: {', '.join(_valid_keys(SearchConfig, loc))}")
         else:
             msg = e["msg"].removeprefix("Value error, ")

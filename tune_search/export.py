@@ -14,7 +14,7 @@ import pandas as pd
 
 from tune_search.constants import BASELINES, FINISHED
 from tune_search.schemas import schema
-from tune_search.trainable.augment import NAMES, strength_key, strengths_in, switch_key
+from tune_search.trainable.augment import NAMES, names_in, strength_key, strengths_in, switch_key, switched_on
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS, settings_in
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
 from tune_search.trainable.trial import BUNDLE, SPEC_KEYS, run_of
@@ -112,8 +112,8 @@ def _last(history: pd.DataFrame, column: str) -> float:
 
 def config_columns(config: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = settings_in(config)
-    for name in NAMES:
-        on = bool(config.get(switch_key(name), False))
+    for name in names_in(config.keys()):
+        on = switched_on(config.get(switch_key(name), False))
         row[switch_key(name)] = on
         row[strength_key(name)] = float(config[strength_key(name)]) if on else math.nan
     return row
@@ -149,6 +149,7 @@ def runs_table(results: Iterable) -> pd.DataFrame:
 
 
 def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFrame:
+    records = list(records)
     rows = []
     for r in records:
         h = r.history
@@ -167,7 +168,8 @@ def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFram
                 "error": r.error,
             }
         )
-    frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+    declared = names_in(dict.fromkeys(k for r in records for k in r.config))  # the space file's own entries too
+    frame = pd.DataFrame(rows, columns=schema("trials", declared).names)
     return frame.astype({"epochs": "int64", **{h.name: "int64" for h in HYPERPARAMETERS if h.integer}})
 
 
@@ -203,8 +205,8 @@ def config_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"lacks the config columns {shown} (a trials.parquet or best_configs.parquet has them)")
     try:
         config: dict[str, Any] = settings_in(row)
-        for name in NAMES:
-            on = bool(row[switch_key(name)])
+        for name in names_in(row.keys()):
+            on = switched_on(row.get(switch_key(name)))
             config[switch_key(name)] = on
             if on:
                 config[strength_key(name)] = float(row[strength_key(name)])

@@ -50,6 +50,7 @@ def prepare(cfg: SearchConfig) -> tuple[Space, TrialSpec, Dataset]:
         oversample_to=cfg.data.oversample_to,
         precision=cfg.model.precision,
         fast_path=cfg.resources.fast_path,
+        declared=cfg.declared,
     )
     d = cfg.data
     spec_data = DataSpec(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
-from tune_search.trainable.augment import NAMES, strength_key, switch_key
+from tune_search.trainable.augment import NAMES, names_in, strength_key, switch_key
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS
 
 FRACTION = "fraction"  # of validation images, in [0, 1]
@@ -218,21 +218,23 @@ SCHEMAS: dict[str, list[Column]] = {
 }
 
 
-def schema(table: str) -> pa.Schema:
+def schema(table: str, augmentations: Sequence[str] = NAMES) -> pa.Schema:
     """Neighbouring per-augmentation columns expand together, augmentation by augmentation
-    (aug_crop, aug_crop_strength, aug_hflip, ...)."""
+    (aug_crop, aug_crop_strength, aug_hflip, ...), over the built-ins or a run's `augmentations`
+    (the built-ins, then the entries its space file declares)."""
     fields: list[pa.Field] = []
     for each, group in itertools.groupby(SCHEMAS[table], key=lambda c: c.each):
         group = list(group)
-        fields += [c.field(n) for n in NAMES for c in group] if each else [c.field() for c in group]
+        fields += [c.field(n) for n in augmentations for c in group] if each else [c.field() for c in group]
     return pa.schema(fields)
 
 
 def to_arrow(table: str, frame: pd.DataFrame, classes: Sequence[str] = ()) -> pa.Table:
     """`frame` in `table`'s schema: declared columns it lacks are nulls; per-class lists become
     maps from the class names (`classes`, else the class indices); ValueError naming a column
-    the schema does not declare (a table that drifted from its declaration)."""
-    declared = schema(table)
+    the schema does not declare (a table that drifted from its declaration). The columns of
+    declared augmentations the frame has are typed like the built-ins'."""
+    declared = schema(table, names_in(frame.columns))
     extra = [c for c in frame.columns if c not in declared.names]
     if extra:
         raise ValueError(f"{table}: columns {extra} are not in its declared schema (tune_search/schemas.py)")

@@ -33,6 +33,7 @@ class Space:
     baseline_strength: float
     baseline_lr: float
     max_depth: int
+    switches: tuple[str, ...] = ()  # augmentations without a strength (declared switches): on at 1
 
     @classmethod
     def resolve(cls, cfg: SpaceConfig, max_depth: int) -> Space:
@@ -58,6 +59,7 @@ class Space:
             baseline_strength=cfg.baseline_strength,
             baseline_lr=baseline_lr,
             max_depth=max_depth,
+            switches=tuple(d.name for d in cfg.declared if not d.scalable),
         )
 
     @property
@@ -81,7 +83,9 @@ class Space:
                 trial.suggest_float(h.name, *value, log=h.log)
         for name in self.augmentations:
             if trial.suggest_categorical(switch_key(name), [False, True]):
-                if self.strength[0] == self.strength[1]:
+                if name in self.switches:
+                    fixed[strength_key(name)] = 1.0
+                elif self.strength[0] == self.strength[1]:
                     fixed[strength_key(name)] = self.strength[0]
                 else:
                     trial.suggest_float(strength_key(name), *self.strength)
@@ -108,7 +112,7 @@ class Space:
                 p["freeze_depth"] = min(max(depth, self.freeze_depth[0]), self.freeze_depth[1])
             for name in self.augmentations:
                 p[switch_key(name)] = name in augs
-                if name in augs and self.strength[0] != self.strength[1]:
+                if name in augs and self.strength[0] != self.strength[1] and name not in self.switches:
                     p[strength_key(name)] = strength
             return p
 

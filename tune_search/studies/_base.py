@@ -151,11 +151,11 @@ def study_base(folder: Folder, base: str) -> dict[str, Any]:
 
 def screen_strengths(cfg: SearchConfig, space: Space) -> dict[str, float]:
     """Each searched augmentation's strength in the screen: screen.strength (one value or
-    one per augmentation), else the baselines' strength."""
+    one per augmentation), else the baselines' strength; a declared switch is on at 1."""
     chosen = cfg.screen.strength
     default = chosen if isinstance(chosen, float) else space.reference_strength
     named = chosen if isinstance(chosen, dict) else {}
-    return {n: float(named.get(n, default)) for n in space.augmentations}
+    return {n: 1.0 if n in space.switches else float(named.get(n, default)) for n in space.augmentations}
 
 
 def screened(runs: pd.DataFrame, names: Sequence[str]) -> list[str]:

@@ -3,8 +3,9 @@
 The arms: the recipe (`recipe.decisions`: the focused screen's verdicts, the sweep's
 strengths), no augmentation, the original set (the all + aug baseline's augmentations, or
 `confirm.compare`), the search's best config, and the recipe plus each augmentation of the
-best config whose deciding verdict is not `hurts` (at the best config's strength); arms that
-train the same config once. Every arm runs over `confirm.seeds` seeds, paired by seed; one
+best config whose deciding verdict is not `hurts` (at the best config's strength), and each
+automatic policy of `confirm.policies` alone (TrivialAugmentWide by default) at the recipe's
+settings: the policies to beat. Arms that train the same config once. Every arm runs over `confirm.seeds` seeds, paired by seed; one
 least-squares fit (an arm term each, a block per seed) gives every pair of arms' difference
 with an interval simultaneous over all pairs (Bonferroni, at the confirmation's share of the
 procedure's 5 %), each verdict read off its interval. The recommendation is the arm measured
@@ -35,10 +36,10 @@ from tune_search.studies import _base as common
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.errors import stage_alpha
 from tune_search.studies.recipe import decisions, recipe_config
-from tune_search.trainable.augment import strengths_in
+from tune_search.trainable.augment import strengths_in, switch_key
 from tune_search.trainable.hyperparameters import describe_settings
 
-RECIPE, NONE, ORIGINAL, BEST, PLUS = "recipe", "none", "original", "best", "recipe + "
+RECIPE, NONE, ORIGINAL, BEST, PLUS, POLICY = "recipe", "none", "original", "best", "recipe + ", "policy "
 ARMS = {RECIPE: "the recipe", NONE: "no augmentation", ORIGINAL: "the original set", BEST: "the search's best config"}
 RECOMMENDED = "recommended"  # the recommendation's row in best_configs.parquet: its trial_id and status
 CONFIRM_COLUMNS = (
@@ -50,7 +51,7 @@ SAYS = {"helps": "better", "hurts": "worse", "harmless": "no different", "unclea
 
 
 def describe_arm(arm: str) -> str:
-    return ARMS.get(arm, arm)  # `recipe + NAME` arms are named as they are
+    return ARMS.get(arm, arm.removeprefix(POLICY))  # `recipe + NAME` arms are named as they are, policies by their class
 
 
 def _on_text(config: Mapping[str, Any]) -> str:
@@ -102,11 +103,18 @@ def original_set(trials: pd.DataFrame | None, effects: pd.DataFrame, compare: Se
 
 
 def arms(
-    recipe: dict[str, Any], best: dict[str, Any] | None, original: Mapping[str, float], verdicts: pd.DataFrame, names: Sequence[str]
+    recipe: dict[str, Any],
+    best: dict[str, Any] | None,
+    original: Mapping[str, float],
+    verdicts: pd.DataFrame,
+    names: Sequence[str],
+    policies: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every arm's trial config, each distinct config once (the first label that trains it).
     `verdicts`: each augmentation's deciding verdict (`recipe.decisions`, or the screen's
-    effects); the best config's augmentations called `hurts` there are not added to the recipe."""
+    effects); the best config's augmentations called `hurts` there are not added to the recipe.
+    `policies`: {arm label: augmentation name} of the automatic policies, each trained alone at
+    the recipe's settings."""
     settings = common.base_settings(recipe)
     out = {RECIPE: recipe, NONE: common.with_augmentations(settings, {}, names)}
     out[ORIGINAL] = common.with_augmentations(settings, original, sorted({*names, *original}))
@@ -117,11 +125,20 @@ def arms(
         for name, strength in strengths_in(best).items():
             if name not in hurts and name not in mine and name in names:
                 out[PLUS + name] = common.with_augmentations(settings, {**mine, name: strength}, names)
+    for label, name in (policies or {}).items():
+        out[label] = common.with_augmentations(settings, {name: 1.0}, [*names, name])
+    switches = [n for n in (policies or {}).values() if n not in names]
+    out = {label: {**dict.fromkeys(map(switch_key, switches), False), **config} for label, config in out.items()}
     distinct: dict[str, dict[str, Any]] = {}
     for label, config in out.items():
         if all(config_columns(config) != config_columns(other) for other in distinct.values()):
             distinct[label] = config
     return distinct
+
+
+def policy_arms(cfg: SearchConfig) -> dict[str, str]:
+    """{arm label: augmentation name} of `confirm.policies`: `policy TrivialAugmentWide`, ..."""
+    return {POLICY + shown: name for shown, name in zip(cfg.confirm.policies, cfg.policy_names)}
 
 
 def confirm_configs(arms: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -247,7 +264,7 @@ class Confirm(Study):
         best = ctx.folder.read("best_configs")
         best_config = config_from_row(best.iloc[0]) if best is not None and len(best) else None
         original = original_set(ctx.folder.read("trials"), tables["effects"], cfg.confirm.compare)
-        chosen = arms(recipe, best_config, original, table, names)
+        chosen = arms(recipe, best_config, original, table, names, policy_arms(cfg))
         seeds = list(range(cfg.confirm.seeds))
         print(f"confirm: {len(chosen) * len(seeds)} runs ({', '.join(describe_arm(a) for a in chosen)}; {len(seeds)} seeds)")
         _, runs = common.train(ctx, confirm_configs(chosen, seeds), "confirm")

@@ -145,7 +145,8 @@ class Dose(Study):
         cfg, screen = ctx.cfg, ctx.folder.read("screen")
         if screen is None:
             return
-        names = harmful(screen, list(ctx.space.augmentations), cfg)
+        # a declared switch has no strength to vary
+        names = [n for n in harmful(screen, list(ctx.space.augmentations), cfg) if n not in ctx.space.switches]
         if not names:
             return
         which = (

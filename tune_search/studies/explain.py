@@ -30,7 +30,7 @@ from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.dose import dose_table
 from tune_search.studies.screen import fit as screen_fit
 from tune_search.studies.screen import harmful, seeds_flag
-from tune_search.trainable.augment import NAMES, strength_key, switch_key
+from tune_search.trainable.augment import names_in, strength_key, switch_key
 from tune_search.trainable.trial import BUNDLE
 
 # a run's cell: what it changes against the base settings (the `cell` key of its config)
@@ -603,7 +603,11 @@ class Explain(Study):
         if explain is None:
             return []
         lines = ["## Why it hurts: the thread's explanations tested", ""]
-        bundle = [n for n in NAMES if switch_key(n) in runs and runs.loc[runs[BUNDLE].astype(bool), switch_key(n)].any()] if runs is not None else []
+        bundle = (
+            [n for n in names_in(runs.columns) if switch_key(n) in runs and runs.loc[runs[BUNDLE].astype(bool), switch_key(n)].any()]
+            if runs is not None
+            else []
+        )
         lines += [
             f"The bundle: {', '.join(bundle)}, switched off and on in each cell below, {runs['seed'].nunique()} seeds per cell;"
             " each verdict read off its interval, simultaneous 95 % across the explanations (Bonferroni): `supported` / `opposite`"

@@ -86,7 +86,7 @@ class Sweep(Study):
         if screen is None or "effects" not in tables:
             return
         table = decisions(tables["effects"], tables.get("focus"), None, cfg.recipe)
-        names = helpful(table)
+        names = [n for n in helpful(table) if n not in ctx.space.switches]  # a declared switch has no strength to sweep
         if not names:
             return
         searched = list(ctx.space.augmentations)

@@ -32,11 +32,17 @@ class Augmentation:
     transform: Callable[[dict[str, Any], int], v2.Transform]  # (ranges, image side) -> v2 transform
     # The batch form. `draw`: (n images, height, width, ranges, **absorbed entries' ranges) ->
     # each image's random parameters. `apply`: (float batch of pixel values in [0, PIXEL_MAX],
-    # parameters) -> batch, on the batch's device; may overwrite its input.
-    draw: Callable[..., Params]
-    apply: Callable[[torch.Tensor, Params], torch.Tensor]
+    # parameters) -> batch, on the batch's device; may overwrite its input. None for both:
+    # no batch form, the v2 transform runs image by image (a declared entry)
+    draw: Callable[..., Params] | None = None
+    apply: Callable[[torch.Tensor, Params], torch.Tensor] | None = None
     # entries that, switched on right after this one, its batch form applies in the same pass
     absorbs: tuple[str, ...] = ()
+    scalable: bool = True  # False: a switch, the same transform at every strength above 0
+
+    @property
+    def batched(self) -> bool:
+        return self.apply is not None
 
     def v2(self, strength: float, side: int) -> v2.Transform:
         """The v2 transform at this strength, for images of this side."""
@@ -280,17 +286,35 @@ def is_augmentation_key(key: str) -> bool:
     return key.startswith(switch_key(""))
 
 
+def names_in(keys) -> tuple[str, ...]:
+    """The augmentations a flat config's keys or a table's columns name: the built-ins in
+    registry order, then any declared ones in the order they come."""
+    named = [k.removeprefix(switch_key("")) for k in keys if isinstance(k, str) and is_augmentation_key(k) and not k.endswith("_strength")]
+    return (*NAMES, *(n for n in named if n not in REGISTRY))
+
+
+def switched_on(value) -> bool:
+    """A switch's value from a config or a table cell: a missing one (None, NaN, NA) is off."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    try:
+        return bool(value)
+    except TypeError:  # pandas' NA refuses to be a bool
+        return False
+
+
 def strengths_in(config: Mapping) -> dict[str, float]:
-    """The switched-on augmentations of a flat trial config or a table row, in registry order."""
-    return {n: float(config[strength_key(n)]) for n in NAMES if config.get(switch_key(n))}
+    """The switched-on augmentations of a flat trial config or a table row: built-ins in
+    registry order, then declared ones."""
+    return {n: float(config[strength_key(n)]) for n in names_in(config.keys()) if switched_on(config.get(switch_key(n)))}
 
 
-def unknown_names(names) -> list[str]:
-    return [n for n in names if n not in REGISTRY]
+def unknown_names(names, known=REGISTRY) -> list[str]:
+    return [n for n in names if n not in known]
 
 
-def _switched_on(strengths: Mapping[str, float]) -> list[tuple[Augmentation, float]]:
-    return [(entry, min(float(strengths[name]), 1.0)) for name, entry in REGISTRY.items() if strengths.get(name, 0.0) > 0.0]
+def _switched_on(strengths: Mapping[str, float], entries: Mapping[str, Augmentation]) -> list[tuple[Augmentation, float]]:
+    return [(entry, min(float(strengths[name]), 1.0)) for name, entry in entries.items() if strengths.get(name, 0.0) > 0.0]
 
 
 class BatchPipeline:
@@ -298,13 +322,16 @@ class BatchPipeline:
     once with per-image parameters, in torch operations on the batch's device. An entry that
     another absorbs (a flip right after the crop) runs inside that one's pass."""
 
-    def __init__(self, steps: list[tuple[Augmentation, float]]):
+    def __init__(self, steps: list[tuple[Augmentation, float]], image_size: int):
         self.steps: list[tuple[Augmentation, float, dict[str, float]]] = []
+        self.per_image: dict[str, v2.Transform] = {}  # entries without a batch form: their v2 transform, built once
         for entry, strength in steps:
             if self.steps and entry.name in self.steps[-1][0].absorbs:
                 self.steps[-1][2][entry.name] = strength
             else:
                 self.steps.append((entry, strength, {}))
+            if not entry.batched:
+                self.per_image[entry.name] = entry.v2(strength, image_size)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images in, float pixel values (0-255, channels-last: the model's input) out.
@@ -313,9 +340,19 @@ class BatchPipeline:
         n, _, height, width = images.shape
         x = images.float()
         for entry, strength, absorbed in self.steps:
+            if not entry.batched:
+                x = _image_by_image(x, self.per_image[entry.name])
+                continue
             inner = {name: REGISTRY[name].ranges(s, width) for name, s in absorbed.items()}
             x = entry.apply(x, entry.draw(n, height, width, entry.ranges(strength, width), **inner))
         return x.contiguous(memory_format=torch.channels_last)
+
+
+def _image_by_image(x: torch.Tensor, transform: v2.Transform) -> torch.Tensor:
+    """A v2 transform on each image of a float batch, as uint8 images (what v2's augmentations
+    take), on the batch's device."""
+    images = x.round_().clamp_(0, PIXEL_MAX).to(torch.uint8)
+    return torch.stack([transform(image) for image in images]).float()
 
 
 class PerImagePipeline:
@@ -331,17 +368,19 @@ class PerImagePipeline:
 Pipeline = BatchPipeline | PerImagePipeline
 
 
-def build_pipeline(strengths: Mapping[str, float], image_size: int, batched: bool = True) -> Pipeline | None:
-    """The switched-on augmentations in registry order; None when nothing is on.
+def build_pipeline(strengths: Mapping[str, float], image_size: int, batched: bool = True, entries: Mapping[str, Augmentation] = REGISTRY) -> Pipeline | None:
+    """The switched-on augmentations in `entries`' order (the built-ins, or a run's catalog with
+    its declared entries); None when nothing is on.
 
     `strengths` maps names to strengths; names absent, or at strength 0, add no step.
     Both forms draw each image's own parameters from the same ranges; `batched` picks the
-    batch form, which runs every step for the whole batch at once.
+    batch form, which runs every step for the whole batch at once (a declared entry, which has
+    none, image by image inside it).
     """
-    steps = _switched_on(strengths)
+    steps = _switched_on(strengths, entries)
     if not steps:
         return None
-    return BatchPipeline(steps) if batched else PerImagePipeline(steps, image_size)
+    return BatchPipeline(steps, image_size) if batched else PerImagePipeline(steps, image_size)
 
 
 def _number(v: float) -> str:
@@ -352,14 +391,19 @@ def full_strength(entry: Augmentation, side: int = LISTED_SIDE) -> str:
     """An entry's ranges at strength 1, in words: `name low to high` or `name value`."""
     parts = []
     for key, value in entry.ranges(1.0, side).items():
-        shown = f"{_number(value[0])} to {_number(value[1])}" if isinstance(value, tuple) else _number(value)
+        if isinstance(value, tuple):
+            shown = f"{_number(value[0])} to {_number(value[1])}"
+        elif isinstance(value, list):
+            shown = "[" + ", ".join(_number(v) if isinstance(v, (int, float)) else str(v) for v in value) + "]"
+        else:
+            shown = _number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
         parts.append(f"{key.replace('_', ' ')} {shown}")
     return ", ".join(parts)
 
 
-def describe() -> str:
-    """The registry as a plain-text table, for `tune-search --list-augmentations`."""
+def describe(entries: Mapping[str, Augmentation] = REGISTRY) -> str:
+    """The registry (or a run's catalog) as a plain-text table, for `tune-search --list-augmentations`."""
     rows = [("name", "what it does", f"strength 1 means (at {LISTED_SIDE} px)")]
-    rows += [(a.name, a.summary, full_strength(a)) for a in _ENTRIES]
+    rows += [(a.name, a.summary, full_strength(a)) for a in entries.values()]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

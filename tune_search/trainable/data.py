@@ -144,7 +144,21 @@ def _planted_helps() -> _Raw:
     return _Raw(tx, ty, vx, vy, planted.HELPS_CLASSES, "planted-help generator (tune_search/trainable/planted.py)", (800, 400))
 
 
-BUILTIN: dict[str, Callable[[], _Raw]] = {"fashion-mnist": _fashion_mnist, "mnist": _mnist, "planted": _planted, "planted-helps": _planted_helps}
+def _planted_polarity() -> _Raw:
+    from tune_search.trainable import planted
+
+    tx, ty = planted.generate_polarity(per_class=150, seed=505)
+    vx, vy = planted.generate_polarity(per_class=100, seed=606)
+    return _Raw(tx, ty, vx, vy, planted.POLARITY_CLASSES, "planted-polarity generator (tune_search/trainable/planted.py)", (600, 400))
+
+
+BUILTIN: dict[str, Callable[[], _Raw]] = {
+    "fashion-mnist": _fashion_mnist,
+    "mnist": _mnist,
+    "planted": _planted,
+    "planted-helps": _planted_helps,
+    "planted-polarity": _planted_polarity,
+}
 
 
 def fit_images(images: torch.Tensor, side: int) -> torch.Tensor:

@@ -18,6 +18,11 @@ A second set plants help instead (`--data planted-helps`, `generate_helps`): fou
 apart by shape, none the mirror image of another; the training images show each glyph as drawn
 and at one brightness, the validation images mirror it left-right half the time and scale its
 brightness by 0.3-1.7. hflip and brightness cover what the training images lack.
+
+A third tells classes apart by polarity (`--data planted-polarity`, `generate_polarity`): a
+ring or a cross, drawn light on a dark ground or dark on a light one, four classes. Inverting
+an image (v2's RandomInvert, declared in a space file) turns each class into its twin, so it
+hurts; a mild perspective warp keeps both shape and polarity.
 """
 
 from __future__ import annotations
@@ -105,3 +110,26 @@ def generate_helps(per_class: int, seed: int, *, validation: bool) -> tuple[np.n
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(len(HELPS_CLASSES)), per_class))
     return np.stack([_draw_helps(int(y), rng, validation) for y in labels]), labels
+
+
+POLARITY_CLASSES = ("ring-light", "ring-dark", "cross-light", "cross-dark")
+
+
+def _draw_polarity(label: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    cy, cx = rng.integers(11, SIDE - 11, 2)
+    radius = np.hypot(yy - cy, xx - cx)
+    shape = (np.abs(radius - 6) <= 1.5) if label < 2 else (((np.abs(yy - cy) <= 1.5) | (np.abs(xx - cx) <= 1.5)) & (radius <= 8))
+    dark, light = rng.uniform(40, 90), rng.uniform(165, 215)
+    ground, ink = (dark, light) if label % 2 == 0 else (light, dark)
+    tint = rng.uniform(0.85, 1.15, 3)
+    image = np.where(shape[..., None], ink, ground) * tint + rng.normal(0, 8, (SIDE, SIDE, 3))
+    return np.clip(image, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+
+
+def generate_polarity(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The polarity set: uint8 images (N, 3, 32, 32) and labels, `per_class` of each of the
+    four classes, shuffled."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(len(POLARITY_CLASSES)), per_class))
+    return np.stack([_draw_polarity(int(y), rng) for y in labels]), labels

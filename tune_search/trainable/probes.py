@@ -12,6 +12,7 @@ from torchvision.transforms.v2 import functional as F
 
 from tune_search.trainable.augment import build_pipeline
 from tune_search.trainable.data import Dataset, Split
+from tune_search.trainable.declared import catalog
 from tune_search.trainable.loop import classification_metrics, predict
 from tune_search.trainable.trial import TrialSettings, TrialSpec, amp_dtype, device_of, load_trained, trial_model
 
@@ -28,9 +29,10 @@ def affinity(settings: TrialSettings, spec: TrialSpec, data: Dataset, state: dic
     clean = classification_metrics(predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp), data.val.labels)["top1"]
     out = {}
     rng = torch.get_rng_state()
+    entries = catalog(spec.declared)
     for name, strength in strengths.items():
         torch.manual_seed(spec.seed)
-        pipeline = build_pipeline({name: strength}, data.val.images.shape[-1], spec.fast_path)
+        pipeline = build_pipeline({name: strength}, data.val.images.shape[-1], spec.fast_path, entries)
         logits = predict(model, data.val, batch_size=spec.eval_batch_size, device=device, amp_dtype=amp, pipeline=pipeline)
         out[name] = classification_metrics(logits, data.val.labels)["top1"] - clean
     torch.set_rng_state(rng)

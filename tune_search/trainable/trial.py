@@ -18,6 +18,7 @@ from torch import nn
 
 from tune_search.trainable.augment import build_pipeline, strengths_in
 from tune_search.trainable.data import Dataset, Split, balanced_order, class_weights
+from tune_search.trainable.declared import Declaration, catalog
 from tune_search.trainable.hold import maybe_hold
 from tune_search.trainable.hyperparameters import BY_NAME, settings_in
 from tune_search.trainable.loop import (
@@ -74,6 +75,7 @@ class TrialSpec:
     # frozen-prefix cache; False: v2 transforms image by image and every stage run as built,
     # every step (the reference the fast path is checked against)
     fast_path: bool = True
+    declared: tuple[Declaration, ...] = ()  # the space file's own augmentations and the policy arms'
 
 
 # a designed run's own model, weights, class balance and budget, over the search's TrialSpec
@@ -216,7 +218,7 @@ def set_up(settings: TrialSettings, spec: TrialSpec, data: Dataset) -> Training:
     epoch_len = len(balanced_order(data.train.labels, per_class, torch.Generator()))
     steps = spec.max_epochs * math.ceil(epoch_len / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path)
+    pipeline = build_pipeline(dict(settings.augmentations), data.train.images.shape[-1], spec.fast_path, catalog(spec.declared))
     inputs = pass_inputs(model, pipeline, spec, data, device, amp)
     return Training(model, optimizer, scheduler, loss_fn, pipeline, torch.Generator().manual_seed(seed), per_class, device, amp, *inputs)
 
