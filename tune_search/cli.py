@@ -17,7 +17,7 @@ from tune_search.export import config_from_row
 from tune_search.interrupt import Interrupted
 from tune_search.location import RunLocation
 from tune_search.studies import STUDIES, by_command
-from tune_search.trainable.augment import describe
+from tune_search.trainable.augment import describe, strengths_in
 from tune_search.trainable.data import DataError
 from tune_search.trainable.models import WeightsError
 
@@ -155,6 +155,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, SearchConfig]:
 def run(args: argparse.Namespace, cfg: SearchConfig) -> int:
     rerun = _rerun_config(args)
     if rerun is not None:
+        missing = [n for n in strengths_in(rerun) if n not in cfg.catalog]
+        if missing:
+            raise ConfigError(
+                f"--config-from {args.config_from} row {args.row or 0} trains with {', '.join(missing)}, which the space file does not declare:"
+                " pass the space file that declares them (recipe.yaml beside it does)"
+            )
         name = args.name or f"{Path(args.config_from).resolve().parent.name or cfg.run.name}-row{args.row or 0}"  # beside the search it came from
         pipeline.rerun(cfg, rerun, name=name, address=args.address)
     else:

@@ -329,6 +329,13 @@ class SearchConfig(_Section):
         """The confirmation's policy arms, as augmentation names."""
         return tuple(declaring.policy(p).name if p in declaring.POLICIES and p not in self.space.augmentation_names else p for p in self.confirm.policies)
 
+    def space_items(self, names) -> list[str | dict[str, Any]]:
+        """`space.augmentations` items that search `names`: a built-in's name, a declared
+        entry as the space file wrote it (a policy arm's as its class)."""
+        written = {next(iter(i)): i for i in self.space.augmentations if isinstance(i, dict)} if self.space.augmentations != "all" else {}
+        policies = {d.name: {d.name: {"transform": d.transform}} for d in self.declared}
+        return [n if n in NAMES else written.get(n, policies.get(n)) for n in names]
+
     @property
     def catalog(self) -> dict[str, Augmentation]:
         return declaring.catalog(self.declared)

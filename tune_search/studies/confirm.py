@@ -76,7 +76,7 @@ def recipe_space(cfg: SearchConfig, recipe: Mapping[str, Any], row: int, folder:
     tree = yaml.safe_load(cfg.dump())
     on = strengths_in(recipe)
     tree["space"] |= {k: recipe[k] for k in ("lr", "freeze_depth", "weight_decay", "batch_size", "label_smoothing")}
-    tree["space"]["augmentations"] = list(on) or tree["space"]["augmentations"]
+    tree["space"]["augmentations"] = cfg.space_items(on) or tree["space"]["augmentations"]
     if on:
         low, high = min(on.values()), max(on.values())
         tree["space"]["strength"] = [low, high]

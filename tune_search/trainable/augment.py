@@ -314,6 +314,9 @@ def unknown_names(names, known=REGISTRY) -> list[str]:
 
 
 def _switched_on(strengths: Mapping[str, float], entries: Mapping[str, Augmentation]) -> list[tuple[Augmentation, float]]:
+    unknown = [name for name, s in strengths.items() if s > 0.0 and name not in entries]
+    if unknown:  # a declared entry's run re-trained without its declaration: never silently skipped
+        raise ValueError(f"augmentation(s) {', '.join(unknown)} switched on but not declared: give the space file that declares them")
     return [(entry, min(float(strengths[name]), 1.0)) for name, entry in entries.items() if strengths.get(name, 0.0) > 0.0]
 
 
