@@ -77,3 +77,22 @@ def test_baselines_are_enqueued_as_the_motivating_experiment():
 def test_freeze_depth_beyond_the_model_is_refused():
     with pytest.raises(ValueError, match="depths 0..9"):
         space(freeze_depth=(0, 12))
+
+
+@pytest.mark.parametrize(
+    ("freeze_depth", "ran", "why"),
+    [
+        ((0, "max"), list(BASELINES), ""),
+        (7, [], "space.freeze_depth 7 excludes "),
+        ((2, "max"), [BASELINES[0]], "space.freeze_depth [2, 9] excludes 0, all layers training"),
+        ((0, 5), list(BASELINES[1:]), "space.freeze_depth [0, 5] excludes 9"),
+        ("max", [BASELINES[0]], "excludes 0"),
+    ],
+)
+def test_a_baseline_runs_as_defined_or_is_left_out_saying_why(freeze_depth, ran, why):
+    resolved = space(freeze_depth=freeze_depth)
+    points = dict(resolved.baseline_points())
+    assert list(points) == ran
+    assert all(p["freeze_depth"] == (9 if name == BASELINES[0] else 0) for name, p in points.items() if "freeze_depth" in p)
+    left_out = dict(resolved.baselines_left_out())
+    assert set(left_out) == set(BASELINES) - set(ran) and all(why in text for text in left_out.values())

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SEARCH_EPILOG,
     )
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
-    search = commands.add_parser("search", help="a search, then the screen and dose-response (the default)", epilog=SEARCH_EPILOG)
+    search = commands.add_parser(
+        "search", help="a search, then the enabled studies: screen, focus, sweep, dose-response, confirm (the default)", epilog=SEARCH_EPILOG
+    )
     add_search_flags(search)
     for study in STUDIES:
         if study.command is None:

@@ -109,15 +109,29 @@ class Space:
         def point(depth: int, augs: tuple[str, ...]) -> dict[str, Any]:
             p = dict(common)
             if isinstance(self.freeze_depth, tuple):
-                p["freeze_depth"] = min(max(depth, self.freeze_depth[0]), self.freeze_depth[1])
+                p["freeze_depth"] = depth
             for name in self.augmentations:
                 p[switch_key(name)] = name in augs
                 if name in augs and self.strength[0] != self.strength[1] and name not in self.switches:
                     p[strength_key(name)] = strength
             return p
 
-        return [
+        points = [
             (BASELINES[0], point(self.max_depth, ())),
             (BASELINES[1], point(0, ())),
             (BASELINES[2], point(0, MOTIVATING)),  # the motivating experiment's third
         ]
+        left_out = dict(self.baselines_left_out())
+        return [(name, p) for name, p in points if name not in left_out]
+
+    def baselines_left_out(self) -> list[tuple[str, str]]:
+        """(baseline, why) for each baseline the space cannot run as defined: head only needs
+        the classifier-only freeze depth, the other two depth 0 (all layers training)."""
+        low, high = self.freeze_depth if isinstance(self.freeze_depth, tuple) else (self.freeze_depth,) * 2
+        shown = f"space.freeze_depth {low}" if low == high else f"space.freeze_depth [{low}, {high}]"
+        out = []
+        if high < self.max_depth:
+            out.append((BASELINES[0], f"{shown} excludes {self.max_depth}, the classifier-only depth"))
+        if low > 0:
+            out += [(name, f"{shown} excludes 0, all layers training") for name in BASELINES[1:]]
+        return out

@@ -207,6 +207,8 @@ def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, 
     """A new search; its Optuna study is kept in `journal` (a new file) when given."""
     if journal is not None:
         journal.unlink(missing_ok=True)  # a new search in a reused folder starts a new study
+    for name, why in space.baselines_left_out():
+        print(f"baseline {name!r} left out: {why}")
     searcher = make_searcher(cfg, space, journal)
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent) if cfg.resources.max_concurrent else searcher
     scheduler = BaselineFullBudgetASHA(

@@ -352,7 +352,7 @@ def _run_line(cfg: SearchConfig, base: dict, names: list[str], replicates: int, 
 class Screen(Study):
     name = "screen"
     command = "screen"
-    help = "screen the augmentations of a finished search (then dose-response)"
+    help = "screen the augmentations of a finished search (then the studies that follow it)"
     flags = (Flag("--seeds", seeds_flag, "screen.seeds"), Flag("--strength", float, "screen.strength"), Flag("--base", str, "screen.base"))
     tables = {
         "screen": "the screen's runs",
