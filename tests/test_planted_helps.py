@@ -15,6 +15,7 @@ data: {source: planted-helps, image_size: 32, train_size: 400, val_size: 400}
 space: {augmentations: [hflip, brightness, blur], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 5, batch_size: 32}
 budget: {num_samples: 3, max_epochs: 3, grace_period: 1}
 dose: {enabled: false}
+confirm: {policies: []}  # the policy arm is tested on the polarity run (test_planted_declared)
 """
 
 
