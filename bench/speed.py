@@ -52,11 +52,12 @@ from PIL import Image
 from tune_search.config import load_config
 from tune_search.export import config_from_row, records_from_results, trials_table
 from tune_search.results import ResultsFolder
+from tune_search.runs import run_of
 from tune_search.trainable.augment import NAMES, REGISTRY, build_pipeline
 from tune_search.trainable.data import Dataset, DataSpec, load_dataset
 from tune_search.trainable.loop import autocast
 from tune_search.trainable.models import ModelSpec, build_model, max_freeze_depth
-from tune_search.trainable.trial import TrialSettings, TrialSpec, amp_dtype, fine_tune, keep_freed_memory, run_of
+from tune_search.trainable.trial import TrialSettings, TrialSpec, amp_dtype, fine_tune, keep_freed_memory
 
 # the motivating case's six augmentations; the search's baseline "all + aug" uses them too
 SIX = ("crop", "hflip", "affine", "blur", "sharpen", "contrast")

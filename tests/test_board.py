@@ -6,8 +6,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tune_search.board import TensorBoard, hparams, run_name
+from tune_search.runs import STUDY_RUN
 from tune_search.trainable.augment import NAMES, strength_key, switch_key
-from tune_search.trainable.trial import STUDY_RUN
 
 
 def trial(trial_id, config):

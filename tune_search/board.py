@@ -16,9 +16,9 @@ from typing import Any
 
 from ray import tune
 
+from tune_search.runs import run_of
 from tune_search.trainable.augment import names_in, strength_key, switch_key, switched_on
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
-from tune_search.trainable.trial import run_of
 
 # tag per reported metric, in the order TensorBoard shows them (groups sort by name)
 SCALARS = {"top1": "accuracy/top-1", "top5": "accuracy/top-5", "val_loss": "loss/validation", "train_loss": "loss/train"}

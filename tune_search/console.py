@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from tune_search import render
 from tune_search.export import baseline_summary, config_from_row
+from tune_search.runs import run_of
 from tune_search.trainable.augment import strengths_in
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS
-from tune_search.trainable.trial import run_of
 
 
 def display_path(path: Path) -> str:

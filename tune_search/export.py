@@ -13,11 +13,12 @@ from typing import Any
 import pandas as pd
 
 from tune_search.constants import BASELINES, FINISHED
+from tune_search.runs import BUNDLE, run_of
 from tune_search.schemas import schema
 from tune_search.trainable.augment import NAMES, names_in, strength_key, strengths_in, switch_key, switched_on
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS, settings_in
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
-from tune_search.trainable.trial import BUNDLE, SPEC_KEYS, run_of
+from tune_search.trainable.trial import SPEC_KEYS
 
 HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
 CONFIG_COLUMNS = (*HYPERPARAMETER_KEYS, *(c for n in NAMES for c in (switch_key(n), strength_key(n))))

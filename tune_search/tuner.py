@@ -23,10 +23,11 @@ from tune_search.config import ConfigError, ResourcesConfig, SearchConfig
 from tune_search.console import Progress
 from tune_search.interrupt import tuning
 from tune_search.location import RunLocation, join
+from tune_search.runs import STUDY_RUN, run_of
 from tune_search.space import Space
 from tune_search.storage import storage_filesystem
 from tune_search.trainable.data import Dataset
-from tune_search.trainable.trial import STUDY_RUN, TrialSpec, amp_dtype, run_of, spec_for, train_trial
+from tune_search.trainable.trial import TrialSpec, amp_dtype, spec_for, train_trial
 
 METRIC, MODE = "top1", "max"
 STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal

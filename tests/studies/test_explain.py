@@ -10,8 +10,9 @@ import torch
 from scipy import stats
 
 from tune_search.cli import main
+from tune_search.runs import BUNDLE
 from tune_search.studies.explain import FIRST_SEEDS, cells, explain_configs, explain_table, next_seed_count, seeds_for_precision, two_cells
-from tune_search.trainable.trial import BUNDLE, SPEC_KEYS
+from tune_search.trainable.trial import SPEC_KEYS
 
 BASE = {"lr": 1e-3, "freeze_depth": 4, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0}
 BUNDLE_SIX = dict.fromkeys(["hflip", "crop", "blur", "sharpen", "contrast", "affine"], 0.5)

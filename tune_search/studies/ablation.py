@@ -13,10 +13,11 @@ import pandas as pd
 from tune_search import render
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.export import config_from_row
+from tune_search.runs import RUN_KEYS
 from tune_search.stats import block_fit, contrast, simultaneous
-from tune_search.studies._base import Flag, Study, StudyContext, Tables, prune, train
+from tune_search.studies._base import Flag, Study, StudyContext, Tables
+from tune_search.studies.training import prune, train
 from tune_search.trainable.augment import strength_key, switch_key
-from tune_search.trainable.trial import RUN_KEYS
 
 ABLATION_COLUMNS = (
     "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "p_equivalence_adjusted",

@@ -32,7 +32,7 @@ from tune_search.console import display_path
 from tune_search.constants import BASELINES, MOTIVATING
 from tune_search.export import config_columns, config_from_row
 from tune_search.stats import ALPHA, block_fit, contrast, simultaneous
-from tune_search.studies import _base as common
+from tune_search.studies import run_configs, training
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.errors import stage_alpha
 from tune_search.studies.recipe import decisions, recipe_config
@@ -115,18 +115,18 @@ def arms(
     effects); the best config's augmentations called `hurts` there are not added to the recipe.
     `policies`: {arm label: augmentation name} of the automatic policies, each trained alone at
     the recipe's settings."""
-    settings = common.base_settings(recipe)
-    out = {RECIPE: recipe, NONE: common.with_augmentations(settings, {}, names)}
-    out[ORIGINAL] = common.with_augmentations(settings, original, sorted({*names, *original}))
+    settings = run_configs.base_settings(recipe)
+    out = {RECIPE: recipe, NONE: run_configs.with_augmentations(settings, {}, names)}
+    out[ORIGINAL] = run_configs.with_augmentations(settings, original, sorted({*names, *original}))
     if best is not None:
         out[BEST] = best
         hurts = set(verdicts.loc[verdicts["verdict"] == "hurts", "augmentation"])
         mine = strengths_in(recipe)
         for name, strength in strengths_in(best).items():
             if name not in hurts and name not in mine and name in names:
-                out[PLUS + name] = common.with_augmentations(settings, {**mine, name: strength}, names)
+                out[PLUS + name] = run_configs.with_augmentations(settings, {**mine, name: strength}, names)
     for label, name in (policies or {}).items():
-        out[label] = common.with_augmentations(settings, {name: 1.0}, [*names, name])
+        out[label] = run_configs.with_augmentations(settings, {name: 1.0}, [*names, name])
     switches = [n for n in (policies or {}).values() if n not in names]
     out = {label: {**dict.fromkeys(map(switch_key, switches), False), **config} for label, config in out.items()}
     distinct: dict[str, dict[str, Any]] = {}
@@ -267,11 +267,11 @@ class Confirm(Study):
         chosen = arms(recipe, best_config, original, table, names, policy_arms(cfg))
         seeds = list(range(cfg.confirm.seeds))
         print(f"confirm: {len(chosen) * len(seeds)} runs ({', '.join(describe_arm(a) for a in chosen)}; {len(seeds)} seeds)")
-        _, runs = common.train(ctx, confirm_configs(chosen, seeds), "confirm")
+        _, runs = training.train(ctx, confirm_configs(chosen, seeds), "confirm")
         ctx.folder.write("confirm_runs", runs)
         summary = arm_table(runs, pairwise(runs, negligible=cfg.screen.negligible, alpha=stage_alpha(cfg, "confirm")), cfg.screen.negligible)
         recommended = summary.loc[summary["recommended"], "arm"].iloc[0]
-        common.prune(ctx, "confirm", keep=set(runs.loc[(runs["label"] == recommended) & (runs["seed"] == 0), "trial_id"]))
+        training.prune(ctx, "confirm", keep=set(runs.loc[(runs["label"] == recommended) & (runs["seed"] == 0), "trial_id"]))
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         effects, screen = tables.get("effects"), tables.get("screen")

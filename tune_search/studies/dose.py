@@ -22,8 +22,10 @@ from tune_search.config import SearchConfig
 from tune_search.constants import CLEAN
 from tune_search.export import config_from_row
 from tune_search.stats import block_fit, level_contrasts, mean_prediction
-from tune_search.studies._base import Study, StudyContext, Tables, base_settings, prune, train, with_augmentations
+from tune_search.studies._base import Study, StudyContext, Tables
+from tune_search.studies.run_configs import base_settings, with_augmentations
 from tune_search.studies.screen import harmful
+from tune_search.studies.training import prune, train
 from tune_search.trainable.augment import strength_key, switch_key
 
 DOSE_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "fitted", "fit_low", "fit_high", "n_seeds", "threshold")

@@ -24,14 +24,14 @@ import pandas as pd
 from tune_search import render
 from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import CLEAN, MOTIVATING
+from tune_search.runs import BUNDLE
 from tune_search.stats import ALPHA, Estimate, contrast, paired_estimate, paired_interval, replicates_for_halfwidth, support_verdicts
-from tune_search.studies import _base as common
+from tune_search.studies import run_configs, training
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.dose import dose_table
 from tune_search.studies.screen import fit as screen_fit
 from tune_search.studies.screen import harmful, seeds_flag
 from tune_search.trainable.augment import names_in, strength_key, switch_key
-from tune_search.trainable.trial import BUNDLE
 
 # a run's cell: what it changes against the base settings (the `cell` key of its config)
 DEPTH, SCRATCH, SCRATCH_LONG, MODEL, OVERSAMPLE, CROP = "depth", "scratch", "scratch_long", "model", "oversample", "crop"
@@ -129,7 +129,7 @@ def explain_configs(
     bundle off). The from-scratch cells train at `scratch_lr` (default: the base's). Every
     config names its cell (`label` in words, `cell` its kind), model, weights, oversampling and
     budget (`SPEC_KEYS`; None: the search's)."""
-    settings = common.base_settings(base)
+    settings = run_configs.base_settings(base)
     names = list(dict.fromkeys([*searched, *bundle, "crop"]))
     own = {"model": model[0], "weights": model[1], "oversample_to": None, "max_epochs": None}
     all_layers = {**own, "freeze_depth": 0}
@@ -145,10 +145,10 @@ def explain_configs(
         run = {"study": "explain", "design_row": -1, "seed": seed}
         for label, kind, changes in cells:
             for on in (False, True):
-                config = common.with_augmentations({**settings, **changes}, bundle if on else {}, names)
+                config = run_configs.with_augmentations({**settings, **changes}, bundle if on else {}, names)
                 out.append({**config, **run, "label": label, "cell": kind, BUNDLE: on})
         for level in crop_strengths:
-            out.append({**common.with_augmentations({**settings, **own}, {"crop": level}, names), **run, "label": "crop", "cell": CROP, BUNDLE: False})
+            out.append({**run_configs.with_augmentations({**settings, **own}, {"crop": level}, names), **run, "label": "crop", "cell": CROP, BUNDLE: False})
     return out
 
 
@@ -428,10 +428,10 @@ def sentence(row: Mapping) -> str:
 def scratch_sweep_configs(base: Mapping[str, Any], searched: Sequence[str], model: tuple[str, str], multiples: Sequence[float]) -> list[dict[str, Any]]:
     """From random init, all layers, no augmentation, seed 0: one run per multiple of the
     base lr (a network trained from scratch usually wants a larger one than a fine-tune)."""
-    settings = common.base_settings(base)
+    settings = run_configs.base_settings(base)
     own = {"model": model[0], "weights": "none", "oversample_to": None, "max_epochs": None, "freeze_depth": 0}
     return [
-        {**common.with_augmentations({**settings, **own, "lr": settings["lr"] * m}, {}, searched), "study": "explain", "design_row": -1,
+        {**run_configs.with_augmentations({**settings, **own, "lr": settings["lr"] * m}, {}, searched), "study": "explain", "design_row": -1,
          "seed": 0, "label": f"scratch lr x{m:g}", "cell": "scratch_lr", BUNDLE: False}
         for m in multiples
     ]  # fmt: skip
@@ -450,7 +450,7 @@ def explain_bundle(folder, cfg: SearchConfig, space) -> dict[str, float]:
     if not names and screen is not None:
         names = sorted(harmful(screen, list(space.augmentations), cfg), key=list(space.augmentations).index)
     names = names or list(MOTIVATING)
-    strengths = common.screen_strengths(cfg, space)
+    strengths = run_configs.screen_strengths(cfg, space)
     return {n: strengths.get(n, space.reference_strength) for n in names}
 
 
@@ -504,7 +504,7 @@ class Explain(Study):
         from tune_search.trainable.trial import TrialSettings, spec_for
 
         folder, cfg, space, spec, data = ctx.folder, ctx.cfg, ctx.space, ctx.spec, ctx.data
-        base = common.study_base(folder, cfg.screen.base)
+        base = run_configs.study_base(folder, cfg.screen.base)
         bundle = explain_bundle(folder, cfg, space)
         depth = int(base["freeze_depth"])
         depths = sorted({0, depth, space.max_depth})
@@ -512,7 +512,7 @@ class Explain(Study):
         oversample_to = oversample_target(cfg, data)
         sweep = scratch_sweep_configs(base, list(space.augmentations), (spec.model.name, spec.model.weights), cfg.explain.scratch_lr)
         print(f"explain: from scratch, {len(sweep)} runs to pick its lr (x{', x'.join(f'{m:g}' for m in cfg.explain.scratch_lr)} the base's {base['lr']:.3g})")
-        _, swept = common.train(ctx, sweep, "explain-lr")
+        _, swept = training.train(ctx, sweep, "explain-lr")
         scratch_lr = best_lr(swept) if len(swept) else None
         if len(swept):
             folder.write("explain_lr", swept)
@@ -546,27 +546,27 @@ class Explain(Study):
             f"{', '.join(map(str, depths))}, from scratch (lr {scratch_lr or base['lr']:.3g}), "
             + "".join(f"on {n}, " for n, _ in models if n != spec.model.name)
             + f"with every class oversampled to {oversample_to}; crop alone at {', '.join(f'{s:g}' for s in cfg.explain.crop_strengths)}"
-            + common.estimate(folder, timed, common.slots(cfg))
+            + training.estimate(folder, timed, training.slots(cfg))
             + (" for the first seeds" if auto else "")
         )
-        results, runs = common.train(ctx, configs, "explain")
+        results, runs = training.train(ctx, configs, "explain")
         if runs.empty:
             raise RuntimeError("every explain run failed; see Ray's log above")
         batches = []
         while auto and (total := next_seed_count(runs, cfg.explain.precision, cfg.explain.max_seeds)) > (seeds := int(runs["seed"].nunique())):
             print(f"explain: after {seeds} seeds, each cell's contrast with depth 0 is known to ({_halfwidths(runs)}) points: seeds {seeds + 1}-{total} next")
             batches.append(f"explain-seeds{len(batches) + 1}")
-            _, extra = common.train(ctx, design(range(seeds, total)), batches[-1], phase=f"explain, seeds {seeds + 1}-{total}")
+            _, extra = training.train(ctx, design(range(seeds, total)), batches[-1], phase=f"explain, seeds {seeds + 1}-{total}")
             runs = pd.concat([runs, extra], ignore_index=True)
         if auto:
             print(f"explain: {runs['seed'].nunique()} seeds in all, each cell's contrast with depth 0 known to ({_halfwidths(runs)}) points")
         runs["params"] = runs["label"].map(_cell_params(spec.model.name, models)).astype("Int64")
         folder.write("explain_runs", runs)
-        reference = common.clean_model(results, depth_cell(depth), where=lambda run: not run[BUNDLE] and run["seed"] == 0)
+        reference = training.clean_model(results, depth_cell(depth), where=lambda run: not run[BUNDLE] and run["seed"] == 0)
         if reference is not None:
             config, state = reference
             folder.write("crop_sensitivity", pd.DataFrame(crop_sensitivity(TrialSettings.from_config(config), spec_for(spec, config), data, state)))
-        common.prune(ctx, "explain", "explain-lr", *batches)
+        training.prune(ctx, "explain", "explain-lr", *batches)
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         """explain.parquet (one row per explanation tested), explain_cells.parquet (the bundle's
@@ -578,7 +578,7 @@ class Explain(Study):
         if runs is None:
             return {}
         recipe = pretraining_recipe(ModelSpec(name=cfg.model.name, weights=cfg.model.weights))
-        names = common.screened(screen, list(cfg.space.augmentation_names)) if screen is not None else []
+        names = run_configs.screened(screen, list(cfg.space.augmentation_names)) if screen is not None else []
         params = runs.dropna(subset=["params"]).groupby("label")["params"].first().astype(int).to_dict() if "params" in runs else {}
         max_depth = int(runs.loc[runs["cell"] == DEPTH, "freeze_depth"].max())
         out = {

@@ -20,7 +20,7 @@ import pandas as pd
 from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.export import config_from_row
-from tune_search.studies import _base as common
+from tune_search.studies import run_configs, training
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
 from tune_search.studies.screen import VERDICTS, family_alpha, fit, screen_configs, screen_effects, screening_design
@@ -44,7 +44,7 @@ def focus_configs(base: dict, strengths: dict[str, float], searched: Sequence[st
         on = {n: strengths[n] for n in strengths if config[switch_key(n)]}
         out.append(
             {
-                **common.with_augmentations(common.base_settings(config), on, searched),
+                **run_configs.with_augmentations(run_configs.base_settings(config), on, searched),
                 "study": "focus",
                 "design_row": config["design_row"],
                 "seed": config["seed"],
@@ -56,7 +56,7 @@ def focus_configs(base: dict, strengths: dict[str, float], searched: Sequence[st
 
 def focus_effects(runs: pd.DataFrame, cfg: SearchConfig) -> pd.DataFrame:
     """focus.parquet: the screen's effect columns for the focused design's runs."""
-    names = common.screened(runs, cfg.space.augmentation_names)
+    names = run_configs.screened(runs, cfg.space.augmentation_names)
     return screen_effects(runs, names, alpha=look_alpha(cfg, "focus"), negligible=cfg.screen.negligible)
 
 
@@ -89,14 +89,14 @@ class Focus(Study):
         cfg, screen = ctx.cfg, ctx.folder.read("screen")
         if screen is None:
             return
-        names = common.screened(screen, list(ctx.space.augmentations))
+        names = run_configs.screened(screen, list(ctx.space.augmentations))
         effects = screen_effects(screen, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
         kept = candidates(effects)
         if len(kept) < 1:
             print("focus: every screened augmentation hurts; nothing to screen in the recipe's context")
             return
         strengths = dict(zip(effects["augmentation"], effects["strength"]))
-        base = common.base_settings(config_from_row(screen.iloc[0]))
+        base = run_configs.base_settings(config_from_row(screen.iloc[0]))
         fixed = cfg.focus.seeds != "auto"
         first = cfg.focus.seeds if fixed else 1
         searched = list(ctx.space.augmentations)
@@ -113,16 +113,16 @@ class Focus(Study):
             )
         )
         seeds = [SEED_OFFSET + s for s in range(first)]
-        _, runs = common.train(ctx, focus_configs(base, {n: float(strengths[n]) for n in kept}, searched, seeds), "focus")
+        _, runs = training.train(ctx, focus_configs(base, {n: float(strengths[n]) for n in kept}, searched, seeds), "focus")
         for k in () if fixed else range(1, cfg.focus.max_seeds + 1):
             print(look_line(runs, cfg))
             if not another_replicate(runs, cfg):  # False after the last replicate
                 break
             extra_configs = focus_configs(base, {n: float(strengths[n]) for n in kept}, searched, [SEED_OFFSET + k])
-            _, extra = common.train(ctx, extra_configs, f"focus-seed{k}", phase=f"focus replicate {k + 1}")
+            _, extra = training.train(ctx, extra_configs, f"focus-seed{k}", phase=f"focus replicate {k + 1}")
             runs = pd.concat([runs, extra], ignore_index=True)
         ctx.folder.write("focus_runs", runs)
-        common.prune(ctx, "focus", *(f"focus-seed{k}" for k in range(1, cfg.focus.max_seeds)))
+        training.prune(ctx, "focus", *(f"focus-seed{k}" for k in range(1, cfg.focus.max_seeds)))
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         runs = tables.get("focus_runs")

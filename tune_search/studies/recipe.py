@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from tune_search.config import RecipeConfig
-from tune_search.studies._base import base_settings, with_augmentations
+from tune_search.studies.run_configs import base_settings, with_augmentations
 
 DECISION_COLUMNS = ("augmentation", "stage", "verdict", "effect", "ci_low", "ci_high", "decision", "strength")
 NOT_SCREENED = "not screened"

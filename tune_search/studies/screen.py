@@ -36,7 +36,7 @@ from tune_search.stats import (
     replicates_to_settle,
     simultaneous,
 )
-from tune_search.studies import _base as common
+from tune_search.studies import run_configs, training
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
 from tune_search.trainable.augment import strength_key, switch_key
@@ -105,14 +105,14 @@ def screen_configs(base: Mapping[str, Any], strengths: Mapping[str, float], seed
     augmentation off at `clean_seed` (its model is what affinity is measured on)."""
     names = list(strengths)
     design = screening_design(len(names))
-    settings = common.base_settings(base)
+    settings = run_configs.base_settings(base)
     out = []
     for seed in seeds:
         for row, levels in enumerate(design):
             on = {n: strengths[n] for n, level in zip(names, levels) if level > 0}
-            out.append({**common.with_augmentations(settings, on, names), "study": "screen", "design_row": row, "seed": seed, "label": ""})
+            out.append({**run_configs.with_augmentations(settings, on, names), "study": "screen", "design_row": row, "seed": seed, "label": ""})
     if clean_seed is not None:
-        out.append({**common.with_augmentations(settings, {}, names), "study": "screen", "design_row": -1, "seed": clean_seed, "label": CLEAN})
+        out.append({**run_configs.with_augmentations(settings, {}, names), "study": "screen", "design_row": -1, "seed": clean_seed, "label": CLEAN})
     return out
 
 
@@ -198,7 +198,7 @@ def another_replicate(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfi
 
 def harmful(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig) -> list[str]:
     """The augmentations the screen calls harmful, most harmful first."""
-    effects = screen_effects(runs, common.screened(runs, names), alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
+    effects = screen_effects(runs, run_configs.screened(runs, names), alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
     return list(effects[effects["verdict"] == "hurts"].sort_values("effect")["augmentation"])
 
 
@@ -370,33 +370,33 @@ class Screen(Study):
         from tune_search.trainable.trial import TrialSettings
 
         cfg = ctx.cfg
-        base = common.study_base(ctx.folder, cfg.screen.base)
-        strengths = common.screen_strengths(cfg, ctx.space)
+        base = run_configs.study_base(ctx.folder, cfg.screen.base)
+        strengths = run_configs.screen_strengths(cfg, ctx.space)
         names = list(strengths)
         fixed = cfg.screen.seeds != "auto"
         replicates = cfg.screen.seeds if fixed else 1
         design_size = len(screening_design(len(names)))
-        timing = common.estimate(ctx.folder, [(int(base["freeze_depth"]), cfg.budget.max_epochs)] * (design_size * replicates + 1), common.slots(cfg))
+        timing = training.estimate(ctx.folder, [(int(base["freeze_depth"]), cfg.budget.max_epochs)] * (design_size * replicates + 1), training.slots(cfg))
         print(_run_line(cfg, base, names, replicates, fixed, timing))
-        results, runs = common.train(ctx, screen_configs(base, strengths, list(range(replicates))), "screen")
-        clean = common.clean_model(results, CLEAN)
+        results, runs = training.train(ctx, screen_configs(base, strengths, list(range(replicates))), "screen")
+        clean = training.clean_model(results, CLEAN)
         measured = affinity(TrialSettings.from_config(clean[0]), ctx.spec, ctx.data, clean[1], strengths) if clean else _measured_before(ctx.folder)
         for seed in () if fixed else range(1, cfg.screen.max_seeds + 1):
             print(look_line(runs, names, cfg, seed))
             if not another_replicate(runs, names, cfg):  # False after the last replicate
                 break
-            _, extra = common.train(ctx, screen_configs(base, strengths, [seed], clean_seed=None), f"screen-seed{seed}", phase=f"screen replicate {seed + 1}")
+            _, extra = training.train(ctx, screen_configs(base, strengths, [seed], clean_seed=None), f"screen-seed{seed}", phase=f"screen replicate {seed + 1}")
             runs = pd.concat([runs, extra], ignore_index=True)
         for name, value in measured.items():
             runs[f"affinity_{name}"] = runs["label"].eq(CLEAN).map({True: value, False: math.nan})
         ctx.folder.write("screen", runs)
-        common.prune(ctx, "screen", *(f"screen-seed{seed}" for seed in range(1, cfg.screen.max_seeds)))
+        training.prune(ctx, "screen", *(f"screen-seed{seed}" for seed in range(1, cfg.screen.max_seeds)))
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         runs = tables.get("screen")
         if runs is None:
             return {}
-        names = common.screened(runs, cfg.space.augmentation_names)
+        names = run_configs.screened(runs, cfg.space.augmentation_names)
         effects = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
         classes = list(classes) or [str(i) for i in range(len(runs["per_class_top1"].iloc[0]))]
         return {

@@ -18,7 +18,7 @@ from tune_search import render
 from tune_search.config import SearchConfig
 from tune_search.export import config_from_row
 from tune_search.stats import level_contrasts
-from tune_search.studies import _base as common
+from tune_search.studies import run_configs, training
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.recipe import decisions, recipe_config
 from tune_search.trainable.augment import strength_key, switch_key
@@ -36,7 +36,7 @@ def sweep_configs(recipe: dict, names: Sequence[str], levels: Sequence[float], s
         for name in names:
             for level in (0.0, *levels):
                 mine = {k: v for k, v in on.items() if k != name} | ({name: level} if level > 0 else {})
-                config = common.with_augmentations(common.base_settings(recipe), mine, searched)
+                config = run_configs.with_augmentations(run_configs.base_settings(recipe), mine, searched)
                 out.append({**config, "study": "sweep", "design_row": -1, "seed": seed, "label": name})
     return out
 
@@ -95,9 +95,9 @@ class Sweep(Study):
         configs = sweep_configs(recipe, names, cfg.sweep.strengths, seeds, searched)
         levels = ", ".join(f"{s:g}" for s in cfg.sweep.strengths)
         print(f"sweep: {len(configs)} runs, {', '.join(names)} at strengths {levels} and off on top of the rest of the recipe, {len(seeds)} seeds")
-        _, runs = common.train(ctx, configs, "sweep")
+        _, runs = training.train(ctx, configs, "sweep")
         ctx.folder.write("sweep_runs", runs)
-        common.prune(ctx, "sweep")
+        training.prune(ctx, "sweep")
 
     def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         runs = tables.get("sweep_runs")

@@ -78,18 +78,8 @@ class TrialSpec:
     declared: tuple[Declaration, ...] = ()  # the space file's own augmentations and the policy arms'
 
 
-# a designed run's own model, weights, class balance and budget, over the search's TrialSpec
+# a run's own model, weights, class balance and budget, over the search's TrialSpec
 SPEC_KEYS = ("model", "weights", "oversample_to", "max_epochs")
-BUNDLE = "bundle"  # explain: whether the run has the augmentation bundle on
-# what a run is, not how it trains: its baseline name, or its study, design row, seed and cell
-RUN_KEYS = ("baseline", "seed", "study", "design_row", "label", "cell", BUNDLE)
-STUDY_RUN = "run"  # a designed study's trial config holds its run's flat config under this key
-
-
-def run_of(config: Mapping) -> Mapping:
-    """The flat config of a trial: a search trial's config as Tune gives it, a designed
-    study's run from under its one key (Tune grid-searches over whole runs)."""
-    return config.get(STUDY_RUN, config)
 
 
 def spec_for(spec: TrialSpec, config: Mapping) -> TrialSpec:
