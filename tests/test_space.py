@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from tune_search.config import SpaceConfig
 from tune_search.constants import BASELINES, MOTIVATING
+from tune_search.sections import SpaceConfig
 from tune_search.space import Space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

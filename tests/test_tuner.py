@@ -4,8 +4,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_search.config import ResourcesConfig, SearchConfig
+from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES
+from tune_search.sections import ResourcesConfig
 from tune_search.space import Space
 from tune_search.tuner import PruneAwareOptunaSearch, make_searcher, trial_resources
 

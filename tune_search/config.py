@@ -1,319 +1,44 @@
 """The space file: typed, frozen, validated once. Precedence: defaults, then the file, then
-CLI flags. Unknown keys and bad values are refused with the key and what is allowed."""
+CLI flags. Unknown keys and bad values are refused with the key and what is allowed.
+
+`SearchConfig` is assembled from the sections every run has (`tune_search.sections`) and the
+section(s) each designed study declares (`Study.sections`, in `STUDIES` order)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError, create_model, model_validator
 
+from tune_search.sections import (
+    BudgetConfig,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ResourcesConfig,
+    RunSection,
+    Section,
+    SpaceConfig,
+)
+from tune_search.studies import STUDIES
 from tune_search.trainable import declared as declaring
-from tune_search.trainable.augment import NAMES, Augmentation, unknown_names
-from tune_search.trainable.data import DataSpec
-from tune_search.trainable.hyperparameters import BY_NAME, HYPERPARAMETERS
-from tune_search.trainable.models import ModelSpec, available_models
-from tune_search.trainable.trial import TrialSpec
+from tune_search.trainable.augment import NAMES, Augmentation
+
+__all__ = ["ConfigError", "SearchConfig", "load_config", "set_dotted"]
 
 
-class ConfigError(ValueError):
-    """A space file or flag is wrong; the message names the key and the allowed values."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-PositiveInt = Annotated[int, Field(ge=1)]
-Range = tuple[float, float]
-
-
-def _ordered(value, key: str):
-    if isinstance(value, tuple) and value[0] > value[1]:
-        raise ValueError(f"{key} range [{value[0]}, {value[1]}] is reversed: write [low, high]")
-    return value
-
-
-class DataConfig(_Section):
-    source: str = "fashion-mnist"
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 32
-    train_size: PositiveInt | None = None
-    val_size: PositiveInt | None = None
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = DataSpec.val_fraction
-    balance: Literal["none", "oversample", "weighted"] = TrialSpec.balance
-    oversample_to: PositiveInt | None = None
-    max_pixels: PositiveInt = DataSpec.max_pixels  # a folder's image with more pixels is skipped, never decoded
-
-
-class ModelConfig(_Section):
-    name: str = ModelSpec.name
-    weights: str = ModelSpec.weights
-    precision: Literal["auto", "fp32", "bf16"] = TrialSpec.precision
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        if name not in available_models():
-            raise ValueError(f"unknown model {name!r}; valid models: {', '.join(available_models())}")
-        return name
-
-
-class SpaceConfig(_Section):
-    """Each hyperparameter is a range (searched) or one value (fixed). `augmentations`: all
-    built-ins, or a list whose items are built-in names or declared entries `{NAME: {transform:
-    CLASS, at_full: {...}, scales: {...}}}` (tune_search.trainable.declared)."""
-
-    augmentations: Literal["all"] | tuple[str | dict[str, Any], ...] = "all"
-    strength: Range = (0.0, 1.0)
-    lr: Annotated[float, Field(gt=0)] | Range = (1e-4, 1e-2)
-    freeze_depth: int | Literal["max"] | tuple[int | Literal["max"], int | Literal["max"]] = (0, "max")
-    weight_decay: Annotated[float, Field(ge=0)] | Range = BY_NAME["weight_decay"].default
-    batch_size: PositiveInt | tuple[PositiveInt, ...] = BY_NAME["batch_size"].default
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Range = BY_NAME["label_smoothing"].default
-    baseline_strength: Annotated[float, Field(ge=0, le=1)] = 0.5
-    baseline_lr: Annotated[float, Field(gt=0)] | None = None
-
-    @field_validator("augmentations")
-    @classmethod
-    def _known_augs(cls, value):
-        if value == "all":
-            return value
-        names = []
-        for item in value:
-            if isinstance(item, str):
-                if unknown_names([item]):
-                    raise ValueError(
-                        f"unknown augmentation {item!r}; valid: all, or a list of {', '.join(NAMES)}"
-                        " and entries you declare ({NAME: {transform: CLASS, at_full: {...}, scales: {...}}})"
-                    )
-                names.append(item)
-            elif len(item) != 1:
-                raise ValueError(f"a declared entry is one NAME: {{transform: ...}} mapping per list item (got keys {', '.join(map(str, item))})")
-            else:
-                ((name, entry),) = item.items()
-                declaring.declare(name, entry)  # raises naming the entry and the key
-                names.append(name)
-        if len(set(names)) != len(names):
-            raise ValueError(f"augmentations are listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
-        return value
-
-    @property
-    def declared(self) -> tuple[declaring.Declaration, ...]:
-        """The entries this space declares, in the order listed."""
-        if self.augmentations == "all":
-            return ()
-        return tuple(declaring.declare(*next(iter(item.items()))) for item in self.augmentations if isinstance(item, dict))
+class _SearchConfig(Section):
+    """The whole space file; the fields come from `SearchConfig`'s assembly below."""
 
     @model_validator(mode="after")
-    def _ranges(self):
-        _ordered(self.strength, "strength")
-        if not 0 <= self.strength[0] <= self.strength[1] <= 1:
-            raise ValueError(f"strength range {list(self.strength)} must lie within [0, 1]")
-        for h in HYPERPARAMETERS:
-            value = getattr(self, h.name)
-            if h.choices or h.integer:  # a set of choices; freeze depths resolve against the model
-                continue
-            _ordered(value, h.name)
-            if h.log and isinstance(value, tuple) and value[0] <= 0:
-                fix = "; use 0 to fix it at 0" if h.default == 0 else ""
-                raise ValueError(f"{h.name} range must be positive (it is searched on a log scale){fix}")
-        return self
-
-    @property
-    def augmentation_names(self) -> tuple[str, ...]:
-        """The searched augmentations: the built-ins in registry order, then the declared."""
-        if self.augmentations == "all":
-            return NAMES
-        return (*(n for n in NAMES if n in self.augmentations), *(d.name for d in self.declared))
-
-
-BASELINE_TRIALS = 3  # head only, all layers, all + aug: they always run
-
-
-class BudgetConfig(_Section):
-    num_samples: Annotated[int, Field(ge=BASELINE_TRIALS)] = 6
-    max_epochs: PositiveInt = 3
-    grace_period: PositiveInt = 1
-    reduction_factor: Annotated[float, Field(ge=2)] = 2
-    top_k: PositiveInt = 3
-
-    @model_validator(mode="after")
-    def _grace(self):
-        if self.grace_period > self.max_epochs:
-            raise ValueError(f"grace_period {self.grace_period} exceeds max_epochs {self.max_epochs}")
-        return self
-
-
-class ResourcesConfig(_Section):
-    cpus_per_trial: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
-    gpus_per_trial: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
-    max_concurrent: PositiveInt | None = None
-    fast_path: bool = TrialSpec.fast_path
-
-
-Strength = Annotated[float, Field(gt=0, le=1)]
-
-
-def _two_levels(value: tuple[float, ...], study: str) -> tuple[float, ...]:
-    """Strengths for a dose-response: sorted, at least two different ones."""
-    if len(set(value)) < 2:
-        raise ValueError(f"{study} needs at least two different strengths")
-    return tuple(sorted(set(value)))
-
-
-class ScreenConfig(_Section):
-    """The screening study after the search: a two-level design over the searched
-    augmentations at fixed other settings."""
-
-    enabled: bool = True
-    base: Literal["best", "baseline"] = "best"  # the best config's settings, or the "all layers" baseline's
-    strength: Strength | dict[str, Strength] | None = None  # None: the baselines' strength
-    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicates added while any verdict is unclear
-    negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # harmless: an equivalence test puts the effect within +-this
-    max_seeds: PositiveInt = 1  # the focused screen decides what the screen leaves unclear
-
-
-class FocusConfig(_Section):
-    """The focused screen: the augmentations the screen did not call harmful, screened again
-    with the harmful ones off, at the recipe's settings, in their own two-level design."""
-
-    enabled: bool = True
-    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicates added while any verdict is unclear
-    max_seeds: PositiveInt = 4  # with auto: at most this many replicates
-
-
-class SweepConfig(_Section):
-    """The strength of every augmentation the focused screen calls helpful, from measured runs:
-    each at `strengths` and off on top of the rest of the recipe, paired by seed."""
-
-    enabled: bool = True
-    strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
-    seeds: Annotated[int, Field(ge=2)] = 2
-
-    _levels = field_validator("strengths")(lambda value: _two_levels(value, "the strength sweep"))
-
-
-class DoseConfig(_Section):
-    """Dose-response of each augmentation the screen calls harmful."""
-
-    enabled: bool = True
-    strengths: tuple[Strength, ...] = (0.1, 0.25, 0.5, 1.0)  # 0.1: a run near where harm may start
-    seeds: Annotated[int, Field(ge=2)] = 3  # with one pooled fit, +-2 points per strength at 1 point of seed noise
-    max_augmentations: PositiveInt = 1  # the most harmful ones first
-    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.005  # harmful above: where it costs more than this
-
-    _levels = field_validator("strengths")(lambda value: _two_levels(value, "dose-response"))
-
-
-class RecipeConfig(_Section):
-    """The recipe the verdicts recommend (the focused screen's where it ran, else the
-    screen's): hurts dropped, helps kept, harmless kept unless `keep_harmless: false`."""
-
-    keep_harmless: bool = True
-    keep_unclear: bool = False  # also keep augmentations whose verdict is unclear
-
-
-class ConfirmConfig(_Section):
-    """The confirmation study: the recipe against no augmentation, the original set and the
-    search's best config, at full budget, paired by seed."""
-
-    enabled: bool = True
-    # 5: with 3 seeds and 3 arms the fit has 4 residual degrees of freedom, and an interval
-    # simultaneous over the pairs at the confirmation's share needs t = 7.2 (4.0 with 5 seeds)
-    seeds: Annotated[int, Field(ge=2)] = 5
-    compare: tuple[str, ...] | None = None  # the original set; None: the all + aug baseline's
-    # automatic-policy arms: v2 policy classes (declaring.POLICIES) or entries the space declares
-    policies: tuple[str, ...] = ("TrivialAugmentWide",)
-
-
-class AblationConfig(_Section):
-    seeds: Annotated[int, Field(ge=2)] = 3
-    strength: Annotated[float, Field(gt=0, le=1)] = 0.5  # for augmentations the best config has off
-
-
-class ExplainModel(_Section):
-    name: str
-    weights: str = ModelSpec.weights
-
-    _known = field_validator("name")(ModelConfig._known.__func__)
-
-
-class ExplainConfig(_Section):
-    """The explain study: the motivating thread's explanations, each tested by a contrast."""
-
-    enabled: bool = False
-    bundle: Literal["auto"] | tuple[str, ...] = "auto"  # auto: the screen's harmful set, else constants.MOTIVATING
-    seeds: Annotated[int, Field(ge=2)] | Literal["auto"] = "auto"  # auto: 3 seeds, then as many as reach +-precision
-    precision: Annotated[float, Field(gt=0, lt=1)] = 0.02  # auto: the half-width a contrast's 95 % interval should reach
-    max_seeds: Annotated[int, Field(ge=3)] = 32  # auto: at most this many seeds
-    scratch_epochs: PositiveInt | None = None  # also a longer from-scratch run, at this budget
-    scratch_lr: tuple[Annotated[float, Field(gt=0)], ...] = (1.0, 3.0, 10.0)  # the from-scratch lr sweep: multiples of the base lr
-    models: tuple[str | ExplainModel, ...] = ()  # capacity: other models, all layers training
-    oversample_to: PositiveInt | None = None  # None: 4x the mean class size (the thread: 60 -> 256)
-    crop_strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
-    negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # negligible: an equivalence test puts the contrast within +-this
-
-    @field_validator("models")
-    @classmethod
-    def _known_models(cls, value):
-        return tuple(ExplainModel(name=m) if isinstance(m, str) else m for m in value)
-
-    _levels = field_validator("crop_strengths")(lambda value: _two_levels(value, "crop's dose-response"))
-
-
-class RunSection(_Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"
-    storage: Annotated[str, Field(min_length=1)] = "results"
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
-    verbose: bool = False  # Ray's own trial tables, configuration boxes and worker logs
-    keep_checkpoints: bool = False  # false: after each phase only the top_k search trials' checkpoints stay
-
-    @field_validator("name")
-    @classmethod
-    def _a_folder_name(cls, name: str) -> str:
-        if set(name) == {"."}:
-            raise ValueError("must name a folder inside the storage: letters, digits, '.', '_', '-', not only dots")
-        return name
-
-
-class SearchConfig(_Section):
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    space: SpaceConfig = SpaceConfig()
-    budget: BudgetConfig = BudgetConfig()
-    resources: ResourcesConfig = ResourcesConfig()
-    screen: ScreenConfig = ScreenConfig()
-    focus: FocusConfig = FocusConfig()
-    sweep: SweepConfig = SweepConfig()
-    dose: DoseConfig = DoseConfig()
-    recipe: RecipeConfig = RecipeConfig()
-    confirm: ConfirmConfig = ConfirmConfig()
-    ablation: AblationConfig = AblationConfig()
-    explain: ExplainConfig = ExplainConfig()
-    run: RunSection = RunSection()
-
-    @model_validator(mode="after")
-    def _screened(self):
-        strength = self.screen.strength
-        searched = self.space.augmentation_names
-        if isinstance(strength, dict):
-            stray = [n for n in strength if n not in searched]
-            if stray:
-                raise ValueError(f"screen.strength names {', '.join(stray)}, which the space does not search; searched: {', '.join(searched)}")
+    def _consistent(self):
         for declaration in self.space.declared:  # each declared transform runs on probe images of the run's size
             declaring.check_on_images(declaration, self.data.image_size)
-        known = (*NAMES, *(d.name for d in self.space.declared))
-        for key, names, default in (("confirm.compare", self.confirm.compare, None), ("explain.bundle", self.explain.bundle, "auto")):
-            if names not in (None, default) and (not names or unknown_names(names, known)):
-                bad = ", ".join(unknown_names(names, known)) or "none"
-                raise ValueError(f"{key}: unknown augmentation(s) {bad}; valid: {default or 'null'}, or a list of {', '.join(known)}")
-        for name in self.confirm.policies:
-            if name not in declaring.POLICIES and name not in searched:
-                raise ValueError(
-                    f"confirm.policies: {name!r} is neither an automatic policy ({', '.join(declaring.POLICIES)}) nor an entry the space declares; [] for none"
-                )
+        for study in STUDIES:  # each study's section against the rest (ValueError naming the key)
+            study.consistent(self)
         return self
 
     @property
@@ -342,6 +67,16 @@ class SearchConfig(_Section):
 
     def dump(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _sections() -> dict[str, Any]:
+    """Every section, as (model, default): the run's own, then each study's in `STUDIES` order."""
+    own = {"data": DataConfig, "model": ModelConfig, "space": SpaceConfig, "budget": BudgetConfig, "resources": ResourcesConfig}
+    studies = {key: model for study in STUDIES for key, model in study.sections.items()}
+    return {key: (model, model()) for key, model in (own | studies | {"run": RunSection}).items()}
+
+
+SearchConfig = create_model("SearchConfig", __base__=_SearchConfig, __module__=__name__, **_sections())
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:

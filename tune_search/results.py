@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tune_search.config import ConfigError
 from tune_search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS
 from tune_search.schemas import from_arrow, to_arrow
+from tune_search.sections import ConfigError
 from tune_search.storage import write_parquet, write_text
 from tune_search.studies import STUDIES
 

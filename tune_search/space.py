@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
-from tune_search.config import SpaceConfig
 from tune_search.constants import BASELINES, MOTIVATING
+from tune_search.sections import SpaceConfig
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS
 

@@ -26,8 +26,8 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from tune_search.config import ConfigError
 from tune_search.location import RunLocation, is_remote
+from tune_search.sections import ConfigError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -19,15 +19,18 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune_search.board import TensorBoard
 from tune_search.checkpoints import CheckpointRetention, prune_behind_snapshot
-from tune_search.config import ConfigError, ResourcesConfig, SearchConfig
 from tune_search.console import Progress
 from tune_search.interrupt import tuning
 from tune_search.location import RunLocation, join
 from tune_search.runs import STUDY_RUN, run_of
+from tune_search.sections import ConfigError, ResourcesConfig
 from tune_search.space import Space
 from tune_search.storage import storage_filesystem
 from tune_search.trainable.data import Dataset
 from tune_search.trainable.trial import TrialSpec, amp_dtype, spec_for, train_trial
+
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
 
 METRIC, MODE = "top1", "max"
 STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal

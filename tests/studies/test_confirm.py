@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.test_export import RECORDS
-from tune_search.config import RecipeConfig, SearchConfig, load_config
+from tune_search.config import SearchConfig, load_config
 from tune_search.export import config_from_row, search_tables
 from tune_search.studies.confirm import (
     BEST,
@@ -25,8 +25,8 @@ from tune_search.studies.confirm import (
     recipe_space,
     recommended_row,
 )
+from tune_search.studies.recipe import RecipeConfig, recipe_config
 from tune_search.studies.recipe import decisions as decide
-from tune_search.studies.recipe import recipe_config
 
 NAMES = ["hflip", "crop", "blur", "contrast", "rotate"]
 BASE = {"lr": 2e-3, "freeze_depth": 3, "weight_decay": 0.0, "batch_size": 64, "label_smoothing": 0.0, "aug_rotate": True, "aug_rotate_strength": 0.9}

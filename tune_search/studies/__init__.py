@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from tune_search.config import SearchConfig
 from tune_search.studies import dose, screen
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.ablation import Ablation
@@ -22,6 +22,9 @@ from tune_search.studies.explain import Explain
 from tune_search.studies.focus import Focus
 from tune_search.studies.screen import Screen
 from tune_search.studies.sweep import Sweep
+
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
 
 __all__ = ["STUDIES", "Flag", "Study", "StudyContext", "analyse", "by_command", "by_name", "effects_table", "selected"]
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pandas as pd
 
-from tune_search.config import SearchConfig
 from tune_search.location import RunLocation
 
 if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
     from tune_search.space import Space
     from tune_search.trainable.data import Dataset
     from tune_search.trainable.trial import TrialSpec
@@ -74,10 +74,16 @@ class Study(abc.ABC):
     help: ClassVar[str] = ""
     flags: ClassVar[tuple[Flag, ...]] = ()
     follows: ClassVar[str | None] = None  # runs right after this study when `enabled`
+    # its space-file section(s): key -> a `tune_search.sections.Section` model; SearchConfig has them
+    sections: ClassVar[Mapping[str, type]] = {}
 
     def enabled(self, cfg: SearchConfig) -> bool:
         """Whether it runs after a search (or after the study it follows) by default."""
         return False
+
+    def consistent(self, cfg: SearchConfig) -> None:
+        """Refuse, while the space file is read, its section's values that the rest of the
+        file contradicts (ValueError naming the key)."""
 
     def check(self, cfg: SearchConfig) -> None:
         """Refuse, before Ray starts, settings this study cannot run with (ConfigError)."""

@@ -5,24 +5,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from tune_search import render
-from tune_search.config import ConfigError, SearchConfig
 from tune_search.export import config_from_row
 from tune_search.runs import RUN_KEYS
+from tune_search.sections import ConfigError, Section
 from tune_search.stats import block_fit, contrast, simultaneous
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.training import prune, train
 from tune_search.trainable.augment import strength_key, switch_key
 
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
+
 ABLATION_COLUMNS = (
     "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "p_equivalence_adjusted",
     "verdict", "n_seeds", "df", "top1_with", "top1_without", "screen_verdict", "agrees",
 )  # fmt: skip
+
+
+class AblationConfig(Section):
+    seeds: Annotated[int, Field(ge=2)] = 3
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.5  # for augmentations the best config has off
 
 
 def ablation_configs(best: Mapping[str, Any], augmentations: Sequence[str], *, strength: float, seeds: int) -> list[dict[str, Any]]:
@@ -102,6 +111,7 @@ def paired_effects(runs: pd.DataFrame, augmentations: list[str], screen: pd.Data
 
 class Ablation(Study):
     name = "ablation"
+    sections = {"ablation": AblationConfig}
     command = "ablate"
     help = "ablate the best config of a finished search"
     flags = (Flag("--seeds", int, "ablation.seeds"), Flag("--strength", float, "ablation.strength"))

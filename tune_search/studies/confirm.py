@@ -20,24 +20,30 @@ import shlex
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import Field
 
 from tune_search import render
-from tune_search.config import SearchConfig
 from tune_search.console import display_path
 from tune_search.constants import BASELINES, MOTIVATING
 from tune_search.export import config_columns, config_from_row
+from tune_search.sections import Section
 from tune_search.stats import ALPHA, block_fit, contrast, simultaneous
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.errors import stage_alpha
-from tune_search.studies.recipe import decisions, recipe_config
+from tune_search.studies.recipe import RecipeConfig, decisions, recipe_config
+from tune_search.studies.run_configs import known_augmentations
+from tune_search.trainable import declared as declaring
 from tune_search.trainable.augment import strengths_in, switch_key
 from tune_search.trainable.hyperparameters import describe_settings
+
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
 
 RECIPE, NONE, ORIGINAL, BEST, PLUS, POLICY = "recipe", "none", "original", "best", "recipe + ", "policy "
 ARMS = {RECIPE: "the recipe", NONE: "no augmentation", ORIGINAL: "the original set", BEST: "the search's best config"}
@@ -48,6 +54,19 @@ CONFIRM_COLUMNS = (
 )  # fmt: skip
 ARM_COLUMNS = ("arm", "augmentations", "n_augmentations", "top1", "n_seeds", "rank", "best_measured", "recommended", "negligible")
 SAYS = {"helps": "better", "hurts": "worse", "harmless": "no different", "unclear": "unclear"}  # one arm against another
+
+
+class ConfirmConfig(Section):
+    """The confirmation study: the recipe against no augmentation, the original set and the
+    search's best config, at full budget, paired by seed."""
+
+    enabled: bool = True
+    # 5: with 3 seeds and 3 arms the fit has 4 residual degrees of freedom, and an interval
+    # simultaneous over the pairs at the confirmation's share needs t = 7.2 (4.0 with 5 seeds)
+    seeds: Annotated[int, Field(ge=2)] = 5
+    compare: tuple[str, ...] | None = None  # the original set; None: the all + aug baseline's
+    # automatic-policy arms: v2 policy classes (declaring.POLICIES) or entries the space declares
+    policies: tuple[str, ...] = ("TrivialAugmentWide",)
 
 
 def describe_arm(arm: str) -> str:
@@ -231,6 +250,17 @@ def comparisons(pairs: pd.DataFrame, arm_summary: pd.DataFrame) -> pd.DataFrame:
 
 class Confirm(Study):
     name = "confirm"
+    sections = {"recipe": RecipeConfig, "confirm": ConfirmConfig}
+
+    def consistent(self, cfg: SearchConfig) -> None:
+        searched = cfg.space.augmentation_names
+        known_augmentations("confirm.compare", cfg.confirm.compare, cfg, None)
+        for name in cfg.confirm.policies:
+            if name not in declaring.POLICIES and name not in searched:
+                raise ValueError(
+                    f"confirm.policies: {name!r} is neither an automatic policy ({', '.join(declaring.POLICIES)}) nor an entry the space declares; [] for none"
+                )
+
     command = "confirm"
     help = (
         "train the recipe beside no augmentation, the original set,"

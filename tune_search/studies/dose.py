@@ -12,15 +12,16 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
 from tune_search import render
-from tune_search.config import SearchConfig
 from tune_search.constants import CLEAN
 from tune_search.export import config_from_row
+from tune_search.sections import PositiveInt, Section, Strength, two_levels
 from tune_search.stats import block_fit, level_contrasts, mean_prediction
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.run_configs import base_settings, with_augmentations
@@ -28,8 +29,23 @@ from tune_search.studies.screen import harmful
 from tune_search.studies.training import prune, train
 from tune_search.trainable.augment import strength_key, switch_key
 
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
+
 DOSE_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "fitted", "fit_low", "fit_high", "n_seeds", "threshold")
 EFFECT_COLUMNS = ("harmful_above", "harmful_above_low", "harmful_above_high")  # its columns of effects.parquet
+
+
+class DoseConfig(Section):
+    """Dose-response of each augmentation the screen calls harmful."""
+
+    enabled: bool = True
+    strengths: tuple[Strength, ...] = (0.1, 0.25, 0.5, 1.0)  # 0.1: a run near where harm may start
+    seeds: Annotated[int, Field(ge=2)] = 3  # with one pooled fit, +-2 points per strength at 1 point of seed noise
+    max_augmentations: PositiveInt = 1  # the most harmful ones first
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.005  # harmful above: where it costs more than this
+
+    _levels = field_validator("strengths")(lambda value: two_levels(value, "dose-response"))
 
 
 def dose_configs(base: Mapping[str, Any], names: Sequence[str], levels: Sequence[float], seeds: Sequence[int], searched: Sequence[str]) -> list[dict[str, Any]]:
@@ -135,6 +151,7 @@ def with_thresholds(effects: pd.DataFrame, thresholds: Mapping[str, tuple[float,
 
 class Dose(Study):
     name = "dose"
+    sections = {"dose": DoseConfig}
     follows = "screen"
     tables = {"dose_runs": "the dose-response runs", "dose": "dose-response per augmentation and strength"}
 

@@ -11,8 +11,12 @@ this gives (docs/statistics.md).
 
 from __future__ import annotations
 
-from tune_search.config import SearchConfig
+from typing import TYPE_CHECKING
+
 from tune_search.stats import ALPHA
+
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
 
 # the focused screen decides most verdicts, equivalence ones included (the hardest to reach):
 # it gets the largest share; the screen only has to find the large harms, and the confirmation

@@ -16,22 +16,28 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
 from tune_search import render
-from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import CLEAN, MOTIVATING
 from tune_search.runs import BUNDLE
+from tune_search.sections import ConfigError, ModelConfig, PositiveInt, Section, Strength, two_levels
 from tune_search.stats import ALPHA, Estimate, contrast, paired_estimate, paired_interval, replicates_for_halfwidth, support_verdicts
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.dose import dose_table
+from tune_search.studies.run_configs import known_augmentations
 from tune_search.studies.screen import fit as screen_fit
 from tune_search.studies.screen import harmful, seeds_flag
 from tune_search.trainable.augment import names_in, strength_key, switch_key
+from tune_search.trainable.models import ModelSpec
+
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
 
 # a run's cell: what it changes against the base settings (the `cell` key of its config)
 DEPTH, SCRATCH, SCRATCH_LONG, MODEL, OVERSAMPLE, CROP = "depth", "scratch", "scratch_long", "model", "oversample", "crop"
@@ -44,6 +50,36 @@ class Explanation:
     contrast: str  # the difference measured, in short
     sign: int  # the sign of the contrast it predicts
     detail: str  # the two estimates behind the contrast, for the report ({a}, {b}: points)
+
+
+class ExplainModel(Section):
+    name: str
+    weights: str = ModelSpec.weights
+
+    _known = field_validator("name")(ModelConfig._known.__func__)
+
+
+class ExplainConfig(Section):
+    """The explain study: the motivating thread's explanations, each tested by a contrast."""
+
+    enabled: bool = False
+    bundle: Literal["auto"] | tuple[str, ...] = "auto"  # auto: the screen's harmful set, else constants.MOTIVATING
+    seeds: Annotated[int, Field(ge=2)] | Literal["auto"] = "auto"  # auto: 3 seeds, then as many as reach +-precision
+    precision: Annotated[float, Field(gt=0, lt=1)] = 0.02  # auto: the half-width a contrast's 95 % interval should reach
+    max_seeds: Annotated[int, Field(ge=3)] = 32  # auto: at most this many seeds
+    scratch_epochs: PositiveInt | None = None  # also a longer from-scratch run, at this budget
+    scratch_lr: tuple[Annotated[float, Field(gt=0)], ...] = (1.0, 3.0, 10.0)  # the from-scratch lr sweep: multiples of the base lr
+    models: tuple[str | ExplainModel, ...] = ()  # capacity: other models, all layers training
+    oversample_to: PositiveInt | None = None  # None: 4x the mean class size (the thread: 60 -> 256)
+    crop_strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
+    negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # negligible: an equivalence test puts the contrast within +-this
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value):
+        return tuple(ExplainModel(name=m) if isinstance(m, str) else m for m in value)
+
+    _levels = field_validator("crop_strengths")(lambda value: two_levels(value, "crop's dose-response"))
 
 
 EXPLANATIONS = {
@@ -468,6 +504,11 @@ def _cell_params(model: str, models: list[tuple[str, str]]) -> dict[str, int]:
 
 class Explain(Study):
     name = "explain"
+    sections = {"explain": ExplainConfig}
+
+    def consistent(self, cfg: SearchConfig) -> None:
+        known_augmentations("explain.bundle", cfg.explain.bundle, cfg, "auto")
+
     command = "explain"
     help = "test the motivating thread's explanations of the harm on a finished search (best after its screen)"
     flags = (

@@ -14,19 +14,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
 from tune_search import render
-from tune_search.config import SearchConfig
 from tune_search.export import config_from_row
+from tune_search.sections import PositiveInt, Section
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
 from tune_search.studies.screen import VERDICTS, family_alpha, fit, screen_configs, screen_effects, screening_design
 from tune_search.trainable.augment import switch_key
 
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
+
 SEED_OFFSET = 1000  # its runs' seeds: none shared with the screen's or the confirmation's runs
+
+
+class FocusConfig(Section):
+    """The focused screen: the augmentations the screen did not call harmful, screened again
+    with the harmful ones off, at the recipe's settings, in their own two-level design."""
+
+    enabled: bool = True
+    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicates added while any verdict is unclear
+    max_seeds: PositiveInt = 4  # with auto: at most this many replicates
 
 
 def candidates(effects: pd.DataFrame) -> list[str]:
@@ -77,6 +90,7 @@ def look_line(runs: pd.DataFrame, cfg: SearchConfig) -> str:
 
 class Focus(Study):
     name = "focus"
+    sections = {"focus": FocusConfig}
     follows = "screen"
     tables = {"focus_runs": "the focused screen's runs", "focus": "each augmentation's effect when added to the recipe"}
 

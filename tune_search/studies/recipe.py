@@ -10,11 +10,19 @@ from typing import Any
 
 import pandas as pd
 
-from tune_search.config import RecipeConfig
+from tune_search.sections import Section
 from tune_search.studies.run_configs import base_settings, with_augmentations
 
 DECISION_COLUMNS = ("augmentation", "stage", "verdict", "effect", "ci_low", "ci_high", "decision", "strength")
 NOT_SCREENED = "not screened"
+
+
+class RecipeConfig(Section):
+    """The recipe the verdicts recommend (the focused screen's where it ran, else the
+    screen's): hurts dropped, helps kept, harmless kept unless `keep_harmless: false`."""
+
+    keep_harmless: bool = True
+    keep_unclear: bool = False  # also keep augmentations whose verdict is unclear
 
 
 def decisions(effects: pd.DataFrame, focus: pd.DataFrame | None, sweep: pd.DataFrame | None, settings: RecipeConfig) -> pd.DataFrame:

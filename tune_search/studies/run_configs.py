@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tune_search.config import ConfigError, SearchConfig
 from tune_search.constants import BASELINES, FINISHED
 from tune_search.export import config_from_row
 from tune_search.runs import RUN_KEYS
-from tune_search.trainable.augment import is_augmentation_key, strength_key, switch_key
+from tune_search.sections import ConfigError
+from tune_search.trainable.augment import NAMES, is_augmentation_key, strength_key, switch_key, unknown_names
 from tune_search.trainable.trial import SPEC_KEYS
 
 if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
     from tune_search.space import Space
     from tune_search.studies._base import Folder
 
@@ -56,6 +57,15 @@ def screen_strengths(cfg: SearchConfig, space: Space) -> dict[str, float]:
     default = chosen if isinstance(chosen, float) else space.reference_strength
     named = chosen if isinstance(chosen, dict) else {}
     return {n: 1.0 if n in space.switches else float(named.get(n, default)) for n in space.augmentations}
+
+
+def known_augmentations(key: str, names, cfg: SearchConfig, default: str | None) -> None:
+    """Refuse (ValueError) a list of augmentations `key` holds that names one the run does not
+    know (a built-in or an entry its space declares); `default` is the key's word for none."""
+    known = (*NAMES, *(d.name for d in cfg.space.declared))
+    if names not in (None, default) and (not names or unknown_names(names, known)):
+        bad = ", ".join(unknown_names(names, known)) or "none"
+        raise ValueError(f"{key}: unknown augmentation(s) {bad}; valid: {default or 'null'}, or a list of {', '.join(known)}")
 
 
 def screened(runs: pd.DataFrame, names: Sequence[str]) -> list[str]:

@@ -16,15 +16,16 @@ import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from pyDOE3 import fold, pbdesign
 
 from tune_search import render
-from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES, CLEAN, MOTIVATING
+from tune_search.sections import PositiveInt, Section, Strength
 from tune_search.stats import (
     ALPHA,
     MainEffects,
@@ -41,6 +42,9 @@ from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
+
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
 
 EFFECT_COLUMNS = (
     "augmentation",
@@ -65,6 +69,18 @@ EFFECT_COLUMNS = (
 )  # fmt: skip  (its columns of effects.parquet)
 NOT_SCREENED = "not screened"
 VERDICTS = ("hurts", "helps", "harmless", "unclear")
+
+
+class ScreenConfig(Section):
+    """The screening study after the search: a two-level design over the searched
+    augmentations at fixed other settings."""
+
+    enabled: bool = True
+    base: Literal["best", "baseline"] = "best"  # the best config's settings, or the "all layers" baseline's
+    strength: Strength | dict[str, Strength] | None = None  # None: the baselines' strength
+    seeds: PositiveInt | Literal["auto"] = "auto"  # auto: replicates added while any verdict is unclear
+    negligible: Annotated[float, Field(gt=0, lt=1)] = 0.01  # harmless: an equivalence test puts the effect within +-this
+    max_seeds: PositiveInt = 1  # the focused screen decides what the screen leaves unclear
 
 
 def family_alpha(cfg: SearchConfig) -> float:
@@ -351,6 +367,14 @@ def _run_line(cfg: SearchConfig, base: dict, names: list[str], replicates: int, 
 
 class Screen(Study):
     name = "screen"
+    sections = {"screen": ScreenConfig}
+
+    def consistent(self, cfg: SearchConfig) -> None:
+        strength, searched = cfg.screen.strength, cfg.space.augmentation_names
+        stray = [n for n in strength if n not in searched] if isinstance(strength, dict) else []
+        if stray:
+            raise ValueError(f"screen.strength names {', '.join(stray)}, which the space does not search; searched: {', '.join(searched)}")
+
     command = "screen"
     help = "screen the augmentations of a finished search (then the studies that follow it)"
     flags = (Flag("--seeds", seeds_flag, "screen.seeds"), Flag("--strength", float, "screen.strength"), Flag("--base", str, "screen.base"))

@@ -11,20 +11,36 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
+from pydantic import Field, field_validator
 
 from tune_search import render
-from tune_search.config import SearchConfig
 from tune_search.export import config_from_row
+from tune_search.sections import Section, Strength, two_levels
 from tune_search.stats import level_contrasts
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.recipe import decisions, recipe_config
 from tune_search.trainable.augment import strength_key, switch_key
 
+if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
+
 SEED_OFFSET = 2000  # its runs' seeds: none shared with the other studies' runs
 SWEEP_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "top1", "n_seeds", "chosen")
+
+
+class SweepConfig(Section):
+    """The strength of every augmentation the focused screen calls helpful, from measured runs:
+    each at `strengths` and off on top of the rest of the recipe, paired by seed."""
+
+    enabled: bool = True
+    strengths: tuple[Strength, ...] = (0.25, 0.5, 1.0)
+    seeds: Annotated[int, Field(ge=2)] = 2
+
+    _levels = field_validator("strengths")(lambda value: two_levels(value, "the strength sweep"))
 
 
 def sweep_configs(recipe: dict, names: Sequence[str], levels: Sequence[float], seeds: Sequence[int], searched: Sequence[str]) -> list[dict]:
@@ -69,6 +85,7 @@ def helpful(table: pd.DataFrame) -> list[str]:
 
 class Sweep(Study):
     name = "sweep"
+    sections = {"sweep": SweepConfig}
     follows = "screen"
     tables = {"sweep_runs": "the strength sweep's runs", "sweep": "each helpful augmentation's effect per strength, and the one kept"}
 

@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from tune_search.checkpoints import prune_checkpoints
-from tune_search.config import SearchConfig
 from tune_search.constants import FINISHED
 from tune_search.export import runs_table
 from tune_search.runs import run_of
 
 if TYPE_CHECKING:
+    from tune_search.config import SearchConfig
     from tune_search.studies._base import Folder, StudyContext
 
 

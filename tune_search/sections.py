@@ -1,0 +1,176 @@
+"""The space file's sections every run has (data, model, space, budget, resources, run), the
+base class of every section, and the error a wrong file or flag raises. Each designed study
+declares its own section in its module (`Study.sections`); `tune_search.config` assembles them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tune_search.trainable import declared as declaring
+from tune_search.trainable.augment import NAMES, unknown_names
+from tune_search.trainable.data import DataSpec
+from tune_search.trainable.hyperparameters import BY_NAME, HYPERPARAMETERS
+from tune_search.trainable.models import ModelSpec, available_models
+from tune_search.trainable.trial import TrialSpec
+
+
+class ConfigError(ValueError):
+    """A space file or flag is wrong; the message names the key and the allowed values."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Range = tuple[float, float]
+
+
+def _ordered(value, key: str):
+    if isinstance(value, tuple) and value[0] > value[1]:
+        raise ValueError(f"{key} range [{value[0]}, {value[1]}] is reversed: write [low, high]")
+    return value
+
+
+class DataConfig(Section):
+    source: str = "fashion-mnist"
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 32
+    train_size: PositiveInt | None = None
+    val_size: PositiveInt | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = DataSpec.val_fraction
+    balance: Literal["none", "oversample", "weighted"] = TrialSpec.balance
+    oversample_to: PositiveInt | None = None
+    max_pixels: PositiveInt = DataSpec.max_pixels  # a folder's image with more pixels is skipped, never decoded
+
+
+class ModelConfig(Section):
+    name: str = ModelSpec.name
+    weights: str = ModelSpec.weights
+    precision: Literal["auto", "fp32", "bf16"] = TrialSpec.precision
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in available_models():
+            raise ValueError(f"unknown model {name!r}; valid models: {', '.join(available_models())}")
+        return name
+
+
+class SpaceConfig(Section):
+    """Each hyperparameter is a range (searched) or one value (fixed). `augmentations`: all
+    built-ins, or a list whose items are built-in names or declared entries `{NAME: {transform:
+    CLASS, at_full: {...}, scales: {...}}}` (tune_search.trainable.declared)."""
+
+    augmentations: Literal["all"] | tuple[str | dict[str, Any], ...] = "all"
+    strength: Range = (0.0, 1.0)
+    lr: Annotated[float, Field(gt=0)] | Range = (1e-4, 1e-2)
+    freeze_depth: int | Literal["max"] | tuple[int | Literal["max"], int | Literal["max"]] = (0, "max")
+    weight_decay: Annotated[float, Field(ge=0)] | Range = BY_NAME["weight_decay"].default
+    batch_size: PositiveInt | tuple[PositiveInt, ...] = BY_NAME["batch_size"].default
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | Range = BY_NAME["label_smoothing"].default
+    baseline_strength: Annotated[float, Field(ge=0, le=1)] = 0.5
+    baseline_lr: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("augmentations")
+    @classmethod
+    def _known_augs(cls, value):
+        if value == "all":
+            return value
+        names = []
+        for item in value:
+            if isinstance(item, str):
+                if unknown_names([item]):
+                    raise ValueError(
+                        f"unknown augmentation {item!r}; valid: all, or a list of {', '.join(NAMES)}"
+                        " and entries you declare ({NAME: {transform: CLASS, at_full: {...}, scales: {...}}})"
+                    )
+                names.append(item)
+            elif len(item) != 1:
+                raise ValueError(f"a declared entry is one NAME: {{transform: ...}} mapping per list item (got keys {', '.join(map(str, item))})")
+            else:
+                ((name, entry),) = item.items()
+                declaring.declare(name, entry)  # raises naming the entry and the key
+                names.append(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"augmentations are listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        return value
+
+    @property
+    def declared(self) -> tuple[declaring.Declaration, ...]:
+        """The entries this space declares, in the order listed."""
+        if self.augmentations == "all":
+            return ()
+        return tuple(declaring.declare(*next(iter(item.items()))) for item in self.augmentations if isinstance(item, dict))
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        _ordered(self.strength, "strength")
+        if not 0 <= self.strength[0] <= self.strength[1] <= 1:
+            raise ValueError(f"strength range {list(self.strength)} must lie within [0, 1]")
+        for h in HYPERPARAMETERS:
+            value = getattr(self, h.name)
+            if h.choices or h.integer:  # a set of choices; freeze depths resolve against the model
+                continue
+            _ordered(value, h.name)
+            if h.log and isinstance(value, tuple) and value[0] <= 0:
+                fix = "; use 0 to fix it at 0" if h.default == 0 else ""
+                raise ValueError(f"{h.name} range must be positive (it is searched on a log scale){fix}")
+        return self
+
+    @property
+    def augmentation_names(self) -> tuple[str, ...]:
+        """The searched augmentations: the built-ins in registry order, then the declared."""
+        if self.augmentations == "all":
+            return NAMES
+        return (*(n for n in NAMES if n in self.augmentations), *(d.name for d in self.declared))
+
+
+BASELINE_TRIALS = 3  # head only, all layers, all + aug: they always run
+
+
+class BudgetConfig(Section):
+    num_samples: Annotated[int, Field(ge=BASELINE_TRIALS)] = 6
+    max_epochs: PositiveInt = 3
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(ge=2)] = 2
+    top_k: PositiveInt = 3
+
+    @model_validator(mode="after")
+    def _grace(self):
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period {self.grace_period} exceeds max_epochs {self.max_epochs}")
+        return self
+
+
+class ResourcesConfig(Section):
+    cpus_per_trial: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    gpus_per_trial: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
+    max_concurrent: PositiveInt | None = None
+    fast_path: bool = TrialSpec.fast_path
+
+
+Strength = Annotated[float, Field(gt=0, le=1)]
+
+
+def two_levels(value: tuple[float, ...], study: str) -> tuple[float, ...]:
+    """Strengths for a dose-response: sorted, at least two different ones."""
+    if len(set(value)) < 2:
+        raise ValueError(f"{study} needs at least two different strengths")
+    return tuple(sorted(set(value)))
+
+
+class RunSection(Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "default"
+    storage: Annotated[str, Field(min_length=1)] = "results"
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    verbose: bool = False  # Ray's own trial tables, configuration boxes and worker logs
+    keep_checkpoints: bool = False  # false: after each phase only the top_k search trials' checkpoints stay
+
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, name: str) -> str:
+        if set(name) == {"."}:
+            raise ValueError("must name a folder inside the storage: letters, digits, '.', '_', '-', not only dots")
+        return name
