@@ -20,53 +20,21 @@ from tune_search.sections import (
     ModelConfig,
     ResourcesConfig,
     RunSection,
-    Section,
+    SearchConfigBase,
     SpaceConfig,
 )
 from tune_search.studies import STUDIES
 from tune_search.trainable import declared as declaring
-from tune_search.trainable.augment import NAMES, Augmentation
 
 __all__ = ["ConfigError", "SearchConfig", "load_config", "set_dotted"]
 
 
-class _SearchConfig(Section):
-    """The whole space file; the fields come from `SearchConfig`'s assembly below."""
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        for declaration in self.space.declared:  # each declared transform runs on probe images of the run's size
-            declaring.check_on_images(declaration, self.data.image_size)
-        for study in STUDIES:  # each study's section against the rest (ValueError naming the key)
-            study.consistent(self)
-        return self
-
-    @property
-    def declared(self) -> tuple[declaring.Declaration, ...]:
-        """Every declared entry a trial may train with: the space's, then the policy arms'."""
-        own = self.space.declared
-        names = {d.name for d in own}
-        policies = tuple(declaring.policy(p) for p in self.confirm.policies if p in declaring.POLICIES and declaring.policy(p).name not in names)
-        return own + tuple(dict.fromkeys(policies))
-
-    @property
-    def policy_names(self) -> tuple[str, ...]:
-        """The confirmation's policy arms, as augmentation names."""
-        return tuple(declaring.policy(p).name if p in declaring.POLICIES and p not in self.space.augmentation_names else p for p in self.confirm.policies)
-
-    def space_items(self, names) -> list[str | dict[str, Any]]:
-        """`space.augmentations` items that search `names`: a built-in's name, a declared
-        entry as the space file wrote it (a policy arm's as its class)."""
-        written = {next(iter(i)): i for i in self.space.augmentations if isinstance(i, dict)} if self.space.augmentations != "all" else {}
-        policies = {d.name: {d.name: {"transform": d.transform}} for d in self.declared}
-        return [n if n in NAMES else written.get(n, policies.get(n)) for n in names]
-
-    @property
-    def catalog(self) -> dict[str, Augmentation]:
-        return declaring.catalog(self.declared)
-
-    def dump(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+def _consistent(config):
+    for declaration in config.space.declared:  # each declared transform runs on probe images of the run's size
+        declaring.check_on_images(declaration, config.data.image_size)
+    for study in STUDIES:  # each study's section against the rest (ValueError naming the key)
+        study.consistent(config)
+    return config
 
 
 def _sections() -> dict[str, Any]:
@@ -76,7 +44,13 @@ def _sections() -> dict[str, Any]:
     return {key: (model, model()) for key, model in (own | studies | {"run": RunSection}).items()}
 
 
-SearchConfig = create_model("SearchConfig", __base__=_SearchConfig, __module__=__name__, **_sections())
+SearchConfig = create_model(
+    "SearchConfig",
+    __base__=SearchConfigBase,
+    __module__=__name__,
+    __validators__={"consistent": model_validator(mode="after")(_consistent)},
+    **_sections(),
+)
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tune_search.trainable import declared as declaring
-from tune_search.trainable.augment import NAMES, unknown_names
+from tune_search.trainable.augment import NAMES, Augmentation, unknown_names
 from tune_search.trainable.data import DataSpec
 from tune_search.trainable.hyperparameters import BY_NAME, HYPERPARAMETERS
 from tune_search.trainable.models import ModelSpec, available_models
@@ -174,3 +175,35 @@ class RunSection(Section):
         if set(name) == {"."}:
             raise ValueError("must name a folder inside the storage: letters, digits, '.', '_', '-', not only dots")
         return name
+
+
+class SearchConfigBase(Section):
+    """What every assembled space file (`tune_search.config.SearchConfig`) offers beside its
+    sections: the run's declared augmentations, its catalog and its YAML."""
+
+    @property
+    def declared(self) -> tuple[declaring.Declaration, ...]:
+        """Every declared entry a trial may train with: the space's, then the policy arms'."""
+        own = self.space.declared
+        names = {d.name for d in own}
+        policies = tuple(declaring.policy(p) for p in self.confirm.policies if p in declaring.POLICIES and declaring.policy(p).name not in names)
+        return own + tuple(dict.fromkeys(policies))
+
+    @property
+    def policy_names(self) -> tuple[str, ...]:
+        """The confirmation's policy arms, as augmentation names."""
+        return tuple(declaring.policy(p).name if p in declaring.POLICIES and p not in self.space.augmentation_names else p for p in self.confirm.policies)
+
+    def space_items(self, names) -> list[str | dict[str, Any]]:
+        """`space.augmentations` items that search `names`: a built-in's name, a declared
+        entry as the space file wrote it (a policy arm's as its class)."""
+        written = {next(iter(i)): i for i in self.space.augmentations if isinstance(i, dict)} if self.space.augmentations != "all" else {}
+        policies = {d.name: {d.name: {"transform": d.transform}} for d in self.declared}
+        return [n if n in NAMES else written.get(n, policies.get(n)) for n in names]
+
+    @property
+    def catalog(self) -> dict[str, Augmentation]:
+        return declaring.catalog(self.declared)
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

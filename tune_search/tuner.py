@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 import torch
@@ -23,14 +23,11 @@ from tune_search.console import Progress
 from tune_search.interrupt import tuning
 from tune_search.location import RunLocation, join
 from tune_search.runs import STUDY_RUN, run_of
-from tune_search.sections import ConfigError, ResourcesConfig
+from tune_search.sections import ConfigError, ResourcesConfig, SearchConfigBase
 from tune_search.space import Space
 from tune_search.storage import storage_filesystem
 from tune_search.trainable.data import Dataset
 from tune_search.trainable.trial import TrialSpec, amp_dtype, spec_for, train_trial
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 METRIC, MODE = "top1", "max"
 STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal
@@ -144,7 +141,7 @@ def trial_resources(resources: ResourcesConfig, cluster: dict[str, float]) -> tu
     return float(cpus), float(gpus)
 
 
-def _trainable(cfg: SearchConfig, data: Dataset, spec: TrialSpec, fn=train_trial):
+def _trainable(cfg: SearchConfigBase, data: Dataset, spec: TrialSpec, fn=train_trial):
     import ray
 
     cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
@@ -152,7 +149,7 @@ def _trainable(cfg: SearchConfig, data: Dataset, spec: TrialSpec, fn=train_trial
     return tune.with_resources(tune.with_parameters(fn, data=data, spec=spec), {"cpu": cpus, "gpu": gpus})
 
 
-def resources_line(cfg: SearchConfig, spec: TrialSpec) -> str:
+def resources_line(cfg: SearchConfigBase, spec: TrialSpec) -> str:
     """What each trial gets on the running Ray, in one line."""
     import ray
 
@@ -175,7 +172,7 @@ def reuse_actors() -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
-def _run_config(cfg: SearchConfig, location: RunLocation, name: str, trials: int, phase: str) -> tune.RunConfig:
+def _run_config(cfg: SearchConfigBase, location: RunLocation, name: str, trials: int, phase: str) -> tune.RunConfig:
     return tune.RunConfig(
         name=name,
         storage_path=location.storage,
@@ -203,11 +200,11 @@ def _fit(tuner: tune.Tuner, uri: str, phase: str) -> tune.ResultGrid:
     return results
 
 
-def make_searcher(cfg: SearchConfig, space: Space, journal: Path | None = None) -> PruneAwareOptunaSearch:
+def make_searcher(cfg: SearchConfigBase, space: Space, journal: Path | None = None) -> PruneAwareOptunaSearch:
     return PruneAwareOptunaSearch(space, max_t=cfg.budget.max_epochs, seed=cfg.run.seed, baselines=space.baseline_points(), journal=journal)
 
 
-def run_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, space: Space, location: RunLocation, journal: Path | None = None) -> tune.ResultGrid:
+def run_search(cfg: SearchConfigBase, data: Dataset, spec: TrialSpec, space: Space, location: RunLocation, journal: Path | None = None) -> tune.ResultGrid:
     """A new search; its Optuna study is kept in `journal` (a new file) when given."""
     if journal is not None:
         journal.unlink(missing_ok=True)  # a new search in a reused folder starts a new study
@@ -242,7 +239,7 @@ def resumable(location: RunLocation) -> bool:
     return tune.Tuner.can_restore(location.uri, storage_filesystem=storage_filesystem(location.storage))
 
 
-def resume_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, location: RunLocation) -> tune.ResultGrid:
+def resume_search(cfg: SearchConfigBase, data: Dataset, spec: TrialSpec, location: RunLocation) -> tune.ResultGrid:
     """Continue an interrupted search: finished trials are kept as they are, unfinished ones
     continue from their last checkpoint, the searcher and scheduler from their saved state."""
     tuner = tune.Tuner.restore(
@@ -251,7 +248,7 @@ def resume_search(cfg: SearchConfig, data: Dataset, spec: TrialSpec, location: R
     return _fit(tuner, location.uri, "search")
 
 
-def run_fixed(cfg: SearchConfig, data: Dataset, spec: TrialSpec, config: dict[str, Any], location: RunLocation) -> tune.ResultGrid:
+def run_fixed(cfg: SearchConfigBase, data: Dataset, spec: TrialSpec, config: dict[str, Any], location: RunLocation) -> tune.ResultGrid:
     """Train one fixed configuration for the full budget (no search, no early stopping)."""
     tuner = tune.Tuner(
         _trainable(cfg, data, spec),
@@ -282,7 +279,7 @@ def _same_study(folder: Path | None, configs: list[dict[str, Any]]) -> None:
 
 
 def run_study(
-    cfg: SearchConfig,
+    cfg: SearchConfigBase,
     data: Dataset,
     spec: TrialSpec,
     configs: list[dict[str, Any]],

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from tune_search.sections import SearchConfigBase
 from tune_search.studies import dose, screen
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.ablation import Ablation
@@ -23,9 +23,6 @@ from tune_search.studies.focus import Focus
 from tune_search.studies.screen import Screen
 from tune_search.studies.sweep import Sweep
 
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
-
 __all__ = ["STUDIES", "Flag", "Study", "StudyContext", "analyse", "by_command", "by_name", "effects_table", "selected"]
 
 STUDIES: tuple[Study, ...] = (Screen(), Focus(), Sweep(), Dose(), Confirm(), Ablation(), Explain())
@@ -33,7 +30,7 @@ by_name = {s.name: s for s in STUDIES}
 by_command = {s.command: s for s in STUDIES if s.command}
 
 
-def selected(names: Sequence[str], cfg: SearchConfig) -> list[Study]:
+def selected(names: Sequence[str], cfg: SearchConfigBase) -> list[Study]:
     """The studies `names` asks for, each followed by the enabled studies that follow it, in
     registry order."""
     chosen = set(names)
@@ -56,7 +53,7 @@ def effects_table(names: Sequence[str], search: pd.DataFrame | None) -> pd.DataF
     return table.merge(renamed, on="augmentation", how="left")
 
 
-def analyse(tables: Tables, cfg: SearchConfig, classes: Sequence[str], search: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+def analyse(tables: Tables, cfg: SearchConfigBase, classes: Sequence[str], search: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
     """Every analysis table from the runs tables present, without training: effects.parquet,
     then each study's own in registry order (a study reads those of the studies before it).
     Pure: the tables are returned, never written."""

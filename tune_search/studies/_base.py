@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import pandas as pd
 
 from tune_search.location import RunLocation
+from tune_search.sections import SearchConfigBase
 
 if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
     from tune_search.space import Space
     from tune_search.trainable.data import Dataset
     from tune_search.trainable.trial import TrialSpec
@@ -56,7 +56,7 @@ class StudyContext:
     """What the studies of one results folder train with."""
 
     folder: Folder
-    cfg: SearchConfig
+    cfg: SearchConfigBase
     space: Space
     spec: TrialSpec
     data: Dataset
@@ -74,25 +74,25 @@ class Study(abc.ABC):
     help: ClassVar[str] = ""
     flags: ClassVar[tuple[Flag, ...]] = ()
     follows: ClassVar[str | None] = None  # runs right after this study when `enabled`
-    # its space-file section(s): key -> a `tune_search.sections.Section` model; SearchConfig has them
+    # its space-file section(s): key -> a `tune_search.sections.Section` model; SearchConfigBase has them
     sections: ClassVar[Mapping[str, type]] = {}
 
-    def enabled(self, cfg: SearchConfig) -> bool:
+    def enabled(self, cfg: SearchConfigBase) -> bool:
         """Whether it runs after a search (or after the study it follows) by default."""
         return False
 
-    def consistent(self, cfg: SearchConfig) -> None:
+    def consistent(self, cfg: SearchConfigBase) -> None:
         """Refuse, while the space file is read, its section's values that the rest of the
         file contradicts (ValueError naming the key)."""
 
-    def check(self, cfg: SearchConfig) -> None:
+    def check(self, cfg: SearchConfigBase) -> None:
         """Refuse, before Ray starts, settings this study cannot run with (ConfigError)."""
 
     @abc.abstractmethod
     def run(self, ctx: StudyContext) -> None:
         """Train the study and write its runs table(s)."""
 
-    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         """Its analysis tables from the tables present (its runs, and those of the studies
         before it in `STUDIES`): pure, never written here."""
         return {}
@@ -113,6 +113,6 @@ class Study(abc.ABC):
         """The console's last lines, after the baseline table."""
         return None
 
-    def files(self, tables: Tables, cfg: SearchConfig, folder: Path) -> dict[str, str]:
+    def files(self, tables: Tables, cfg: SearchConfigBase, folder: Path) -> dict[str, str]:
         """Files besides tables it writes into the results folder `folder`: name -> text."""
         return {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -14,14 +14,11 @@ from pydantic import Field
 from tune_search import render
 from tune_search.export import config_from_row
 from tune_search.runs import RUN_KEYS
-from tune_search.sections import ConfigError, Section
+from tune_search.sections import ConfigError, SearchConfigBase, Section
 from tune_search.stats import block_fit, contrast, simultaneous
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.training import prune, train
 from tune_search.trainable.augment import strength_key, switch_key
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 ABLATION_COLUMNS = (
     "augmentation", "switched", "strength", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "p_equivalence_adjusted",
@@ -135,7 +132,7 @@ class Ablation(Study):
         ctx.folder.write("ablation_runs", runs)
         prune(ctx, "ablation")
 
-    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         runs = tables.get("ablation_runs")
         if runs is None:
             return {}

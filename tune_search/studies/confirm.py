@@ -20,7 +20,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from tune_search import render
 from tune_search.console import display_path
 from tune_search.constants import BASELINES, MOTIVATING
 from tune_search.export import config_columns, config_from_row
-from tune_search.sections import Section
+from tune_search.sections import SearchConfigBase, Section
 from tune_search.stats import ALPHA, block_fit, contrast, simultaneous
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
@@ -41,9 +41,6 @@ from tune_search.studies.run_configs import known_augmentations
 from tune_search.trainable import declared as declaring
 from tune_search.trainable.augment import strengths_in, switch_key
 from tune_search.trainable.hyperparameters import describe_settings
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 RECIPE, NONE, ORIGINAL, BEST, PLUS, POLICY = "recipe", "none", "original", "best", "recipe + ", "policy "
 ARMS = {RECIPE: "the recipe", NONE: "no augmentation", ORIGINAL: "the original set", BEST: "the search's best config"}
@@ -86,7 +83,7 @@ def recommended_row(recipe: Mapping[str, Any], best: pd.DataFrame, top1: float, 
     return pd.concat([searched, pd.DataFrame([row], columns=searched.columns).astype(searched.dtypes.to_dict())], ignore_index=True)
 
 
-def recipe_space(cfg: SearchConfig, recipe: Mapping[str, Any], row: int, folder: str = ".") -> str:
+def recipe_space(cfg: SearchConfigBase, recipe: Mapping[str, Any], row: int, folder: str = ".") -> str:
     """recipe.yaml: the run's space file narrowed to the recommendation (its settings fixed,
     only its augmentations searched, at their strengths), with how to re-train it exactly;
     the commands name the files in `folder` (the results folder as the user types it)."""
@@ -155,7 +152,7 @@ def arms(
     return distinct
 
 
-def policy_arms(cfg: SearchConfig) -> dict[str, str]:
+def policy_arms(cfg: SearchConfigBase) -> dict[str, str]:
     """{arm label: augmentation name} of `confirm.policies`: `policy TrivialAugmentWide`, ..."""
     return {POLICY + shown: name for shown, name in zip(cfg.confirm.policies, cfg.policy_names)}
 
@@ -252,7 +249,7 @@ class Confirm(Study):
     name = "confirm"
     sections = {"recipe": RecipeConfig, "confirm": ConfirmConfig}
 
-    def consistent(self, cfg: SearchConfig) -> None:
+    def consistent(self, cfg: SearchConfigBase) -> None:
         searched = cfg.space.augmentation_names
         known_augmentations("confirm.compare", cfg.confirm.compare, cfg, None)
         for name in cfg.confirm.policies:
@@ -275,7 +272,7 @@ class Confirm(Study):
         "confirm": "the recommended arm against each other arm, paired by seed",
     }
 
-    def enabled(self, cfg: SearchConfig) -> bool:
+    def enabled(self, cfg: SearchConfigBase) -> bool:
         return cfg.screen.enabled and cfg.confirm.enabled
 
     def run(self, ctx: StudyContext) -> None:
@@ -303,7 +300,7 @@ class Confirm(Study):
         recommended = summary.loc[summary["recommended"], "arm"].iloc[0]
         training.prune(ctx, "confirm", keep=set(runs.loc[(runs["label"] == recommended) & (runs["seed"] == 0), "trial_id"]))
 
-    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         effects, screen = tables.get("effects"), tables.get("screen")
         if screen is None or effects is None or (effects["verdict"] == "not screened").all():
             return {}
@@ -322,7 +319,7 @@ class Confirm(Study):
             out["best_configs"] = recommended_row(recommended, tables["best_configs"], top1, cfg.budget.max_epochs)
         return out
 
-    def files(self, tables: Tables, cfg: SearchConfig, folder: Path) -> dict[str, str]:
+    def files(self, tables: Tables, cfg: SearchConfigBase, folder: Path) -> dict[str, str]:
         best = tables.get("best_configs")
         if best is None or not (best["trial_id"] == RECOMMENDED).any():
             return {}

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -21,16 +21,13 @@ from pydantic import Field, field_validator
 from tune_search import render
 from tune_search.constants import CLEAN
 from tune_search.export import config_from_row
-from tune_search.sections import PositiveInt, Section, Strength, two_levels
+from tune_search.sections import PositiveInt, SearchConfigBase, Section, Strength, two_levels
 from tune_search.stats import block_fit, level_contrasts, mean_prediction
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.run_configs import base_settings, with_augmentations
 from tune_search.studies.screen import harmful
 from tune_search.studies.training import prune, train
 from tune_search.trainable.augment import strength_key, switch_key
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 DOSE_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "fitted", "fit_low", "fit_high", "n_seeds", "threshold")
 EFFECT_COLUMNS = ("harmful_above", "harmful_above_low", "harmful_above_high")  # its columns of effects.parquet
@@ -155,7 +152,7 @@ class Dose(Study):
     follows = "screen"
     tables = {"dose_runs": "the dose-response runs", "dose": "dose-response per augmentation and strength"}
 
-    def enabled(self, cfg: SearchConfig) -> bool:
+    def enabled(self, cfg: SearchConfigBase) -> bool:
         return cfg.screen.enabled and cfg.dose.enabled
 
     def run(self, ctx: StudyContext) -> None:
@@ -185,7 +182,7 @@ class Dose(Study):
         ctx.folder.write("dose_runs", runs)
         prune(ctx, "dose")
 
-    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         runs = tables.get("dose_runs")
         if runs is None:
             return {}

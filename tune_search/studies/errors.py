@@ -11,12 +11,8 @@ this gives (docs/statistics.md).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from tune_search.sections import SearchConfigBase
 from tune_search.stats import ALPHA
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 # the focused screen decides most verdicts, equivalence ones included (the hardest to reach):
 # it gets the largest share; the screen only has to find the large harms, and the confirmation
@@ -24,20 +20,20 @@ if TYPE_CHECKING:
 SHARES = {"screen": 1, "focus": 3, "confirm": 1}
 
 
-def stages(cfg: SearchConfig) -> tuple[str, ...]:
+def stages(cfg: SearchConfigBase) -> tuple[str, ...]:
     """The verdict-making stages the config runs after a search, in order."""
     if not cfg.screen.enabled:
         return ()
     return ("screen", *(("focus",) if cfg.focus.enabled else ()), *(("confirm",) if cfg.confirm.enabled else ()))
 
 
-def stage_alpha(cfg: SearchConfig, stage: str) -> float:
+def stage_alpha(cfg: SearchConfigBase, stage: str) -> float:
     """The share of ALPHA one stage spends over all its looks (ALPHA for a stage run alone)."""
     running = stages(cfg)
     return ALPHA * SHARES[stage] / sum(SHARES[s] for s in running) if stage in running else ALPHA
 
 
-def look_alpha(cfg: SearchConfig, stage: str) -> float:
+def look_alpha(cfg: SearchConfigBase, stage: str) -> float:
     """What one look of `stage` spends: its share over its most looks (`seeds: auto`)."""
     section = getattr(cfg, stage)
     looks = section.max_seeds if getattr(section, "seeds", None) == "auto" else 1

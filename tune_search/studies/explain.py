@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from tune_search import render
 from tune_search.constants import CLEAN, MOTIVATING
 from tune_search.runs import BUNDLE
-from tune_search.sections import ConfigError, ModelConfig, PositiveInt, Section, Strength, two_levels
+from tune_search.sections import ConfigError, ModelConfig, PositiveInt, SearchConfigBase, Section, Strength, two_levels
 from tune_search.stats import ALPHA, Estimate, contrast, paired_estimate, paired_interval, replicates_for_halfwidth, support_verdicts
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
@@ -35,9 +35,6 @@ from tune_search.studies.screen import fit as screen_fit
 from tune_search.studies.screen import harmful, seeds_flag
 from tune_search.trainable.augment import names_in, strength_key, switch_key
 from tune_search.trainable.models import ModelSpec
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 # a run's cell: what it changes against the base settings (the `cell` key of its config)
 DEPTH, SCRATCH, SCRATCH_LONG, MODEL, OVERSAMPLE, CROP = "depth", "scratch", "scratch_long", "model", "oversample", "crop"
@@ -478,7 +475,7 @@ def best_lr(sweep: pd.DataFrame) -> float:
     return float(sweep.loc[sweep["top1"].idxmax(), "lr"])
 
 
-def explain_bundle(folder, cfg: SearchConfig, space) -> dict[str, float]:
+def explain_bundle(folder, cfg: SearchConfigBase, space) -> dict[str, float]:
     """The augmentations the explain study switches together, at their strengths:
     explain.bundle, else the screen's harmful set, else the thread's six."""
     names: list[str] = list(cfg.explain.bundle) if cfg.explain.bundle != "auto" else []
@@ -490,7 +487,7 @@ def explain_bundle(folder, cfg: SearchConfig, space) -> dict[str, float]:
     return {n: strengths.get(n, space.reference_strength) for n in names}
 
 
-def oversample_target(cfg: SearchConfig, data) -> int:
+def oversample_target(cfg: SearchConfigBase, data) -> int:
     """explain.oversample_to, else 4x the mean class size (the thread: 60 a class -> 256)."""
     return cfg.explain.oversample_to or 4 * math.ceil(len(data.train) / max(data.num_classes, 1))
 
@@ -506,7 +503,7 @@ class Explain(Study):
     name = "explain"
     sections = {"explain": ExplainConfig}
 
-    def consistent(self, cfg: SearchConfig) -> None:
+    def consistent(self, cfg: SearchConfigBase) -> None:
         known_augmentations("explain.bundle", cfg.explain.bundle, cfg, "auto")
 
     command = "explain"
@@ -525,10 +522,10 @@ class Explain(Study):
         "crop_sensitivity": "how often crops change the clean model's predictions, per kept area and class",
     }
 
-    def enabled(self, cfg: SearchConfig) -> bool:
+    def enabled(self, cfg: SearchConfigBase) -> bool:
         return cfg.screen.enabled and cfg.explain.enabled
 
-    def check(self, cfg: SearchConfig) -> None:
+    def check(self, cfg: SearchConfigBase) -> None:
         """Every model explain.models names loads its weights."""
         from tune_search.trainable.models import ModelSpec, WeightsError, pretrained_backbone
 
@@ -609,7 +606,7 @@ class Explain(Study):
             folder.write("crop_sensitivity", pd.DataFrame(crop_sensitivity(TrialSettings.from_config(config), spec_for(spec, config), data, state)))
         training.prune(ctx, "explain", "explain-lr", *batches)
 
-    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         """explain.parquet (one row per explanation tested), explain_cells.parquet (the bundle's
         effect per cell) and crop's dose-response beside them."""
         from tune_search.trainable.models import ModelSpec

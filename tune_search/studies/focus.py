@@ -14,21 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pandas as pd
 
 from tune_search import render
 from tune_search.export import config_from_row
-from tune_search.sections import PositiveInt, Section
+from tune_search.sections import PositiveInt, SearchConfigBase, Section
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
 from tune_search.studies.screen import VERDICTS, family_alpha, fit, screen_configs, screen_effects, screening_design
 from tune_search.trainable.augment import switch_key
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 SEED_OFFSET = 1000  # its runs' seeds: none shared with the screen's or the confirmation's runs
 
@@ -67,20 +64,20 @@ def focus_configs(base: dict, strengths: dict[str, float], searched: Sequence[st
     return out
 
 
-def focus_effects(runs: pd.DataFrame, cfg: SearchConfig) -> pd.DataFrame:
+def focus_effects(runs: pd.DataFrame, cfg: SearchConfigBase) -> pd.DataFrame:
     """focus.parquet: the screen's effect columns for the focused design's runs."""
     names = run_configs.screened(runs, cfg.space.augmentation_names)
     return screen_effects(runs, names, alpha=look_alpha(cfg, "focus"), negligible=cfg.screen.negligible)
 
 
-def another_replicate(runs: pd.DataFrame, cfg: SearchConfig) -> bool:
+def another_replicate(runs: pd.DataFrame, cfg: SearchConfigBase) -> bool:
     """Add a replicate while any verdict is unclear, up to focus.max_seeds (`seeds: auto`)."""
     if cfg.focus.seeds != "auto" or runs["seed"].nunique() >= cfg.focus.max_seeds:
         return False
     return bool((focus_effects(runs, cfg)["verdict"] == "unclear").any())
 
 
-def look_line(runs: pd.DataFrame, cfg: SearchConfig) -> str:
+def look_line(runs: pd.DataFrame, cfg: SearchConfigBase) -> str:
     effects = focus_effects(runs, cfg)
     residual = fit(runs, list(effects["augmentation"])).residual_sd
     counts = ", ".join(f"{n} {v}" for v in VERDICTS if (n := int((effects["verdict"] == v).sum())))
@@ -94,7 +91,7 @@ class Focus(Study):
     follows = "screen"
     tables = {"focus_runs": "the focused screen's runs", "focus": "each augmentation's effect when added to the recipe"}
 
-    def enabled(self, cfg: SearchConfig) -> bool:
+    def enabled(self, cfg: SearchConfigBase) -> bool:
         return cfg.screen.enabled and cfg.focus.enabled
 
     def run(self, ctx: StudyContext) -> None:
@@ -138,7 +135,7 @@ class Focus(Study):
         ctx.folder.write("focus_runs", runs)
         training.prune(ctx, "focus", *(f"focus-seed{k}" for k in range(1, cfg.focus.max_seeds)))
 
-    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         runs = tables.get("focus_runs")
         if runs is None or not len(runs):
             return {}

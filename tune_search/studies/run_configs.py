@@ -11,12 +11,11 @@ import pandas as pd
 from tune_search.constants import BASELINES, FINISHED
 from tune_search.export import config_from_row
 from tune_search.runs import RUN_KEYS
-from tune_search.sections import ConfigError
+from tune_search.sections import ConfigError, SearchConfigBase
 from tune_search.trainable.augment import NAMES, is_augmentation_key, strength_key, switch_key, unknown_names
 from tune_search.trainable.trial import SPEC_KEYS
 
 if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
     from tune_search.space import Space
     from tune_search.studies._base import Folder
 
@@ -50,7 +49,7 @@ def study_base(folder: Folder, base: str) -> dict[str, Any]:
     return base_settings(config_from_row(match.iloc[0]))
 
 
-def screen_strengths(cfg: SearchConfig, space: Space) -> dict[str, float]:
+def screen_strengths(cfg: SearchConfigBase, space: Space) -> dict[str, float]:
     """Each searched augmentation's strength in the screen: screen.strength (one value or
     one per augmentation), else the baselines' strength; a declared switch is on at 1."""
     chosen = cfg.screen.strength
@@ -59,7 +58,7 @@ def screen_strengths(cfg: SearchConfig, space: Space) -> dict[str, float]:
     return {n: 1.0 if n in space.switches else float(named.get(n, default)) for n in space.augmentations}
 
 
-def known_augmentations(key: str, names, cfg: SearchConfig, default: str | None) -> None:
+def known_augmentations(key: str, names, cfg: SearchConfigBase, default: str | None) -> None:
     """Refuse (ValueError) a list of augmentations `key` holds that names one the run does not
     know (a built-in or an entry its space declares); `default` is the key's word for none."""
     known = (*NAMES, *(d.name for d in cfg.space.declared))

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from pyDOE3 import fold, pbdesign
 
 from tune_search import render
 from tune_search.constants import BASELINES, CLEAN, MOTIVATING
-from tune_search.sections import PositiveInt, Section, Strength
+from tune_search.sections import PositiveInt, SearchConfigBase, Section, Strength
 from tune_search.stats import (
     ALPHA,
     MainEffects,
@@ -42,9 +42,6 @@ from tune_search.studies._base import Flag, Study, StudyContext, Tables
 from tune_search.studies.errors import look_alpha
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 EFFECT_COLUMNS = (
     "augmentation",
@@ -83,7 +80,7 @@ class ScreenConfig(Section):
     max_seeds: PositiveInt = 1  # the focused screen decides what the screen leaves unclear
 
 
-def family_alpha(cfg: SearchConfig) -> float:
+def family_alpha(cfg: SearchConfigBase) -> float:
     """The error rate each look at the screen spends (`errors.look_alpha`): with `screen.seeds:
     auto` the screen is looked at after every replicate, up to `max_seeds` times, and its share
     of the procedure's 5 % is split over the looks (a union bound)."""
@@ -203,7 +200,7 @@ def _settle(verdict: str, se: float, df: float, replicates: int, effect: float, 
     return math.nan if total is None else float(total)
 
 
-def another_replicate(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig) -> bool:
+def another_replicate(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfigBase) -> bool:
     """The sequential rule of `screen.seeds: auto`: after a look, add a replicate while any
     verdict is unclear and fewer than `max_seeds` replicates ran."""
     if cfg.screen.seeds != "auto" or runs["seed"].nunique() >= cfg.screen.max_seeds:
@@ -212,7 +209,7 @@ def another_replicate(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfi
     return bool((effects["verdict"] == "unclear").any())
 
 
-def harmful(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig) -> list[str]:
+def harmful(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfigBase) -> list[str]:
     """The augmentations the screen calls harmful, most harmful first."""
     effects = screen_effects(runs, run_configs.screened(runs, names), alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
     return list(effects[effects["verdict"] == "hurts"].sort_values("effect")["augmentation"])
@@ -325,7 +322,7 @@ def with_screen(effects: pd.DataFrame, screen: pd.DataFrame) -> pd.DataFrame:
 # the study -----------------------------------------------------------------------------------
 
 
-def look_line(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfig, seeds: int) -> str:
+def look_line(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfigBase, seeds: int) -> str:
     """One look at the screen so far, in a line: its noise, reach and verdict counts."""
     effects = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
     residual = fit(runs, names).residual_sd
@@ -351,7 +348,7 @@ def seeds_flag(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
-def _run_line(cfg: SearchConfig, base: dict, names: list[str], replicates: int, fixed: bool, timing: str) -> str:
+def _run_line(cfg: SearchConfigBase, base: dict, names: list[str], replicates: int, fixed: bool, timing: str) -> str:
     shown = ", ".join(f"{k} {v:.3g}" for k, v in base.items())
     runs = len(screening_design(len(names))) + 1
     seeds = (
@@ -369,7 +366,7 @@ class Screen(Study):
     name = "screen"
     sections = {"screen": ScreenConfig}
 
-    def consistent(self, cfg: SearchConfig) -> None:
+    def consistent(self, cfg: SearchConfigBase) -> None:
         strength, searched = cfg.screen.strength, cfg.space.augmentation_names
         stray = [n for n in strength if n not in searched] if isinstance(strength, dict) else []
         if stray:
@@ -384,7 +381,7 @@ class Screen(Study):
         "affinity": "affinity and diversity per augmentation",
     }
 
-    def enabled(self, cfg: SearchConfig) -> bool:
+    def enabled(self, cfg: SearchConfigBase) -> bool:
         return cfg.screen.enabled
 
     def run(self, ctx: StudyContext) -> None:
@@ -416,7 +413,7 @@ class Screen(Study):
         ctx.folder.write("screen", runs)
         training.prune(ctx, "screen", *(f"screen-seed{seed}" for seed in range(1, cfg.screen.max_seeds)))
 
-    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         runs = tables.get("screen")
         if runs is None:
             return {}

@@ -11,22 +11,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import pandas as pd
 from pydantic import Field, field_validator
 
 from tune_search import render
 from tune_search.export import config_from_row
-from tune_search.sections import Section, Strength, two_levels
+from tune_search.sections import SearchConfigBase, Section, Strength, two_levels
 from tune_search.stats import level_contrasts
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Study, StudyContext, Tables
 from tune_search.studies.recipe import decisions, recipe_config
 from tune_search.trainable.augment import strength_key, switch_key
-
-if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
 
 SEED_OFFSET = 2000  # its runs' seeds: none shared with the other studies' runs
 SWEEP_COLUMNS = ("augmentation", "strength", "effect", "ci_low", "ci_high", "top1", "n_seeds", "chosen")
@@ -89,7 +86,7 @@ class Sweep(Study):
     follows = "screen"
     tables = {"sweep_runs": "the strength sweep's runs", "sweep": "each helpful augmentation's effect per strength, and the one kept"}
 
-    def enabled(self, cfg: SearchConfig) -> bool:
+    def enabled(self, cfg: SearchConfigBase) -> bool:
         return cfg.screen.enabled and cfg.sweep.enabled
 
     def run(self, ctx: StudyContext) -> None:
@@ -116,7 +113,7 @@ class Sweep(Study):
         ctx.folder.write("sweep_runs", runs)
         training.prune(ctx, "sweep")
 
-    def analyse(self, tables: Tables, cfg: SearchConfig, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         runs = tables.get("sweep_runs")
         if runs is None or not len(runs):
             return {}

@@ -11,9 +11,9 @@ from tune_search.checkpoints import prune_checkpoints
 from tune_search.constants import FINISHED
 from tune_search.export import runs_table
 from tune_search.runs import run_of
+from tune_search.sections import SearchConfigBase
 
 if TYPE_CHECKING:
-    from tune_search.config import SearchConfig
     from tune_search.studies._base import Folder, StudyContext
 
 
@@ -33,7 +33,7 @@ def estimate(folder: Folder, runs: list[tuple[int, float]], slots: int) -> str:
     return f", about {math.ceil(seconds / max(slots, 1) / 60)} min on {slots} slot{'s' * (slots != 1)}"
 
 
-def slots(cfg: SearchConfig) -> int:
+def slots(cfg: SearchConfigBase) -> int:
     """How many runs the running Ray trains at once."""
     import ray
 
