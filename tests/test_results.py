@@ -2,7 +2,6 @@ import pandas as pd
 import pytest
 
 from tune_search.results import TABLES, ResultsFolder
-from tune_search.schemas import schema
 
 
 def test_tables_round_trip_and_unknown_names_are_refused(tmp_path):
@@ -12,7 +11,7 @@ def test_tables_round_trip_and_unknown_names_are_refused(tmp_path):
     path = folder.write("screen", frame)
     assert path == tmp_path / "run" / "screen.parquet" and folder.has("screen")
     read = folder.read("screen")
-    assert list(read.columns) == schema("screen").names  # every declared column, filled or not
+    assert list(read.columns) == TABLES["screen"].schema().names  # every declared column, filled or not
     pd.testing.assert_frame_equal(read[list(frame.columns)].astype({"per_class_top1": object}), frame)
     assert not list((tmp_path / "run").glob(".*"))  # the temporary file was renamed, not left
     with pytest.raises(KeyError, match="known: trials"):

@@ -11,22 +11,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from tune_search.results import TABLES, ResultsFolder
-from tune_search.schemas import SCHEMAS, markdown, schema, to_arrow, unit_metadata
 
 DOCS = Path(__file__).parent.parent / "docs" / "schemas.md"
 
 
 def test_every_table_has_a_declared_schema_with_unique_columns():
-    assert set(SCHEMAS) == set(TABLES)
     for table in TABLES:
-        names = schema(table).names
+        names = TABLES[table].schema().names
         assert len(names) == len(set(names)), table
 
 
 @pytest.mark.parametrize("table", list(TABLES))
 def test_an_empty_table_is_written_in_its_whole_schema(tmp_path, table):
     path = ResultsFolder(tmp_path).write(table, pd.DataFrame())
-    assert pq.read_schema(path).remove_metadata() == schema(table).remove_metadata()
+    assert pq.read_schema(path).remove_metadata() == TABLES[table].schema().remove_metadata()
     assert pq.read_table(path).num_rows == 0
 
 
@@ -44,7 +42,7 @@ def test_units_are_in_the_field_metadata(tmp_path):
     assert fields.field("effect").metadata == {b"unit": b"difference of fractions"}
     assert fields.field("p_adjusted").metadata == {b"unit": b"probability"}
     assert fields.field("augmentation").metadata is None
-    assert unit_metadata("trials")["top1"] == "fraction" and unit_metadata("history")["time_s"] == "seconds"
+    assert TABLES["trials"].unit_metadata()["top1"] == "fraction" and TABLES["history"].unit_metadata()["time_s"] == "seconds"
 
 
 def test_per_class_values_carry_the_class_names(tmp_path):
@@ -57,10 +55,11 @@ def test_per_class_values_carry_the_class_names(tmp_path):
 
 def test_a_column_the_schema_does_not_declare_is_refused():
     with pytest.raises(ValueError, match=r"screen: columns \['verdikt'\] are not in its declared schema"):
-        to_arrow("screen", pd.DataFrame({"verdikt": ["x"]}))
+        TABLES["screen"].to_arrow("screen", pd.DataFrame({"verdikt": ["x"]}))
 
 
 @pytest.mark.parametrize("table", list(TABLES))
 def test_the_docs_show_each_tables_declared_columns(table):
     text = DOCS.read_text()
-    assert f"`{table}.parquet`" in text and markdown(table) in text, f"docs/schemas.md lacks {table}'s table:\n{markdown(table)}"
+    shown = TABLES[table].markdown()
+    assert f"`{table}.parquet`" in text and shown in text, f"docs/schemas.md lacks {table}'s table:\n{shown}"

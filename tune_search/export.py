@@ -14,7 +14,7 @@ import pandas as pd
 
 from tune_search.constants import BASELINES, FINISHED
 from tune_search.runs import BUNDLE, run_of
-from tune_search.schemas import schema
+from tune_search.schemas import SEARCH_TABLES
 from tune_search.trainable.augment import NAMES, names_in, strength_key, strengths_in, switch_key, switched_on
 from tune_search.trainable.hyperparameters import HYPERPARAMETERS, settings_in
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
@@ -22,8 +22,8 @@ from tune_search.trainable.trial import SPEC_KEYS
 
 HISTORY_METRICS = ("top1", "top5", "val_loss", "train_loss")
 CONFIG_COLUMNS = (*HYPERPARAMETER_KEYS, *(c for n in NAMES for c in (switch_key(n), strength_key(n))))
-TRIAL_COLUMNS = tuple(schema("trials").names)
-HISTORY_COLUMNS = tuple(schema("history").names)
+TRIAL_COLUMNS = tuple(SEARCH_TABLES["trials"].schema().names)
+HISTORY_COLUMNS = tuple(SEARCH_TABLES["history"].schema().names)
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def trials_table(records: Iterable[TrialRecord], max_epochs: int) -> pd.DataFram
             }
         )
     declared = names_in(dict.fromkeys(k for r in records for k in r.config))  # the space file's own entries too
-    frame = pd.DataFrame(rows, columns=schema("trials", declared).names)
+    frame = pd.DataFrame(rows, columns=SEARCH_TABLES["trials"].schema(declared).names)
     return frame.astype({"epochs": "int64", **{h.name: "int64" for h in HYPERPARAMETERS if h.integer}})
 
 

@@ -9,19 +9,13 @@ from pathlib import Path
 import pandas as pd
 
 from tune_search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS
-from tune_search.schemas import from_arrow, to_arrow
+from tune_search.schemas import SEARCH_TABLES, Table
 from tune_search.sections import ConfigError
 from tune_search.storage import write_parquet, write_text
 from tune_search.studies import STUDIES
 
-# the search's tables and effects.parquet; each study lists its own
-SEARCH_TABLES = {
-    "trials": "the search's trials",
-    "history": "the search's trials, epoch by epoch",
-    "best_configs": "the best trials",
-    "effects": "verdicts per augmentation",
-}
-TABLES = SEARCH_TABLES | {name: what for study in STUDIES for name, what in study.tables.items()}
+# the search's tables and effects.parquet, then each study's own
+TABLES: dict[str, Table] = SEARCH_TABLES | {name: table for study in STUDIES for name, table in study.tables.items()}
 
 # columns the analysis and the studies read from the search's tables
 NEEDED = {"trials": TRIAL_COLUMNS, "best_configs": (*CONFIG_COLUMNS, "top1", "epochs"), "history": HISTORY_COLUMNS[:2]}
@@ -50,7 +44,7 @@ class ResultsFolder:
         if not self.has(table):
             return None
         try:
-            frame = from_arrow(table, pd.read_parquet(self.file(table)))
+            frame = TABLES[table].from_arrow(pd.read_parquet(self.file(table)))
         except Exception as exc:  # pyarrow raises several kinds for a damaged file
             raise ConfigError(
                 f"{self.file(table)} is not a readable Parquet file ({type(exc).__name__}); `tune-search export` rebuilds the search's tables"
@@ -81,11 +75,11 @@ class ResultsFolder:
             self.write(table, frame)
 
     def write(self, table: str, frame: pd.DataFrame) -> Path:
-        """The table in its declared schema (tune_search/schemas.py), per-class values keyed by
-        the class names in facts.json."""
+        """The table in its declared schema (`TABLES`), per-class values keyed by the class
+        names in facts.json."""
         self.path.mkdir(parents=True, exist_ok=True)
         classes = self.read_facts().get("data", {}).get("classes") or []
-        write_parquet(to_arrow(table, frame, classes), self.file(table))
+        write_parquet(TABLES[table].to_arrow(table, frame, classes), self.file(table))
         return self.file(table)
 
     config = _named("config.yaml", "The resolved configuration, every key, as a space file.")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tune_search.cli import main
 from tune_search.config import ConfigError, load_config
-from tune_search.schemas import to_arrow
+from tune_search.results import TABLES
 from tune_search.trainable import declared as D
 from tune_search.trainable.augment import NAMES, build_pipeline, describe, names_in, strengths_in
 
@@ -126,7 +126,7 @@ def test_a_missing_switch_in_a_table_row_is_off():
 
 def test_declared_columns_are_typed_like_the_built_ins():
     frame = pd.DataFrame({"study": ["x", "x"], "aug_invert": [True, None], "aug_invert_strength": [0.5, None]})
-    table = to_arrow("focus_runs", frame)
+    table = TABLES["focus_runs"].to_arrow("focus_runs", frame)
     assert str(table.schema.field("aug_invert").type) == "bool" and str(table.schema.field("aug_invert_strength").type) == "double"
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import pandas as pd
 
 from tune_search.location import RunLocation
+from tune_search.schemas import Table
 from tune_search.sections import SearchConfigBase
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class Study(abc.ABC):
     console lines. A new study is one subclass in its own module, listed in `STUDIES`."""
 
     name: ClassVar[str]  # its runs go to NAME-<name>
-    tables: ClassVar[Mapping[str, str]]  # the tables it writes: name -> what it holds
+    tables: ClassVar[Mapping[str, Table]]  # the tables it writes: name -> what it holds and its declared columns
     command: ClassVar[str | None] = None  # the results command that runs it; None: it follows one
     help: ClassVar[str] = ""
     flags: ClassVar[tuple[Flag, ...]] = ()

@@ -14,6 +14,7 @@ from pydantic import Field
 from tune_search import render
 from tune_search.export import config_from_row
 from tune_search.runs import RUN_KEYS
+from tune_search.schemas import BOOL, FLOAT, FRACTION, INT, INTERVAL, PROBABILITY, RUNS, STRENGTH, STRING, Table, columns
 from tune_search.sections import ConfigError, SearchConfigBase, Section
 from tune_search.stats import block_fit, contrast, simultaneous
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
@@ -112,7 +113,24 @@ class Ablation(Study):
     command = "ablate"
     help = "ablate the best config of a finished search"
     flags = (Flag("--seeds", int, "ablation.seeds"), Flag("--strength", float, "ablation.strength"))
-    tables = {"ablation_runs": "the ablation's runs", "ablation": "the ablation's paired effects"}
+    tables = {
+        "ablation_runs": Table("the ablation's runs", RUNS),
+        "ablation": Table(
+            "the ablation's paired effects",
+            [
+                *columns("augmentation, switched", STRING),
+                *columns("strength", FLOAT, STRENGTH),
+                *INTERVAL,
+                *columns("p_value, p_adjusted, p_equivalence_adjusted", FLOAT, PROBABILITY),
+                *columns("verdict", STRING),
+                *columns("n_seeds", INT),
+                *columns("df", FLOAT),
+                *columns("top1_with, top1_without", FLOAT, FRACTION),
+                *columns("screen_verdict", STRING),
+                *columns("agrees", BOOL),
+            ],
+        ),
+    }
 
     def run(self, ctx: StudyContext) -> None:
         """The best config and each augmentation switched the other way, ablation.seeds times;

@@ -31,6 +31,7 @@ from tune_search import render
 from tune_search.console import display_path
 from tune_search.constants import BASELINES, MOTIVATING
 from tune_search.export import config_columns, config_from_row
+from tune_search.schemas import BOOL, DIFFERENCE, FLOAT, FRACTION, INT, INTERVAL, PROBABILITY, RUNS, STRENGTH, STRING, Table, columns
 from tune_search.sections import SearchConfigBase, Section
 from tune_search.stats import ALPHA, block_fit, contrast, simultaneous
 from tune_search.studies import run_configs, training
@@ -266,10 +267,34 @@ class Confirm(Study):
     follows = "screen"
     flags = (Flag("--seeds", int, "confirm.seeds"),)
     tables = {
-        "recipe": "what the recipe does with each screened augmentation",
-        "confirm_runs": "the confirmation's runs",
-        "confirm_arms": "every arm's mean top-1, the best measured and the recommended",
-        "confirm": "the recommended arm against each other arm, paired by seed",
+        "recipe": Table(
+            "what the recipe does with each screened augmentation",
+            [*columns("augmentation, stage, verdict", STRING), *INTERVAL, *columns("decision", STRING), *columns("strength", FLOAT, STRENGTH)],
+        ),
+        "confirm_runs": Table("the confirmation's runs", RUNS),
+        "confirm_arms": Table(
+            "every arm's mean top-1, the best measured and the recommended",
+            [
+                *columns("arm, augmentations", STRING),
+                *columns("n_augmentations", INT),
+                *columns("top1", FLOAT, FRACTION),
+                *columns("n_seeds, rank", INT),
+                *columns("best_measured, recommended", BOOL),
+                *columns("negligible", FLOAT, DIFFERENCE),
+            ],
+        ),
+        "confirm": Table(
+            "the recommended arm against each other arm, paired by seed",
+            [
+                *columns("comparison, arm", STRING),
+                *INTERVAL,
+                *columns("p_value, p_adjusted, p_equivalence_adjusted", FLOAT, PROBABILITY),
+                *columns("verdict", STRING),
+                *columns("top1_recommended, top1_other", FLOAT, FRACTION),
+                *columns("n_seeds", INT),
+                *columns("df", FLOAT),
+            ],
+        ),
     }
 
     def enabled(self, cfg: SearchConfigBase) -> bool:

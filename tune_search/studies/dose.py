@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 from tune_search import render
 from tune_search.constants import CLEAN
 from tune_search.export import config_from_row
+from tune_search.schemas import DOSE, RUNS, Table
 from tune_search.sections import PositiveInt, SearchConfigBase, Section, Strength, two_levels
 from tune_search.stats import block_fit, level_contrasts, mean_prediction
 from tune_search.studies._base import Study, StudyContext, Tables
@@ -150,7 +151,10 @@ class Dose(Study):
     name = "dose"
     sections = {"dose": DoseConfig}
     follows = "screen"
-    tables = {"dose_runs": "the dose-response runs", "dose": "dose-response per augmentation and strength"}
+    tables = {
+        "dose_runs": Table("the dose-response runs", RUNS),
+        "dose": Table("dose-response per augmentation and strength", DOSE),
+    }
 
     def enabled(self, cfg: SearchConfigBase) -> bool:
         return cfg.screen.enabled and cfg.dose.enabled

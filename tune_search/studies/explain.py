@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 from tune_search import render
 from tune_search.constants import CLEAN, MOTIVATING
 from tune_search.runs import BUNDLE
+from tune_search.schemas import DIFFERENCE, DOSE, EXPLAIN_RUNS, FLOAT, FRACTION, INT, INTERVAL, PROBABILITY, STRING, Table, columns
 from tune_search.sections import ConfigError, ModelConfig, PositiveInt, SearchConfigBase, Section, Strength, two_levels
 from tune_search.stats import ALPHA, Estimate, contrast, paired_estimate, paired_interval, replicates_for_halfwidth, support_verdicts
 from tune_search.studies import run_configs, training
@@ -514,12 +515,46 @@ class Explain(Study):
         Flag("--models", list, "explain.models", "other models for the capacity contrast (torch hub cache weights)"),
     )
     tables = {
-        "explain_runs": "the explain study's runs",
-        "explain_lr": "the from-scratch lr sweep that picks the scratch cells' lr",
-        "explain": "the thread's explanations, one contrast each",
-        "explain_cells": "the augmentation bundle's effect in each explain cell",
-        "explain_crop": "crop's dose-response in the explain study",
-        "crop_sensitivity": "how often crops change the clean model's predictions, per kept area and class",
+        "explain_runs": Table("the explain study's runs", EXPLAIN_RUNS),
+        "explain_lr": Table("the from-scratch lr sweep that picks the scratch cells' lr", EXPLAIN_RUNS),
+        "explain": Table(
+            "the thread's explanations, one contrast each",
+            [
+                *columns("explanation, title, claim, contrast, expected", STRING),
+                *INTERVAL,
+                *columns("se", FLOAT, DIFFERENCE),
+                *columns("p_value, p_adjusted, p_equivalence_adjusted", FLOAT, PROBABILITY),
+                *columns("verdict, level_a", STRING),
+                *columns("effect_a", FLOAT, DIFFERENCE),
+                *columns("level_b", STRING),
+                *columns("effect_b", FLOAT, DIFFERENCE),
+                *columns("n_runs", INT),
+                *columns("df", FLOAT),
+                *columns("note", STRING),
+            ],
+        ),
+        "explain_cells": Table(
+            "the augmentation bundle's effect in each explain cell",
+            [
+                *columns("cell", STRING),
+                *columns("freeze_depth", INT),
+                *columns("model, weights", STRING),
+                *columns("oversample_to, max_epochs", INT),
+                *columns("top1_without, top1_with", FLOAT, FRACTION),
+                *columns("bundle_effect, ci_low, ci_high", FLOAT, DIFFERENCE),
+                *columns("n_seeds", INT),
+            ],
+        ),
+        "explain_crop": Table("crop's dose-response in the explain study", DOSE),
+        "crop_sensitivity": Table(
+            "how often crops change the clean model's predictions, per kept area and class",
+            [
+                *columns("area", FLOAT, "fraction of the image kept"),
+                *columns("class", STRING),
+                *columns("images", INT),
+                *columns("changed, top1", FLOAT, FRACTION),
+            ],
+        ),
     }
 
     def enabled(self, cfg: SearchConfigBase) -> bool:

@@ -25,6 +25,7 @@ from pyDOE3 import fold, pbdesign
 
 from tune_search import render
 from tune_search.constants import BASELINES, CLEAN, MOTIVATING
+from tune_search.schemas import DIFFERENCE, FLOAT, FRACTION, NATS, PROBABILITY, RUNS, STRENGTH, STRING, Table, columns
 from tune_search.sections import PositiveInt, SearchConfigBase, Section, Strength
 from tune_search.stats import (
     ALPHA,
@@ -376,9 +377,26 @@ class Screen(Study):
     help = "screen the augmentations of a finished search (then the studies that follow it)"
     flags = (Flag("--seeds", seeds_flag, "screen.seeds"), Flag("--strength", float, "screen.strength"), Flag("--base", str, "screen.base"))
     tables = {
-        "screen": "the screen's runs",
-        "per_class": "the screen's effects per class",
-        "affinity": "affinity and diversity per augmentation",
+        "screen": Table("the screen's runs", RUNS),
+        "per_class": Table(
+            "the screen's effects per class",
+            [
+                *columns("augmentation, class", STRING),
+                *columns("change, ci_low, ci_high", FLOAT, DIFFERENCE),
+                *columns("p_value, p_fdr", FLOAT, PROBABILITY),
+                *columns("top1_with, top1_without", FLOAT, FRACTION),
+            ],
+        ),
+        "affinity": Table(
+            "affinity and diversity per augmentation",
+            [
+                *columns("augmentation", STRING),
+                *columns("strength", FLOAT, STRENGTH),
+                *columns("affinity", FLOAT, DIFFERENCE),
+                *columns("diversity, diversity_ci_low, diversity_ci_high", FLOAT, "difference of mean cross-entropy, nats"),
+                *columns("clean_train_loss", FLOAT, NATS),
+            ],
+        ),
     }
 
     def enabled(self, cfg: SearchConfigBase) -> bool:

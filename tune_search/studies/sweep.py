@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 
 from tune_search import render
 from tune_search.export import config_from_row
+from tune_search.schemas import BOOL, FLOAT, FRACTION, INT, INTERVAL, RUNS, STRENGTH, STRING, Table, columns
 from tune_search.sections import SearchConfigBase, Section, Strength, two_levels
 from tune_search.stats import level_contrasts
 from tune_search.studies import run_configs, training
@@ -84,7 +85,20 @@ class Sweep(Study):
     name = "sweep"
     sections = {"sweep": SweepConfig}
     follows = "screen"
-    tables = {"sweep_runs": "the strength sweep's runs", "sweep": "each helpful augmentation's effect per strength, and the one kept"}
+    tables = {
+        "sweep_runs": Table("the strength sweep's runs", RUNS),
+        "sweep": Table(
+            "each helpful augmentation's effect per strength, and the one kept",
+            [
+                *columns("augmentation", STRING),
+                *columns("strength", FLOAT, STRENGTH),
+                *INTERVAL,
+                *columns("top1", FLOAT, FRACTION),
+                *columns("n_seeds", INT),
+                *columns("chosen", BOOL),
+            ],
+        ),
+    }
 
     def enabled(self, cfg: SearchConfigBase) -> bool:
         return cfg.screen.enabled and cfg.sweep.enabled
