@@ -54,11 +54,10 @@ def test_report_leads_with_verdicts_and_explains_them(planted_run):
 
 
 def test_the_recipe_leaves_the_planted_harms_out_and_is_confirmed(planted_run):
-    from tune_search.export import config_from_row
-    from tune_search.studies.confirm import RECOMMENDED
+    from tune_search.export import CONFIRMED, config_from_row
 
     best = pd.read_parquet(planted_run / "best_configs.parquet")
-    assert best["trial_id"].iloc[-1] == RECOMMENDED and (best["trial_id"] == RECOMMENDED).sum() == 1
+    assert best["source"].iloc[-1] == CONFIRMED and (best["source"] == CONFIRMED).sum() == 1 and best["n_seeds"].iloc[-1] == 5
     recipe = config_from_row(best.iloc[-1])
     assert not any(recipe[f"aug_{name}"] for name in PLANTED_HARMS)
     decisions = pd.read_parquet(planted_run / "recipe.parquet").set_index("augmentation")
@@ -71,7 +70,7 @@ def test_the_recipe_leaves_the_planted_harms_out_and_is_confirmed(planted_run):
     runs = pd.read_parquet(planted_run / "confirm_runs.parquet")
     assert runs.groupby("label").size().eq(5).all()
     kept = [d for d in (planted_run.parent / "planted-confirm").glob("trial_*/checkpoint_*")]
-    assert len(kept) == 1  # the recommended arm's trained weights, seed 0
+    assert len(kept) == 1 and kept[0].parent.name == f"trial_{best['trial_id'].iloc[-1]}"  # the recommended arm's trained weights, seed 0
     arms = pd.read_parquet(planted_run / "confirm_arms.parquet")
     assert arms["recommended"].sum() == 1 and arms.loc[arms["recommended"], "top1"].item() >= arms["top1"].max() - 0.01
     text = (planted_run / "recipe.yaml").read_text()

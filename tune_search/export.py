@@ -189,12 +189,44 @@ def history_table(records: Iterable[TrialRecord]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).astype({"epoch": "int64"})
 
 
+SEARCHED, CONFIRMED = "search", "confirm"  # best_configs' `source`: a search trial, or the confirmation's recommendation
+
+
 def best_configs(trials: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The k best trials that did not fail, by best validation top-1, in trials' columns.
+    """The k best trials that did not fail, by best validation top-1, in trials' columns, then
+    `source` (search) and `n_seeds` (1).
 
     Ties go to the trial that trained longer (its number is the less noisy)."""
     ok = trials[trials["status"].isin(FINISHED)]
-    return ok.sort_values(["best_top1", "epochs"], ascending=False, kind="stable").head(k).reset_index(drop=True)
+    best = ok.sort_values(["best_top1", "epochs"], ascending=False, kind="stable").head(k).reset_index(drop=True)
+    return best.assign(source=SEARCHED, n_seeds=1)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What a study recommends training with: its config, and the mean top-1 of the runs that
+    measured it (`trial_id`: the run whose trained weights are kept)."""
+
+    config: Mapping[str, Any]
+    top1: float
+    n_seeds: int
+    epochs: int
+    trial_id: str
+    source: str = CONFIRMED
+
+
+def with_recommendation(best: pd.DataFrame, recommendation: Recommendation | None) -> pd.DataFrame:
+    """best_configs.parquet: the search's rows, then the recommendation's as its last row (an
+    earlier one replaced), so `--config-from best_configs.parquet --row N` re-trains it."""
+    searched = best[best["source"].fillna(SEARCHED) == SEARCHED] if "source" in best else best.assign(source=SEARCHED, n_seeds=1)
+    searched = searched[searched["trial_id"] != "recommended"].reset_index(drop=True)  # a folder from before `source`
+    if recommendation is None:
+        return searched
+    r = recommendation
+    mine = {"trial_id": r.trial_id, "status": "completed", "baseline": "", "epochs": r.epochs, "top1": r.top1, "node_id": None, "error": None}
+    row = {c: math.nan for c in searched.columns} | mine | {"source": r.source, "n_seeds": r.n_seeds, **config_columns(r.config)}
+    frame = pd.DataFrame([row], columns=list(dict.fromkeys([*searched.columns, *row])))
+    return pd.concat([searched, frame.astype(searched.dtypes.to_dict())], ignore_index=True)
 
 
 def config_from_row(row: Mapping[str, Any]) -> dict[str, Any]:

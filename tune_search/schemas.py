@@ -196,6 +196,8 @@ def _type_name(type: pa.DataType) -> str:
 SEARCH_TABLES: dict[str, Table] = {
     "trials": Table("the search's trials", TRIALS),
     "history": Table("the search's trials, epoch by epoch", HISTORY),
-    "best_configs": Table("the best trials", TRIALS),
+    # the search's best trials, then the confirmation's recommendation: `source` says which, and
+    # `n_seeds` how many runs its top-1 averages
+    "best_configs": Table("the best trials, then the recommendation", [*TRIALS, *columns("source", STRING), *columns("n_seeds", INT)]),
     "effects": Table("verdicts per augmentation", EFFECTS),
 }

@@ -9,21 +9,19 @@ import yaml
 
 from tests.test_export import RECORDS
 from tune_search.config import SearchConfig, load_config
-from tune_search.export import config_from_row, search_tables
+from tune_search.export import CONFIRMED, SEARCHED, Recommendation, config_from_row, search_tables, with_recommendation
 from tune_search.studies.confirm import (
     BEST,
     NONE,
     ORIGINAL,
     PLUS,
     RECIPE,
-    RECOMMENDED,
     arm_table,
     arms,
     comparisons,
     confirm_configs,
     pairwise,
     recipe_space,
-    recommended_row,
 )
 from tune_search.studies.recipe import RecipeConfig, recipe_config
 from tune_search.studies.recipe import decisions as decide
@@ -80,11 +78,14 @@ def test_a_kept_augmentation_stays_below_where_dose_response_saw_harm_start():
 
 def test_the_recommended_row_retrains_the_recipe_and_replaces_an_earlier_one(tmp_path):
     best = search_tables(RECORDS, max_epochs=3, top_k=3)["best_configs"]
+    assert (best["source"] == SEARCHED).all() and (best["n_seeds"] == 1).all()
     recipe = recipe_config(BASE, decisions(effects({"hflip": "helps", "crop": "hurts"})), NAMES)
-    once = recommended_row(recipe, best, 0.81, 3)
-    twice = recommended_row(recipe, once, 0.82, 3)
-    assert len(once) == len(best) + 1 and len(twice) == len(once) and (twice["trial_id"] == RECOMMENDED).sum() == 1
+    once = with_recommendation(best, Recommendation(recipe, 0.81, 5, 3, "abc_00001"))
+    twice = with_recommendation(once, Recommendation(recipe, 0.82, 5, 3, "abc_00002"))
+    assert len(once) == len(best) + 1 and len(twice) == len(once) and (twice["source"] == CONFIRMED).sum() == 1
     assert twice.dtypes.to_dict() == best.dtypes.to_dict() and twice["top1"].iloc[-1] == 0.82
+    assert (twice["trial_id"].iloc[-1], twice["n_seeds"].iloc[-1], twice["status"].iloc[-1]) == ("abc_00002", 5, "completed")
+    assert with_recommendation(twice, None).equals(best)  # the search's rows are kept as they were
     again = config_from_row(twice.iloc[-1])
     assert again["aug_hflip"] and again["aug_hflip_strength"] == 0.5 and not again["aug_crop"] and again["lr"] == 2e-3
     text = recipe_space(SearchConfig(), again, len(twice) - 1)

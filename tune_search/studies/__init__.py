@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from tune_search.export import with_recommendation
 from tune_search.sections import SearchConfigBase
 from tune_search.studies import dose, screen
 from tune_search.studies._base import Flag, Study, StudyContext, Tables
@@ -63,4 +64,8 @@ def analyse(tables: Tables, cfg: SearchConfigBase, classes: Sequence[str], searc
         out = study.analyse(current, cfg, classes)
         current |= out
         made |= set(out)
+    if "best_configs" in current:  # its owner appends the (last) recommendation a study makes
+        recommended = [r for study in STUDIES if (r := study.recommendation(current)) is not None]
+        current["best_configs"] = with_recommendation(current["best_configs"], recommended[-1] if recommended else None)
+        made.add("best_configs")
     return {name: current[name] for name in made}

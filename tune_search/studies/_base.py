@@ -21,6 +21,7 @@ from tune_search.schemas import Table
 from tune_search.sections import SearchConfigBase
 
 if TYPE_CHECKING:
+    from tune_search.export import Recommendation
     from tune_search.space import Space
     from tune_search.trainable.data import Dataset
     from tune_search.trainable.trial import TrialSpec
@@ -97,6 +98,11 @@ class Study(abc.ABC):
         """Its analysis tables from the tables present (its runs, and those of the studies
         before it in `STUDIES`): pure, never written here."""
         return {}
+
+    def recommendation(self, tables: Tables) -> Recommendation | None:
+        """What it recommends training with, from its analysis tables: best_configs.parquet's
+        owner appends it as the last row (`source` says which study, `n_seeds` how many runs)."""
+        return None
 
     def section(self, tables: Tables, folder: Path) -> list[str]:
         """Its report section's markdown lines (its plots written into `folder`)."""

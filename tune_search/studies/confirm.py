@@ -30,8 +30,8 @@ from pydantic import Field
 from tune_search import render
 from tune_search.console import display_path
 from tune_search.constants import BASELINES, MOTIVATING
-from tune_search.export import config_columns, config_from_row
-from tune_search.schemas import BOOL, DIFFERENCE, FLOAT, FRACTION, INT, INTERVAL, PROBABILITY, RUNS, STRENGTH, STRING, Table, columns
+from tune_search.export import CONFIRMED, Recommendation, config_columns, config_from_row
+from tune_search.schemas import BOOL, CONFIG, DIFFERENCE, FLOAT, FRACTION, INT, INTERVAL, PROBABILITY, RUNS, STRENGTH, STRING, Table, columns
 from tune_search.sections import SearchConfigBase, Section
 from tune_search.stats import ALPHA, block_fit, contrast, simultaneous
 from tune_search.studies import run_configs, training
@@ -45,12 +45,11 @@ from tune_search.trainable.hyperparameters import describe_settings
 
 RECIPE, NONE, ORIGINAL, BEST, PLUS, POLICY = "recipe", "none", "original", "best", "recipe + ", "policy "
 ARMS = {RECIPE: "the recipe", NONE: "no augmentation", ORIGINAL: "the original set", BEST: "the search's best config"}
-RECOMMENDED = "recommended"  # the recommendation's row in best_configs.parquet: its trial_id and status
 CONFIRM_COLUMNS = (
     "comparison", "arm", "effect", "ci_low", "ci_high", "p_value", "p_adjusted", "p_equivalence_adjusted", "verdict",
     "top1_recommended", "top1_other", "n_seeds", "df",
 )  # fmt: skip
-ARM_COLUMNS = ("arm", "augmentations", "n_augmentations", "top1", "n_seeds", "rank", "best_measured", "recommended", "negligible")
+ARM_COLUMNS = ("arm", "augmentations", "n_augmentations", "top1", "n_seeds", "rank", "best_measured", "recommended", "negligible", "trial_id")
 SAYS = {"helps": "better", "hurts": "worse", "harmless": "no different", "unclear": "unclear"}  # one arm against another
 
 
@@ -73,15 +72,6 @@ def describe_arm(arm: str) -> str:
 
 def _on_text(config: Mapping[str, Any]) -> str:
     return ", ".join(f"{n} {s:.2f}" for n, s in strengths_in(config).items()) or "no augmentation"
-
-
-def recommended_row(recipe: Mapping[str, Any], best: pd.DataFrame, top1: float, epochs: int) -> pd.DataFrame:
-    """best_configs.parquet with the recipe as its last row (`recommended`), replacing an
-    earlier one: `--config-from best_configs.parquet --row N` re-trains it."""
-    searched = best[best["trial_id"] != RECOMMENDED]
-    row = {c: math.nan for c in searched.columns} | {"trial_id": RECOMMENDED, "status": RECOMMENDED, "baseline": "", "epochs": epochs,
-                                                     "top1": top1, "node_id": None, "error": None, **config_columns(recipe)}  # fmt: skip
-    return pd.concat([searched, pd.DataFrame([row], columns=searched.columns).astype(searched.dtypes.to_dict())], ignore_index=True)
 
 
 def recipe_space(cfg: SearchConfigBase, recipe: Mapping[str, Any], row: int, folder: str = ".") -> str:
@@ -222,7 +212,11 @@ def arm_table(runs: pd.DataFrame, pairs: pd.DataFrame, negligible: float) -> pd.
     table["best_measured"] = table["arm"] == best
     table["recommended"] = table["arm"] == chosen
     table["negligible"] = negligible
-    return table.sort_values("rank", kind="stable").reset_index(drop=True)[list(ARM_COLUMNS)]
+    earliest = runs.sort_values("seed", kind="stable").drop_duplicates("label").set_index("label")
+    table["trial_id"] = [str(earliest.loc[a, "trial_id"]) if "trial_id" in earliest else "" for a in mean.index]  # the run whose weights are kept
+    configs = pd.DataFrame([config_columns(first.loc[a].to_dict()) for a in mean.index])
+    table = pd.concat([table[list(ARM_COLUMNS)], configs], axis=1)
+    return table.sort_values("rank", kind="stable").reset_index(drop=True)
 
 
 def comparisons(pairs: pd.DataFrame, arm_summary: pd.DataFrame) -> pd.DataFrame:
@@ -281,6 +275,8 @@ class Confirm(Study):
                 *columns("n_seeds, rank", INT),
                 *columns("best_measured, recommended", BOOL),
                 *columns("negligible", FLOAT, DIFFERENCE),
+                *columns("trial_id", STRING),
+                *CONFIG,
             ],
         ),
         "confirm": Table(
@@ -330,25 +326,33 @@ class Confirm(Study):
         if screen is None or effects is None or (effects["verdict"] == "not screened").all():
             return {}
         table = decisions(effects, tables.get("focus"), tables.get("sweep"), cfg.recipe)
-        recommended = recipe_config(config_from_row(screen.iloc[0]), table, list(cfg.space.augmentation_names))
         out = {"recipe": table}
-        runs, top1 = tables.get("confirm_runs"), math.nan
+        runs = tables.get("confirm_runs")
         if runs is not None and len(runs):
             pairs = pairwise(runs, negligible=cfg.screen.negligible, alpha=stage_alpha(cfg, "confirm"))
             out["confirm_arms"] = summary = arm_table(runs, pairs, cfg.screen.negligible)
             out["confirm"] = comparisons(pairs, summary)
-            chosen = summary.loc[summary["recommended"], "arm"].iloc[0]
-            recommended = config_from_row(runs[runs["label"] == chosen].iloc[0])
-            top1 = float(summary.loc[summary["recommended"], "top1"].iloc[0])
-        if "best_configs" in tables:
-            out["best_configs"] = recommended_row(recommended, tables["best_configs"], top1, cfg.budget.max_epochs)
         return out
+
+    def recommendation(self, tables: Tables) -> Recommendation | None:
+        """The recommended arm of confirm_arms.parquet: its config, mean top-1 over its seeds
+        and the run whose weights are kept (seed 0)."""
+        arms, table, screen = tables.get("confirm_arms"), tables.get("recipe"), tables.get("screen")
+        if arms is not None and arms["recommended"].any():
+            row = arms[arms["recommended"]].iloc[0]
+            epochs = int(tables["confirm_runs"]["epochs"].max())
+            return Recommendation(config_from_row(row), float(row["top1"]), int(row["n_seeds"]), epochs, str(row["trial_id"]))
+        if table is None or screen is None or not len(screen):
+            return None
+        # not confirmed yet: the recipe, no top-1 measured (0 seeds)
+        recipe = recipe_config(config_from_row(screen.iloc[0]), table, list(table["augmentation"]))
+        return Recommendation(recipe, math.nan, 0, int(screen["epochs"].max()), "")
 
     def files(self, tables: Tables, cfg: SearchConfigBase, folder: Path) -> dict[str, str]:
         best = tables.get("best_configs")
-        if best is None or not (best["trial_id"] == RECOMMENDED).any():
+        if best is None or not (best["source"] == CONFIRMED).any():
             return {}
-        row = int(np.flatnonzero(best["trial_id"] == RECOMMENDED)[0])
+        row = int(np.flatnonzero(best["source"] == CONFIRMED)[0])
         return {"recipe.yaml": recipe_space(cfg, config_from_row(best.iloc[row]), row, display_path(folder))}
 
     def headline(self, tables: Tables) -> list[str]:
@@ -367,9 +371,9 @@ def recipe_lines(tables: Tables) -> list[str]:
     """The recommendation, which arm it is and by how much it won, in a few lines (the
     report's top, the console's end)."""
     table, best = tables.get("recipe"), tables.get("best_configs")
-    if table is None or best is None or not (best["trial_id"] == RECOMMENDED).any():
+    if table is None or best is None or not (best["source"] == CONFIRMED).any():
         return []
-    rows = np.flatnonzero(best["trial_id"] == RECOMMENDED)
+    rows = np.flatnonzero(best["source"] == CONFIRMED)
     recommended = config_from_row(best.iloc[int(rows[0])])
     lines = [f"recommended: {_on_text(recommended)} at {describe_settings(recommended)}", f"  (best_configs.parquet row {int(rows[0])}, recipe.yaml)"]
     for label, title in (("kept", "the recipe arm keeps"), ("dropped", "dropped (hurts)"), ("left out", "left out")):
