@@ -51,7 +51,7 @@ def test_report_from_parquet_files_only(tmp_path):
         "skipped": ["x.txt: not an image"],
     }
     folder.write_facts({"data": data, "model": {"name": "resnet18", "weights": "auto", "max_freeze_depth": 4}})
-    text = build_report(tmp_path).read_text()
+    text = build_report(ResultsFolder(tmp_path)).read_text()
     assert "train images per class: 2 (bee) to 4" in text and "skipped 1 files" in text and "freeze depths 0 to 4 (4 trains" in text
     harmful = [line for line in text.splitlines() if line.startswith("- **")]
     assert [h.split("**")[1] for h in harmful] == ["hflip", "blur"]  # most harmful first
@@ -71,5 +71,5 @@ def test_report_without_a_screen_says_how_to_get_verdicts(tmp_path):
     folder.write_tables(search_tables(RECORDS, max_epochs=3, top_k=3))
     search = estimate_effects(planted_table(n=80), ["hflip", "crop", "blur", "color"], n_boot=200)
     folder.write("effects", effects_table(["hflip", "crop", "blur", "color"], search))
-    text = build_report(tmp_path).read_text()
+    text = build_report(ResultsFolder(tmp_path)).read_text()
     assert "No screen was run" in text and "tune-search screen" in text and "## What the search saw" in text

@@ -243,7 +243,7 @@ def run_studies(ctx: StudyContext, chosen: Sequence[Study]) -> None:
     for study in chosen:
         study.run(ctx)
     tables = analyse(ctx.folder, ctx.cfg)
-    path = build_report(ctx.folder.path)
+    path = build_report(ctx.folder, tables)
     for study in registry.STUDIES:
         if (shown := study.console(tables)) is not None:
             print("\n" + shown)
@@ -298,7 +298,7 @@ def report(location: RunLocation, cfg: SearchConfig) -> Path:
     folder = ResultsFolder(location.folder)
     folder.require("trials", "history")
     tables = analyse(folder, cfg)
-    path = build_report(folder.path)
+    path = build_report(folder, tables)
     print(f"report: {display_path(path)}")
     print("\n" + registry.by_name["screen"].console(tables))
     _publish(location)

@@ -13,7 +13,7 @@ from tune_search.analysis import common_fidelity
 from tune_search.export import baseline_summary, best_configs, config_from_row
 from tune_search.results import ResultsFolder
 from tune_search.storage import write_text
-from tune_search.studies import STUDIES
+from tune_search.studies import STUDIES, Tables
 from tune_search.trainable.augment import strengths_in
 from tune_search.trainable.hyperparameters import describe_settings
 
@@ -103,10 +103,11 @@ def _baselines_and_best(trials: pd.DataFrame) -> list[str]:
     return lines
 
 
-def build_report(folder: Path) -> Path:
-    """Write report.md and its plots into `folder` from the Parquet files there."""
-    results = ResultsFolder(folder)
-    tables = results.read_all()
+def build_report(results: ResultsFolder, tables: Tables | None = None) -> Path:
+    """Write report.md and its plots into the results folder from its tables (`tables`, as the
+    analysis just made them, else the Parquet files there)."""
+    tables = results.read_all() if tables is None else tables
+    folder = results.path
     trials = tables["trials"]
     statuses = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
     lines = [f"# tune-search report: {folder.name}", "", f"Search: {len(trials)} trials ({statuses}).", ""]

@@ -24,7 +24,7 @@ from tune_search.studies.focus import Focus
 from tune_search.studies.screen import Screen
 from tune_search.studies.sweep import Sweep
 
-__all__ = ["STUDIES", "Flag", "Study", "StudyContext", "analyse", "by_command", "by_name", "effects_table", "selected"]
+__all__ = ["STUDIES", "Flag", "Study", "StudyContext", "Tables", "analyse", "by_command", "by_name", "effects_table", "selected"]
 
 STUDIES: tuple[Study, ...] = (Screen(), Focus(), Sweep(), Dose(), Confirm(), Ablation(), Explain())
 by_name = {s.name: s for s in STUDIES}
