@@ -7,6 +7,7 @@ from tune_search.trainable.data import (
     DataError,
     DataSpec,
     balanced_order,
+    check_fits,
     class_weights,
     fit_images,
     load_dataset,
@@ -224,3 +225,24 @@ def test_every_format_imagefolder_reads_is_read(tmp_path):
     assert torch.equal(_decode(str(root / "a" / "x.gif"), 16), gif)  # the first frame
     deep = _decode(str(root / "a" / "x16.tif"), 16)
     assert deep.dtype == torch.uint8 and int(deep.max()) == 255  # scaled from 16 bits, not clipped
+
+
+def test_data_that_would_not_fit_in_memory_is_refused_before_decoding_with_the_sizes_and_a_way_out():
+    check_fits(1_000, 32, "data demo", available=10**9)  # 3 MB decoded
+    with pytest.raises(
+        DataError,
+        match=r"data big: 69,000 images at 224 px decode to 10.4 GB.*2.5x that \(26.0 GB\).*22.0 GB available. Lower data.image_size \(192 px fits\)",
+    ):
+        check_fits(69_000, 224, "data big", available=22 * 10**9)
+
+
+def test_a_folder_too_large_for_memory_is_refused_before_any_image_is_decoded(image_folder, monkeypatch):
+    import psutil
+
+    class Tiny:
+        available = 1000  # bytes
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny())
+    monkeypatch.setattr("tune_search.trainable.data._decode", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(DataError, match=r"images at 24 px decode to .* GB available"):
+        load_dataset(DataSpec(source=str(image_folder), image_size=24))
