@@ -346,7 +346,7 @@ def test_a_search_with_explain_enabled_runs_it_after_the_screen(tmp_path, capsys
     out = capsys.readouterr().out
     assert "explain: after 3 seeds, each cell's contrast with depth 0 is known to" in out and "seeds 4-4 next" in out
     assert "explain: 4 seeds in all" in out
-    assert out.index("| augmentation | top-1 effect, points | verdict |") < out.index("(a) trainable capacity") < out.index("| head only")
+    assert out.index("| augmentation | top-1 effect, points | verdict |") < out.index("(a) trainable capacity") < out.index("| best found")
     assert "## Why it hurts" in (folder / "report.md").read_text()
 
 
