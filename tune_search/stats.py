@@ -17,6 +17,8 @@ from scipy import optimize, stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW
 
+from tune_search.trainable.augment import switch_key
+
 ALPHA = 0.05
 POWER = 0.8
 
@@ -71,7 +73,7 @@ class MainEffects:
         return bounds[:, 0], bounds[:, 1]
 
 
-def main_effects(runs: pd.DataFrame, names: Sequence[str], response: str = "top1", switch=lambda n: f"aug_{n}") -> MainEffects:
+def main_effects(runs: pd.DataFrame, names: Sequence[str], response: str = "top1", switch=switch_key) -> MainEffects:
     """Main effects of the switches `switch(name)` (booleans in `runs`) on `response`."""
     frame = pd.DataFrame({n: np.where(runs[switch(n)].astype(bool), 1.0, -1.0) for n in names}, index=runs.index)
     frame["seed"], frame["_y"] = runs["seed"].to_numpy(), runs[response].to_numpy(float)
