@@ -100,13 +100,14 @@ def recipe_space(cfg: SearchConfigBase, recipe: Mapping[str, Any], row: int, fol
 
 def original_set(trials: pd.DataFrame | None, effects: pd.DataFrame, compare: Sequence[str] | None) -> dict[str, float]:
     """The augmentations a user trained with before: `compare` at the screen's strengths, else
-    the all + aug baseline's (the thread's six), as the search ran them."""
+    the all + aug baseline's (the thread's six the space searches), as the search ran them, else
+    (the baseline left out) those same ones at the screen's strengths."""
     screened = effects.set_index("augmentation")["strength"].dropna()
     if compare is not None:
         return {n: float(screened.get(n, 0.5)) for n in compare}
     if trials is not None and len(row := trials[trials["baseline"] == BASELINES[2]]):
         return strengths_in(config_from_row(row.iloc[0]))
-    return {n: float(screened.get(n, 0.5)) for n in MOTIVATING}
+    return {n: float(screened[n]) for n in MOTIVATING if n in screened.index}
 
 
 def arms(
