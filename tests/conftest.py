@@ -37,7 +37,8 @@ space: {{augmentations: [{", ".join(PLANTED_SEARCHED)}], strength: [0.5, 1.0], l
 budget: {{num_samples: 3, max_epochs: 4, grace_period: 1}}
 screen: {{strength: 1.0, max_seeds: 4}}
 dose: {{enabled: false}}
-confirm: {{policies: []}}  # the policy arm is tested on the polarity run (test_planted_declared)
+focus: {{max_seeds: 2}}
+confirm: {{policies: [], seeds: 3}}  # the policy arm is tested on the polarity run (test_planted_declared)
 """
 
 
