@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,9 +62,12 @@ def prepare(cfg: SearchConfig) -> tuple[Space, TrialSpec, Dataset]:
         val_fraction=d.val_fraction,
         seed=cfg.run.seed,
         max_pixels=d.max_pixels,
+        cache=d.cache,
     )
+    started = time.perf_counter()
     data = load_dataset(spec_data)
-    print(f"data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, {data.num_classes} classes, {d.image_size} px")
+    cached = "" if data.entry is None else f"; {'decoded into' if data.decoded else 'read from'} the cache in {time.perf_counter() - started:.1f} s"
+    print(f"data: {data.origin}; {len(data.train)} train / {len(data.val)} val images, {data.num_classes} classes, {d.image_size} px{cached}")
     low, high = (int(f(data.train.class_counts(data.num_classes))) for f in (torch.min, torch.max))
     if d.balance == "none" and high > IMBALANCED * low:
         print(f"  imbalanced: {low} to {high} train images per class; `data: {{balance: oversample}}` (or `weighted`) evens them out")
@@ -85,6 +89,7 @@ def facts(cfg: SearchConfig, space: Space, data: Dataset) -> dict:
             "classes": list(data.classes),
             "train_per_class": data.train.class_counts(data.num_classes).tolist(),
             "skipped": list(data.skipped),
+            "cache_entry": None if data.entry is None else str(data.entry),  # the decoded images
         },
         "model": {"name": cfg.model.name, "weights": cfg.model.weights, "max_freeze_depth": space.max_depth},
     }

