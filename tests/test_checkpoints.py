@@ -84,6 +84,19 @@ def test_no_snapshot_no_deletion(tmp_path):
     assert prune_behind_snapshot(str(tmp_path)) == (0, 0) and len(left(tmp_path)["trial_a"]) == 2
 
 
+def test_a_snapshot_read_back_cut_short_prunes_nothing_until_it_reads_whole(tmp_path):
+    """An object store's reader can return a snapshot cut short when Ray replaces it between
+    the reader's size lookup and its read (a remote run failed this way): nothing is deleted
+    and nothing raises, and the next whole read prunes."""
+    root = make_experiment(tmp_path, {"a": 3}, {"a": 2})
+    snapshot = next(root.glob("experiment_state-*.json"))
+    whole = snapshot.read_text()
+    snapshot.write_text(whole[: len(whole) // 2])
+    assert prune_behind_snapshot(str(root)) == (0, 0) and len(left(root)["trial_a"]) == 3
+    snapshot.write_text(whole)
+    assert prune_behind_snapshot(str(root)) == (2, 0)
+
+
 def test_a_finished_experiment_keeps_the_newest_checkpoint_of_the_kept_trials_slimmed(tmp_path):
     root = make_experiment(tmp_path, {"a": 3, "b": 2}, {"a": 2, "b": 1})
     slimmed = []

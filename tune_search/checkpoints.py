@@ -64,11 +64,9 @@ def named_by_snapshot(fs: pafs.FileSystem, experiment: str) -> dict[str, int | N
     checkpoint the trial's checkpoint manager had registered, which can be one behind the
     last result's `checkpoint_dir_name` (Ray registers a checkpoint after the result that
     carried it); a trial with none registered maps to None."""
-    snapshots = sorted(i.path for i in _listing(fs, experiment) if i.type == pafs.FileType.File and SNAPSHOT.fullmatch(i.base_name))
-    if not snapshots:
+    state = _newest_snapshot(fs, experiment)
+    if state is None:
         return None
-    with fs.open_input_stream(snapshots[-1]) as stream:
-        state = json.loads(stream.read())
     named: dict[str, int | None] = {}
     for trial_json, runtime_json in state.get("trial_data", []):
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
@@ -76,6 +74,23 @@ def named_by_snapshot(fs: pafs.FileSystem, experiment: str) -> dict[str, int | N
         held = registered(runtime.get("checkpoint_manager"))
         named[folder] = held[-1] if held else None
     return named
+
+
+def _newest_snapshot(fs: pafs.FileSystem, experiment: str, tries: int = 3) -> dict | None:
+    """The newest snapshot's contents; None when there is none, or when it was rewritten
+    while read on each try: an object store's reader takes the object's size when it opens it
+    and the bytes a moment later, so an object replaced in between reads back cut short (seen
+    on S3 as "Unterminated string"). None prunes nothing until a later look."""
+    for attempt in range(tries):
+        snapshots = sorted(i.path for i in _listing(fs, experiment) if i.type == pafs.FileType.File and SNAPSHOT.fullmatch(i.base_name))
+        if not snapshots:
+            return None
+        try:
+            with fs.open_input_stream(snapshots[-1]) as stream:
+                return json.loads(stream.read())
+        except (ValueError, FileNotFoundError):  # cut short, or replaced by a newer one
+            time.sleep(0.1 * (attempt + 1))
+    return None
 
 
 def prune_behind_snapshot(uri: str) -> tuple[int, int]:

@@ -214,3 +214,33 @@ def test_a_designed_run_overrides_model_weights_balance_and_budget():
     other = spec_for(spec, {"model": "resnet18", "weights": "none", "oversample_to": 40, "max_epochs": 5})
     assert other.model == ModelSpec("resnet18", "none") and (other.balance, other.oversample_to, other.max_epochs) == ("oversample", 40, 5)
     assert spec_for(spec, {"weights": "none"}).model == ModelSpec("efficientnet_lite0", "none")
+
+
+@pytest.mark.slow
+def test_frozen_features_are_computed_by_the_first_trial_and_mapped_by_the_next(tmp_path, monkeypatch):
+    """With the images in the cache, the first trial of a frozen prefix writes its features beside
+    them; a second trial (and run) with the same prefix computes none and trains to the same
+    bits, and both equal a run on images held in memory."""
+    from tune_search.trainable.data import DataSpec, load_dataset
+    from tune_search.trainable.models import StagedClassifier
+
+    spec_data = DataSpec(source="planted", image_size=32, train_size=120, val_size=60)
+    cached, in_memory = load_dataset(replace(spec_data, cache=str(tmp_path))), load_dataset(spec_data)
+    images_through_prefix = []
+    real = StagedClassifier.frozen_features
+    monkeypatch.setattr(StagedClassifier, "frozen_features", lambda self, x: images_through_prefix.append(len(x)) or real(self, x))
+    settings = TrialSettings(lr=1e-3, freeze_depth=3, batch_size=32)
+    spec = TrialSpec(ModelSpec("resnet18", "none"), max_epochs=2)
+    runs = []
+    for data in (cached, cached, in_memory):
+        images_through_prefix.clear()
+        runs.append(([_untimed(m) for m, _ in fine_tune(settings, spec, data)], sum(images_through_prefix)))
+    assert runs[0][1] == 2 + 120 + 60  # a probe image per split, then every image once
+    assert runs[1][1] == 2  # the probes only: the features were mapped
+    assert runs[2][1] == runs[0][1]
+    assert runs[0][0] == runs[1][0] == runs[2][0]
+    assert sorted(p.name for p in (cached.entry / "features").rglob("*.npy")) and len(list((cached.entry / "features").rglob("*.npy"))) == 2
+    other = TrialSettings(lr=1e-3, freeze_depth=2, batch_size=32)  # another prefix: its own features
+    images_through_prefix.clear()
+    list(fine_tune(other, spec, cached))
+    assert sum(images_through_prefix) == 2 + 120 + 60 and len(list((cached.entry / "features").rglob("*.npy"))) == 4

@@ -39,8 +39,8 @@ def image_bytes(side: int) -> int:
     return 3 * side * side
 
 
-def chunk_rows(side: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    return max(1, chunk_bytes // image_bytes(side))
+def chunk_rows(side: int) -> int:
+    return max(1, CHUNK_BYTES // image_bytes(side))
 
 
 def key_of(identity: dict) -> str:

@@ -6,7 +6,10 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import hashlib
 import math
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -116,9 +119,11 @@ def _on(device: torch.device, split: Split) -> Split:
     return Split(split.images.to(device), split.labels.to(device)) if device.type == "cuda" else split
 
 
-def cached_features(model: StagedClassifier, split: Split, spec: TrialSpec, device, amp) -> Split | None:
+def cached_features(model: StagedClassifier, split: Split, spec: TrialSpec, device, amp, shared: Path | None = None) -> Split | None:
     """The frozen prefix's output for every image, computed once (frozen stages are
-    deterministic: eval-mode BatchNorm, no dropout), or None when it would not fit."""
+    deterministic: eval-mode BatchNorm, no dropout), or None when it would not fit. With
+    `shared` (a folder in the images' cache entry) the features are kept there too, keyed by the
+    frozen weights, and every other trial (and run) with the same prefix maps them instead."""
     if model.freeze_depth == 0 or not len(split) or not spec.fast_path:
         return None
     model.eval()
@@ -126,9 +131,46 @@ def cached_features(model: StagedClassifier, split: Split, spec: TrialSpec, devi
         probe = model.frozen_features(split.images[:1].to(device))
     if probe.numel() * 4 * len(split) > spec.feature_cache_bytes:
         return None
-    with torch.no_grad(), autocast(device, amp):
-        parts = [model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float() for i in range(0, len(split), spec.eval_batch_size)]
-    return Split(torch.cat(parts).cpu(), split.labels)
+
+    def compute() -> torch.Tensor:
+        with torch.no_grad(), autocast(device, amp):
+            parts = [model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float() for i in range(0, len(split), spec.eval_batch_size)]
+        return torch.cat(parts).cpu()
+
+    if shared is None:
+        return Split(compute(), split.labels)
+    key = features_key(model, amp, device)
+    return Split(shared_features(shared / f"{key}.npy", compute, probe.numel() * 4 * len(split)), split.labels)
+
+
+def features_key(model: StagedClassifier, amp, device) -> str:
+    """What a frozen prefix's features depend on: its weights and buffers (after folding), the
+    input normalisation, the autocast type, the device kind and the thread count (results stay
+    bitwise those of a run that computed its own)."""
+    h = hashlib.sha256(f"{amp}|{device.type}|{torch.get_num_threads()}|{model.freeze_depth}".encode())
+    for name, tensor in [("mean", model.mean), ("std", model.std), *model.stages[: model.freeze_depth].state_dict().items()]:
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def shared_features(path: Path, compute: Callable[[], torch.Tensor], size: int) -> torch.Tensor:
+    """The features in `path`, computed and written there first by whichever trial comes
+    first (the others wait on its lock), then mapped copy-on-write; computed in memory alone
+    when the disk has no room for them."""
+    import numpy as np
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix(".lock"))):
+        if not path.is_file():
+            if shutil.disk_usage(path.parent).free < 2 * size:
+                return compute()
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            with open(partial, "wb") as f:  # a file object: np.save would add ".npy" to a name
+                np.save(f, compute().numpy())
+            partial.replace(path)
+    return torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))
 
 
 def trial_model(settings: TrialSettings, spec: TrialSpec, data: Dataset, device: torch.device) -> StagedClassifier:
@@ -219,11 +261,12 @@ def pass_inputs(model: StagedClassifier, pipeline, spec: TrialSpec, data: Datase
     the trainable rest on features computed once."""
     val, val_net = data.val, model
     train, train_net = _on(device, data.train), model
-    val_features = cached_features(model, data.val, spec, device, amp)
+    shared = (lambda part: None) if data.entry is None else (lambda part: data.entry / "features" / part)  # noqa: E731
+    val_features = cached_features(model, data.val, spec, device, amp, shared("val"))
     if val_features is not None:
         val, val_net = val_features, FromFeatures(model)
         if pipeline is None:
-            train_features = cached_features(model, data.train, spec, device, amp)
+            train_features = cached_features(model, data.train, spec, device, amp, shared("train"))
             if train_features is not None:
                 train, train_net = _on(device, train_features), FromFeatures(model)
     return train, train_net, val, val_net
