@@ -25,6 +25,11 @@ Sections (each prints a markdown table; all figures also go to results/bench/spe
              augmentations called harmless, how often a 1.5-point harm is called harmless and a
              1.3-point harm unclear, false hurts/helps over null screens; fixed 2 replicates and
              `seeds: auto`, at equivalence bounds 1 and 1.5 points (no training, ~2 min)
+  scale      (not in the default run) decode time, cache size, the driver's peak RSS, a trial's
+             peak RSS and first-epoch time for 1,000 / 10,000 / 69,000 Fashion-MNIST images at
+             32 / 64 / 128 / 224 px
+  start      (not in the default run) the 69,000-image 224 px run started twice: seconds to the
+             first trial, the driver's and a trial's RSS
   gpu        (not in the default run) resnet18 at 224 px on the GPU: bare step and trial
              images/s, GPU utilisation; `--sections gpu --gpu-dry-run` checks it on a CPU
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -500,12 +506,12 @@ def section_search(args) -> dict:
     overrides = {
         "data.source": str(folder), "data.image_size": args.image_size, "model.name": args.model,
         "budget.num_samples": args.trials, "budget.max_epochs": args.epochs,
-        "run.storage": str(work / "runs"), "run.name": "asha",
+        "run.storage": str(work / "runs"), "run.name": "asha", "data.cache": str(work / "cache"),
     }  # fmt: skip
     cfg = load_config(None, overrides)
     with ray_session(None):
         started = time.perf_counter()
-        space, spec, data = prepare(cfg)  # decodes the folder once, in the driver
+        space, spec, data = prepare(cfg)  # decodes the folder once, into the cache
         decode_s = time.perf_counter() - started
         started = time.perf_counter()
         location = RunLocation.of(cfg.run.storage, cfg.run.name)
@@ -564,6 +570,152 @@ def section_search(args) -> dict:
           + (f"; mean |full - reference|: {np.nanmean(np.abs(np.array(fast_top1) - np.array(ref_top1))):.4f}" if ref_top1 else ""))  # fmt: skip
     print(per_trial.round(4).to_string())
     return {"rows": rows, "per_trial": per_trial.to_dict("list"), "decode_s": decode_s}
+
+
+# ---------------------------------------------------------------- scale
+
+SCALE_SIZES = (1_000, 10_000, 69_000)
+SCALE_SIDES = (32, 64, 128, 224)
+SCALE_SCRIPT = r"""
+import json, os, pickle, sys, time
+from dataclasses import replace
+from tune_search.trainable.data import Dataset, Split
+from tune_search.trainable.models import ModelSpec
+from tune_search.trainable.trial import TrialSettings, TrialSpec, fine_tune, keep_freed_memory
+
+def kb(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
+
+what, arg = sys.argv[1], sys.argv[2]
+if what == "decode":  # the driver's part: decode into the cache
+    from tune_search.trainable.data import DataSpec, load_dataset
+    spec = DataSpec(**json.loads(arg))
+    started = time.perf_counter()
+    data = load_dataset(spec)
+    seconds = time.perf_counter() - started
+    size = sum(f.stat().st_size for f in data.entry.iterdir() if f.is_file())
+    sys.stdout.buffer.write(pickle.dumps({"decode_s": seconds, "peak": kb("VmHWM:") * 1024, "bytes": size, "data": data}))
+else:  # a trial's part: map the entry, train one epoch (or time a slice of it)
+    import torch
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    data = pickle.loads(open(arg, "rb").read())
+    limit = int(sys.argv[3])
+    if limit:  # a slice: the first `limit` train and val images, for an estimate
+        head = lambda split: Split(split.images[:limit], split.labels[:limit])
+        data = Dataset(head(data.train), head(data.val), data.classes, "slice")
+    settings = TrialSettings(lr=1e-3, freeze_depth=3, batch_size=64, augmentations=(("crop", 0.5), ("hflip", 0.5)))
+    spec = TrialSpec(ModelSpec("efficientnet_lite0"), max_epochs=1)
+    started = time.perf_counter()
+    metrics = next(iter(fine_tune(settings, spec, data)))[0]
+    print(json.dumps({"epoch_s": time.perf_counter() - started, "rss": kb("VmHWM:") * 1024, "train": len(data.train), "val": len(data.val)}))
+"""
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def section_scale(args) -> dict:
+    """Per data size and image size: the driver's decode time, the cache's size on disk and
+    the driver's peak RSS (a process that only decodes, as `prepare` does); then, in another
+    process as a trial, one trial's peak RSS and first-epoch time (Lite0, freeze depth 3, crop
+    and hflip at 0.5, 1 thread). An epoch estimated (from a 256-image slice) over
+    `--scale-epoch-limit` seconds is not run: its estimate is printed instead."""
+    import pickle
+    import sys
+
+    work = scratch("tune-search-scale-", args.keep)
+    rows = []
+    for n in SCALE_SIZES:
+        val = round(n * 10_000 / 69_000)
+        for side in SCALE_SIDES:
+            spec = {"source": "fashion-mnist", "image_size": side, "train_size": n - val, "val_size": val, "cache": str(work / "cache")}
+            out = subprocess.run([sys.executable, "-c", SCALE_SCRIPT, "decode", json.dumps(spec)], capture_output=True, check=True).stdout
+            built = pickle.loads(out)
+            payload = work / "data.pickle"
+            payload.write_bytes(pickle.dumps(built["data"]))
+
+            def trial(limit: int) -> dict:
+                run = subprocess.run([sys.executable, "-c", SCALE_SCRIPT, "trial", str(payload), str(limit)], capture_output=True, text=True, check=True)
+                return json.loads(run.stdout.strip().splitlines()[-1])
+
+            probe = trial(256)
+            estimate = probe["epoch_s"] * (n - val + val / 3) / (probe["train"] + probe["val"] / 3)  # evaluation: a forward only
+            row = {"images": n, "px": side, "decode s": built["decode_s"], "cache": _gb(built["bytes"]), "driver peak RSS": _gb(built["peak"])}
+            if estimate <= args.scale_epoch_limit:
+                first = trial(0)
+                row |= {"trial peak RSS": _gb(first["rss"]), "first epoch s": f"{first['epoch_s']:.0f}"}
+            else:
+                row |= {"trial peak RSS": _gb(probe["rss"]) + " (256-image slice)", "first epoch s": f"not run: about {estimate / 60:.0f} min (estimated)"}
+            rows.append(row)
+            print(row, flush=True)
+            shutil.rmtree(built["data"].entry)  # the next cell's disk
+    print(f"\n## Scale: Fashion-MNIST, {os.cpu_count()} CPUs, the cache on {work}\n")
+    print(table(rows, ["images", "px", "decode s", "cache", "driver peak RSS", "trial peak RSS", "first epoch s"]))
+    return {"rows": rows}
+
+
+START_SPACE = """
+data: {source: fashion-mnist, image_size: 224, train_size: 59000, val_size: 10000, cache: CACHE}
+budget: {num_samples: 3, max_epochs: 1}
+resources: {max_concurrent: 1}
+"""
+
+
+def _first_trial(work: Path, name: str, space: Path) -> dict:
+    """Start the CLI, wait for its first trial process to train for 20 s, then stop it (Ctrl-C);
+    seconds to the first trial, the driver's and the trial's peak RSS."""
+    import signal
+    import sys
+
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tune_search.cli", "--space", str(space), "--storage", str(work / "runs"), "--name", name],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    started, first, trial_peak = time.perf_counter(), None, 0
+    driver = psutil.Process(proc.pid)
+    while proc.poll() is None and time.perf_counter() - started < 900:
+        trials = [p for p in psutil.process_iter(["cmdline"]) if "ImplicitFunc" in " ".join(p.info["cmdline"] or [])]
+        if trials and first is None:
+            first = time.perf_counter() - started
+        for t in trials:
+            try:
+                trial_peak = max(trial_peak, t.memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+        if first is not None and time.perf_counter() - started > first + 20:
+            break
+        time.sleep(0.25)
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    driver_peak = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+    children = sum(c.memory_info().rss for c in driver.children(recursive=True) if "raylet" in c.name() or "gcs" in c.name())
+    proc.send_signal(signal.SIGINT)  # the driver's Ctrl-C; then whatever is left of its Ray goes
+    try:
+        output = proc.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:
+        output = "did not stop within 300 s of SIGINT"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return {"run": name, "first trial s": first, "driver peak RSS": _gb(driver_peak), "trial RSS": _gb(trial_peak), "ray daemons RSS": _gb(children),
+            "console": output.splitlines()[:3]}  # fmt: skip
+
+
+def section_start(args) -> dict:
+    """The 69,000-image, 224 px Fashion-MNIST run started twice: the first decodes into the
+    cache, the second reads it."""
+    work = scratch("tune-search-start-", args.keep)
+    space = work / "space.yaml"
+    space.write_text(START_SPACE.replace("CACHE", str(work / "cache")))
+    rows = [_first_trial(work, name, space) for name in ("first", "second")]
+    for row in rows:
+        print(row, flush=True)
+    print(f"\n## Start: 59,000 + 10,000 images at 224 px, {os.cpu_count()} CPUs\n")
+    print(table(rows, ["run", "first trial s", "driver peak RSS", "trial RSS", "ray daemons RSS"]))
+    print(f"\nsecond start / first: {rows[1]['first trial s'] / rows[0]['first trial s']:.2f}")
+    return {"rows": rows}
 
 
 # ---------------------------------------------------------------- verdicts
@@ -793,6 +945,8 @@ SECTIONS = {
     "verdicts": section_verdicts,
     "screen": section_screen,
     "gpu": section_gpu,
+    "scale": section_scale,
+    "start": section_start,
 }
 DEFAULT_SECTIONS = ("augment", "depthwise", "steps", "precision", "search", "verdicts", "screen")
 
@@ -816,6 +970,7 @@ def main() -> None:
     p.add_argument("--gpu-train-size", type=int, default=8000, help="training images for the gpu section")
     p.add_argument("--rate-screens", type=int, default=200, help="simulated screens per row in the rates section")
     p.add_argument("--gpu-dry-run", action="store_true", help="run the gpu section on the CPU, small, where there is no GPU")
+    p.add_argument("--scale-epoch-limit", type=float, default=600, help="scale: epochs estimated longer than this (s) are not run")
     p.add_argument("--out", default="results/bench/speed.json")
     p.add_argument("--keep", action="store_true", help="keep the sections' work folders (removed at exit otherwise)")
     args = p.parse_args()

@@ -43,9 +43,18 @@ OVERRIDES = {
 SEARCH_EPILOG = "A bare `tune-search [flags]` is `tune-search search [flags]`. --debug anywhere prints the traceback of a failure."
 
 
+def describe_tables() -> str:
+    """Every table a run can write, from the declarations that write them (the search's and
+    each study's), so a study added later is listed with no other change."""
+    from tune_search.results import TABLES
+
+    return "\n\n".join(f"{name}.parquet: {table.what}\n\n{table.markdown()}" for name, table in TABLES.items())
+
+
 def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", metavar="FILE", help="YAML space file (see configs/default.yaml); defaults if omitted")
     p.add_argument("--list-augmentations", action="store_true", help="print the augmentation table (with --space, its declared entries too) and exit")
+    p.add_argument("--list-tables", action="store_true", help="print every results table: what it holds, its columns, types and units; and exit")
     p.add_argument("--config-from", metavar="PARQUET", help="re-run one saved config for the full budget")
     p.add_argument("--row", type=int, help="row of --config-from to re-run (default 0, the best)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search STORAGE/NAME")
@@ -221,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         args, cfg = parse(argv[1:])
         if args.list_augmentations:
             print(describe(cfg.catalog))  # with --space, its declared entries too
+            return 0
+        if args.list_tables:
+            print(describe_tables())
             return 0
         return run(args, cfg)
     except (Interrupted, KeyboardInterrupt) as exc:
