@@ -11,10 +11,10 @@ from tune_search.analysis import estimate_effects
 from tune_search.export import search_tables
 from tune_search.report import build_report
 from tune_search.results import ResultsFolder
-from tune_search.studies import effects_table
+from tune_search.studies import by_name, effects_table, with_effects
 from tune_search.studies.ablation import paired_effects
-from tune_search.studies.dose import dose_curve, dose_table, harmful_above, with_thresholds
-from tune_search.studies.screen import per_class_effects, screen_effects, with_screen
+from tune_search.studies.dose import dose_curve, dose_starts, dose_table, harmful_above
+from tune_search.studies.screen import per_class_effects, screen_effects
 
 
 @pytest.mark.slow
@@ -27,7 +27,7 @@ def test_report_from_parquet_files_only(tmp_path):
     per_class = per_class_effects(screen_runs, NAMES, ["ant", "bee", "cat"])
     blur_dose = dose_runs(lambda s: -0.04 * s)
     harmful = {"blur": harmful_above(dose_curve(blur_dose, "blur"), 0.005)}
-    effects = with_thresholds(with_screen(effects_table(NAMES, search), screened), harmful)
+    effects = with_effects(with_effects(effects_table(NAMES, search), by_name["screen"], screened), by_name["dose"], dose_starts(harmful))
     folder.write("effects", effects)
     folder.write("per_class", per_class)
     folder.write("dose", dose_table(blur_dose, ["blur"], 0.005))

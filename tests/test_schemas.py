@@ -77,3 +77,19 @@ def test_list_tables_prints_every_declared_table(capsys):
     out = capsys.readouterr().out
     for name, table in TABLES.items():
         assert f"{name}.parquet: {table.what}\n\n{table.markdown()}" in out
+
+
+def test_effects_are_joined_from_the_columns_each_study_declares_and_no_other():
+    import pandas as pd
+
+    from tune_search.studies import by_name, effects_table, with_effects
+
+    effects = effects_table(["blur", "hflip"], None)
+    assert list(effects.columns) == [c.name for c in TABLES["effects"].columns]
+    assert effects["verdict"].tolist() == ["not screened"] * 2
+    screened = with_effects(effects, by_name["screen"], pd.DataFrame({"augmentation": ["blur"], "verdict": ["hurts"], "effect": [-0.03]}))
+    assert screened["verdict"].tolist() == ["hurts", "not screened"] and screened["effect"].iloc[0] == -0.03
+    dosed = with_effects(screened, by_name["dose"], pd.DataFrame({"augmentation": ["blur"], "harmful_above": [0.3]}))
+    assert dosed["harmful_above"].iloc[0] == 0.3 and dosed["verdict"].tolist() == ["hurts", "not screened"]
+    with pytest.raises(ValueError, match=r"study dose returned effects columns it does not declare: \['verdict'\]"):
+        with_effects(dosed, by_name["dose"], pd.DataFrame({"augmentation": ["blur"], "verdict": ["helps"]}))

@@ -12,10 +12,10 @@ from tune_search.export import CONFIG_COLUMNS, HISTORY_COLUMNS, TRIAL_COLUMNS
 from tune_search.schemas import SEARCH_TABLES, Table
 from tune_search.sections import ConfigError
 from tune_search.storage import write_parquet, write_text
-from tune_search.studies import STUDIES
+from tune_search.studies import EFFECTS, STUDIES
 
 # the search's tables and effects.parquet, then each study's own
-TABLES: dict[str, Table] = SEARCH_TABLES | {name: table for study in STUDIES for name, table in study.tables.items()}
+TABLES: dict[str, Table] = SEARCH_TABLES | {"effects": EFFECTS} | {name: table for study in STUDIES for name, table in study.tables.items()}
 
 # columns the analysis and the studies read from the search's tables
 NEEDED = {"trials": TRIAL_COLUMNS, "best_configs": (*CONFIG_COLUMNS, "top1", "epochs"), "history": HISTORY_COLUMNS[:2]}

@@ -100,7 +100,8 @@ DOSE = [
 ]
 STRENGTH = "strength in [0, 1]"
 
-EFFECTS = [
+# the screen's verdict columns, which its focused second stage (focus.parquet) repeats
+VERDICT_COLUMNS = [
     *columns("augmentation", STRING),
     *columns("strength", FLOAT, STRENGTH),
     *INTERVAL,
@@ -112,7 +113,9 @@ EFFECTS = [
     *columns("top5_effect, top5_ci_low, top5_ci_high", FLOAT, DIFFERENCE),
     *columns("n_runs", INT),
     *columns("df", FLOAT),
-    *columns("harmful_above, harmful_above_low, harmful_above_high", FLOAT, STRENGTH),
+]
+# the search's own estimates per augmentation, the last columns of effects.parquet
+SEARCH_EFFECTS = [
     *columns("search_effect, search_ci_low, search_ci_high", FLOAT, DIFFERENCE),
     *columns("search_verdict", STRING),
     *columns("search_n_on, search_n_off", INT),
@@ -199,5 +202,4 @@ SEARCH_TABLES: dict[str, Table] = {
     # the search's best trials, then the confirmation's recommendation: `source` says which, and
     # `n_seeds` how many runs its top-1 averages
     "best_configs": Table("the best trials, then the recommendation", [*TRIALS, *columns("source", STRING), *columns("n_seeds", INT)]),
-    "effects": Table("verdicts per augmentation", EFFECTS),
 }

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import pandas as pd
 
 from tune_search.location import RunLocation
-from tune_search.schemas import Table
+from tune_search.schemas import Column, Table
 from tune_search.sections import SearchConfigBase
 
 if TYPE_CHECKING:
@@ -78,6 +78,10 @@ class Study(abc.ABC):
     follows: ClassVar[str | None] = None  # runs right after this study when `enabled`
     # its space-file section(s): key -> a `tune_search.sections.Section` model; SearchConfigBase has them
     sections: ClassVar[Mapping[str, type]] = {}
+    # its columns of effects.parquet (the one table per augmentation that studies share): it
+    # returns them, keyed by `augmentation`, as "effects" from `analyse`; the registry joins them
+    effect_columns: ClassVar[tuple[Column, ...]] = ()
+    effect_blank: ClassVar[Mapping[str, object]] = {}  # a column's value where it has no row (else null)
 
     def enabled(self, cfg: SearchConfigBase) -> bool:
         """Whether it runs after a search (or after the study it follows) by default."""
@@ -96,7 +100,8 @@ class Study(abc.ABC):
 
     def analyse(self, tables: Tables, cfg: SearchConfigBase, classes: Sequence[str]) -> dict[str, pd.DataFrame]:
         """Its analysis tables from the tables present (its runs, and those of the studies
-        before it in `STUDIES`): pure, never written here."""
+        before it in `STUDIES`): pure, never written here. Under "effects", its own
+        `effect_columns` only, which the registry joins into effects.parquet."""
         return {}
 
     def recommendation(self, tables: Tables) -> Recommendation | None:

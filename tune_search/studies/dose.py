@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 from tune_search import render
 from tune_search.constants import CLEAN
 from tune_search.export import config_from_row
-from tune_search.schemas import DOSE, RUNS, Table
+from tune_search.schemas import DOSE, FLOAT, RUNS, STRENGTH, Table, columns
 from tune_search.sections import PositiveInt, SearchConfigBase, Section, Strength, two_levels
 from tune_search.stats import block_fit, level_contrasts, mean_prediction
 from tune_search.studies._base import Study, StudyContext, Tables
@@ -139,17 +139,16 @@ def dose_table(runs: pd.DataFrame, names: Sequence[str], threshold: float) -> pd
     return pd.concat(frames, ignore_index=True)
 
 
-def with_thresholds(effects: pd.DataFrame, thresholds: Mapping[str, tuple[float, float, float]]) -> pd.DataFrame:
-    """effects.parquet with the dose-response's columns filled in."""
-    effects = effects.copy()
-    for i, column in enumerate(EFFECT_COLUMNS):
-        effects[column] = [thresholds.get(n, (math.nan,) * 3)[i] for n in effects["augmentation"]]
-    return effects
+def dose_starts(thresholds: Mapping[str, tuple[float, float, float]]) -> pd.DataFrame:
+    """Its columns of effects.parquet: where each dosed augmentation's harm starts."""
+    rows = [{"augmentation": n, **dict(zip(EFFECT_COLUMNS, t, strict=True))} for n, t in thresholds.items()]
+    return pd.DataFrame(rows, columns=["augmentation", *EFFECT_COLUMNS])
 
 
 class Dose(Study):
     name = "dose"
     sections = {"dose": DoseConfig}
+    effect_columns = tuple(columns(", ".join(EFFECT_COLUMNS), FLOAT, STRENGTH))
     follows = "screen"
     tables = {
         "dose_runs": Table("the dose-response runs", RUNS),
@@ -193,7 +192,7 @@ class Dose(Study):
         dosed = [n for n in cfg.space.augmentation_names if (runs["label"] == n).any()]
         top, bottom = max(cfg.dose.strengths), min(cfg.dose.strengths)
         thresholds = {n: harmful_above(dose_curve(runs, n), cfg.dose.threshold, top=top, bottom=bottom) for n in dosed}
-        return {"dose": dose_table(runs, dosed, cfg.dose.threshold), "effects": with_thresholds(tables["effects"], thresholds)}
+        return {"dose": dose_table(runs, dosed, cfg.dose.threshold), "effects": dose_starts(thresholds)}
 
     def section(self, tables: Tables, folder: Path) -> list[str]:
         dose = tables.get("dose")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from tune_search import render
 from tune_search.export import config_from_row
-from tune_search.schemas import DIFFERENCE, FLOAT, INT, INTERVAL, PROBABILITY, RUNS, STRENGTH, STRING, Table, columns
+from tune_search.schemas import RUNS, VERDICT_COLUMNS, Table
 from tune_search.sections import PositiveInt, SearchConfigBase, Section
 from tune_search.studies import run_configs, training
 from tune_search.studies._base import Study, StudyContext, Tables
@@ -92,22 +92,7 @@ class Focus(Study):
     follows = "screen"
     tables = {
         "focus_runs": Table("the focused screen's runs", RUNS),
-        "focus": Table(
-            "each augmentation's effect when added to the recipe",
-            [
-                *columns("augmentation", STRING),
-                *columns("strength", FLOAT, STRENGTH),
-                *INTERVAL,
-                *columns("p_value, p_adjusted", FLOAT, PROBABILITY),
-                *columns("verdict", STRING),
-                *columns("detectable, negligible", FLOAT, DIFFERENCE),
-                *columns("p_equivalence, p_equivalence_adjusted, alpha", FLOAT, PROBABILITY),
-                *columns("settle_replicates", INT),
-                *columns("top5_effect, top5_ci_low, top5_ci_high", FLOAT, DIFFERENCE),
-                *columns("n_runs", INT),
-                *columns("df", FLOAT),
-            ],
-        ),
+        "focus": Table("each augmentation's effect when added to the recipe", VERDICT_COLUMNS),
     }
 
     def enabled(self, cfg: SearchConfigBase) -> bool:

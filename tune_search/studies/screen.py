@@ -25,7 +25,7 @@ from pyDOE3 import fold, pbdesign
 
 from tune_search import render
 from tune_search.constants import BASELINES, CLEAN, MOTIVATING
-from tune_search.schemas import DIFFERENCE, FLOAT, FRACTION, NATS, PROBABILITY, RUNS, STRENGTH, STRING, Table, columns
+from tune_search.schemas import DIFFERENCE, FLOAT, FRACTION, NATS, PROBABILITY, RUNS, STRENGTH, STRING, VERDICT_COLUMNS, Table, columns
 from tune_search.sections import PositiveInt, SearchConfigBase, Section, Strength
 from tune_search.stats import (
     ALPHA,
@@ -44,27 +44,7 @@ from tune_search.studies.errors import look_alpha
 from tune_search.trainable.augment import strength_key, switch_key
 from tune_search.trainable.hyperparameters import KEYS as HYPERPARAMETER_KEYS
 
-EFFECT_COLUMNS = (
-    "augmentation",
-    "strength",
-    "effect",
-    "ci_low",
-    "ci_high",
-    "p_value",
-    "p_adjusted",
-    "verdict",
-    "detectable",
-    "negligible",
-    "p_equivalence",
-    "p_equivalence_adjusted",
-    "alpha",
-    "settle_replicates",
-    "top5_effect",
-    "top5_ci_low",
-    "top5_ci_high",
-    "n_runs",
-    "df",
-)  # fmt: skip  (its columns of effects.parquet)
+EFFECT_COLUMNS = tuple(c.name for c in VERDICT_COLUMNS)  # screen_effects' columns, augmentation first
 NOT_SCREENED = "not screened"
 VERDICTS = ("hurts", "helps", "harmless", "unclear")
 
@@ -313,13 +293,6 @@ def affinity_table(runs: pd.DataFrame, names: Sequence[str], strengths: pd.Serie
     return table
 
 
-def with_screen(effects: pd.DataFrame, screen: pd.DataFrame) -> pd.DataFrame:
-    """effects.parquet with the screen's columns filled in (others as they were)."""
-    mine = effects[["augmentation"]].merge(screen, on="augmentation", how="left")
-    rest = effects.drop(columns=list(EFFECT_COLUMNS[1:]))
-    return pd.concat([mine, rest.drop(columns="augmentation")], axis=1)[list(effects.columns)]
-
-
 # the study -----------------------------------------------------------------------------------
 
 
@@ -366,6 +339,8 @@ def _run_line(cfg: SearchConfigBase, base: dict, names: list[str], replicates: i
 class Screen(Study):
     name = "screen"
     sections = {"screen": ScreenConfig}
+    effect_columns = tuple(VERDICT_COLUMNS[1:])
+    effect_blank = {"verdict": NOT_SCREENED}
 
     def consistent(self, cfg: SearchConfigBase) -> None:
         strength, searched = cfg.screen.strength, cfg.space.augmentation_names
@@ -441,7 +416,7 @@ class Screen(Study):
         return {
             "per_class": per_class_effects(runs, names, classes),
             "affinity": affinity_table(runs, names, effects["strength"]),
-            "effects": with_screen(tables["effects"], effects),
+            "effects": effects,
         }
 
     def section(self, tables: Tables, folder: Path) -> list[str]:
