@@ -670,7 +670,7 @@ def _memory(pid: int) -> dict[str, int]:
     return {k: int(fields[k].split()[0]) * 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
 
 
-def _first_trial(work: Path, name: str, space: Path, train_s: float = 60) -> dict:
+def _first_trial(work: Path, name: str, space: Path, train_s: float = 30) -> dict:
     """Start the CLI, wait until its first trial process has run `train_s` seconds, then stop
     it (Ctrl-C); seconds to the first trial, the driver's and the trial's memory."""
     import signal
