@@ -19,7 +19,7 @@ import shutil
 import sys
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +121,6 @@ class Store:
     a cache folder being filled."""
 
     folder: Path | None = None
-    parts: dict[str, Part] = field(default_factory=dict)
 
     def writer(self, name: str, side: int):
         return _MemoryWriter(side) if self.folder is None else _FileWriter(self.folder / f"{name}.u8", side)
