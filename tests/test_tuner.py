@@ -2,13 +2,15 @@
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune import Experiment
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES
 from tune_search.sections import ResourcesConfig
 from tune_search.space import Space
-from tune_search.tuner import PruneAwareOptunaSearch, make_searcher, trial_resources
+from tune_search.tuner import PruneAwareOptunaSearch, ResumableSearch, make_searcher, trial_resources
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -84,3 +86,42 @@ def test_explicit_resources_are_kept():
     chosen = ResourcesConfig(cpus_per_trial=2, gpus_per_trial=0.5)
     assert trial_resources(chosen, {"CPU": 16, "GPU": 1}) == (2.0, 0.5)
     assert trial_resources(ResourcesConfig(gpus_per_trial=0), {"CPU": 16, "GPU": 1}) == (1.0, 0.0)
+
+
+def generator(max_concurrent: int, tmp_path, samples=4) -> ResumableSearch:
+    """A search as run_search builds it, with an experiment added as Tune adds it."""
+    cfg = SearchConfig()
+    base = make_searcher(cfg, Space.resolve(cfg.space, 9))
+    search = ResumableSearch(ConcurrencyLimiter(base, max_concurrent=max_concurrent) if max_concurrent else base)
+    search.add_configurations(Experiment("t", run=lambda config: None, num_samples=samples, storage_path=str(tmp_path)))
+    return search
+
+
+def test_a_restored_search_forgets_a_trial_the_experiment_never_listed_and_tries_its_point_again(tmp_path):
+    """The searcher's state was saved after it suggested `orphan`, the trial list before: with
+    one trial at a time the limiter would hold the orphan's slot for ever, and Tune would wait."""
+    search = generator(1, tmp_path)
+    listed = search.next_trial()
+    search.on_trial_complete(listed.trial_id, report(search.searcher.searcher, listed.trial_id, [0.5, 0.6, 0.7, 0.8]))
+    orphan = search.next_trial()
+    assert search.next_trial() is None  # the orphan holds the only slot
+
+    assert search.forget_unlisted([listed]) == [orphan.trial_id]
+    assert search.forget_unlisted([listed]) == []  # forgotten once
+    rest = []
+    while (trial := search.next_trial()) is not None:  # the resumed search, one trial at a time
+        rest.append(trial)
+        search.on_trial_complete(trial.trial_id, report(search.searcher.searcher, trial.trial_id, [0.5, 0.6]))
+    assert len(rest) == 3 and search.is_finished()  # the orphan's sample was given back
+    assert orphan.config in [t.config for t in rest]  # its point (a baseline here, by its name) runs after all
+    states = [t.state for t in search.searcher.searcher.study.trials]
+    assert states.count(TrialState.FAIL) == 1 and TrialState.RUNNING not in states
+
+
+def test_a_search_without_a_limit_gives_the_orphans_sample_back_too(tmp_path):
+    search = generator(0, tmp_path, samples=2)
+    first, orphan = search.next_trial(), search.next_trial()
+    assert search.is_finished()
+    assert search.forget_unlisted([first]) == [orphan.trial_id]
+    assert not search.is_finished() and search.next_trial() is not None
+    assert search.is_finished()

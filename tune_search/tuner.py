@@ -12,9 +12,10 @@ import optuna
 import torch
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune.callback import Callback
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_search.board import TensorBoard
@@ -103,6 +104,54 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def study(self) -> optuna.Study:
         return self._ot_study
 
+    def requeue(self, trial_id: str) -> None:
+        """Queue a suggested trial's point again, under its name if it is a baseline: it is
+        suggested after the points queued before it (the baselines not yet run)."""
+        stored = self._stored(trial_id)
+        self._ot_study.enqueue_trial(stored.params, user_attrs={k: v for k, v in stored.user_attrs.items() if k != "ray_trial_id"})
+
+
+class ResumableSearch(SearchGenerator):
+    """Ray's SearchGenerator, made to agree with the trials of a restored experiment.
+
+    Ray saves the searcher's state and the experiment's trial list as separate files, and on
+    remote storage uploads them one after the other: a driver killed in between can leave a
+    searcher that suggested a trial the experiment never listed. Restored as it is, the
+    ConcurrencyLimiter counts that trial live for ever (a resumed search with max_concurrent
+    then waits on it without end), the generator counts its sample as used, and Optuna holds
+    it RUNNING. `forget_unlisted` ends it in Optuna as failed, frees its slot and its sample,
+    and queues its point again, so the search still tries that point.
+    """
+
+    def forget_unlisted(self, trials: list) -> list[str]:
+        listed = {trial.trial_id for trial in trials}
+        base = self.searcher
+        while not isinstance(base, PruneAwareOptunaSearch):
+            base = base.searcher
+        orphans = [trial_id for trial_id in base._ot_trials if trial_id not in listed]
+        for trial_id in orphans:
+            base.requeue(trial_id)
+            self.on_trial_complete(trial_id, error=True)  # frees the limiter's slot
+            base.on_trial_complete(trial_id, error=True)  # Optuna's FAIL, where no limiter passed it on
+            del base._ot_trials[trial_id]
+        self._counter -= len(orphans)
+        return orphans
+
+
+class ForgetUnlisted(Callback):
+    """Repairs a restored search before Tune first asks it for a trial (see ResumableSearch)."""
+
+    def __init__(self, search: ResumableSearch):
+        self._search = search
+        self._checked = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self._checked:
+            return
+        self._checked = True
+        for trial_id in self._search.forget_unlisted(trials):
+            print(f"search: trial {trial_id} was suggested but not saved before the driver stopped; its point is queued again")
+
 
 class BaselineFullBudgetASHA(AsyncHyperBandScheduler):
     """ASHA that lets the baseline trials run the full budget, so the baseline table
@@ -172,7 +221,7 @@ def reuse_actors() -> bool:
     return sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
-def _run_config(cfg: SearchConfigBase, location: RunLocation, name: str, trials: int, phase: str) -> tune.RunConfig:
+def _run_config(cfg: SearchConfigBase, location: RunLocation, name: str, trials: int, phase: str, *extra: Callback) -> tune.RunConfig:
     return tune.RunConfig(
         name=name,
         storage_path=location.storage,
@@ -187,6 +236,7 @@ def _run_config(cfg: SearchConfigBase, location: RunLocation, name: str, trials:
             Progress(phase, trials, cfg.budget.max_epochs, every_run=cfg.run.verbose),
             TensorBoard(location.board, phase, cfg.budget.max_epochs),
             CheckpointRetention(join(location.storage, name)),
+            *extra,
         ],
     )
 
@@ -211,7 +261,9 @@ def run_search(cfg: SearchConfigBase, data: Dataset, spec: TrialSpec, space: Spa
     for name, why in space.baselines_left_out():
         print(f"baseline {name!r} left out: {why}")
     searcher = make_searcher(cfg, space, journal)
-    search_alg = ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent) if cfg.resources.max_concurrent else searcher
+    limited = ConcurrencyLimiter(searcher, max_concurrent=cfg.resources.max_concurrent) if cfg.resources.max_concurrent else searcher
+    # the callback and Tune share this object: tuner.pkl pickles both at once
+    search_alg = ResumableSearch(limited)
     scheduler = BaselineFullBudgetASHA(
         time_attr=TRAINING_ITERATION,
         metric=METRIC,
@@ -229,7 +281,7 @@ def run_search(cfg: SearchConfigBase, data: Dataset, spec: TrialSpec, space: Spa
             reuse_actors=reuse_actors(),
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=_run_config(cfg, location, location.name, cfg.budget.num_samples, "search"),
+        run_config=_run_config(cfg, location, location.name, cfg.budget.num_samples, "search", ForgetUnlisted(search_alg)),
     )
     return _fit(tuner, location.uri, "search")
 
