@@ -10,7 +10,6 @@ import hashlib
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from tune_search.trainable.loop import (
     train_one_epoch,
 )
 from tune_search.trainable.models import FromFeatures, ModelSpec, StagedClassifier, build_model, family_of
+from tune_search.trainable.staging import checkpoint_folder, parent_folder, remove_stale
 
 CHECKPOINT_FILE = "state.pt"
 WEIGHTS_ONLY = ("epoch", "model")  # what a finished trial's kept checkpoint holds
@@ -349,6 +349,7 @@ def train_trial(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
     # Ray pins OMP threads to 1 in workers; use exactly this trial's CPU share instead
     torch.set_num_threads(max(1, int(spec.cpus_per_trial)))
     keep_freed_memory()
+    remove_stale(parent_folder())
     experiment = tune.get_context().get_experiment_name()
     checkpoint = tune.get_checkpoint()
     resume = None
@@ -359,7 +360,7 @@ def train_trial(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
         if state is None:  # diverged: reported without a checkpoint, and the trial ends
             tune.report({**metrics, "node_id": node_id})
             return
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state(), Path(folder) / CHECKPOINT_FILE)
+        with checkpoint_folder() as folder:
+            torch.save(state(), folder / CHECKPOINT_FILE)
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
         maybe_hold(experiment, metrics["epoch"])
