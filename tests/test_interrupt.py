@@ -24,15 +24,21 @@ def test_the_interrupted_line_names_the_command_that_resumes():
     assert "run the same command again: tune-search report results/r" in interrupted_line(["report", "results/r"], None)
 
 
-def _interrupt(cli: list[str], experiment: str, hold, sig: int) -> str:
-    """Run the CLI with a run of `experiment` held after its first epoch; send `sig` to the
-    driver there; its stderr (it must exit 130)."""
+def _interrupt(cli: list[str], experiment: str, hold, sig: int, terminal: bool) -> str:
+    """Run the CLI with a run of `experiment` held; send `sig` there, and return its stderr (it
+    must exit 130). `terminal`: the run is held inside its second epoch, and the signal goes
+    to the driver's whole process group, Ray's processes included, as a terminal's Ctrl-C
+    does; else the run is held between its first and second epochs, and only the driver gets it."""
     hold.mkdir()
-    env = {**os.environ, HOLD: hold_spec(hold, experiment, epoch=1, nth=1)}
+    where = hold_spec(hold, experiment, epoch=2, nth=1, point="before") if terminal else hold_spec(hold, experiment, epoch=1, nth=1)
+    env = {**os.environ, HOLD: where}
     proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         _held(hold, time.time() + 300, proc)
-        proc.send_signal(sig)
+        if terminal:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -49,12 +55,12 @@ def test_ctrl_c_in_the_search_the_screen_and_the_confirmation_then_resume(tmp_pa
     cli = [sys.executable, "-m", "tune_search.cli", *args]
     resume = f"Resume with: tune-search --space {tmp_path / 'space.yaml'} --storage {tmp_path} --name i --resume"
     finished = {}
-    for phase, experiment, sig, command in (
-        ("search", "i", signal.SIGINT, cli),
-        ("screen", "i-screen", signal.SIGTERM, [*cli, "--resume"]),
-        ("confirm", "i-confirm", signal.SIGINT, [*cli, "--resume"]),
+    for phase, experiment, sig, terminal, command in (
+        ("search", "i", signal.SIGINT, False, cli),
+        ("screen", "i-screen", signal.SIGTERM, False, [*cli, "--resume"]),
+        ("confirm", "i-confirm", signal.SIGINT, True, [*cli, "--resume"]),
     ):
-        err = _interrupt(command, experiment, tmp_path / f"hold-{phase}", sig)
+        err = _interrupt(command, experiment, tmp_path / f"hold-{phase}", sig, terminal)
         assert err.strip().splitlines()[-1] == f"tune-search: interrupted during the {phase}; every finished run is kept. {resume}", err
         assert "Traceback" not in err and "Error" not in err, err
         folder = tmp_path / experiment

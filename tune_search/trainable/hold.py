@@ -2,9 +2,11 @@
 its driver) there whatever the machine's speed, instead of racing a poll against training.
 
 Off unless the environment variable `TUNE_SEARCH_HOLD` is set (Ray's local workers inherit the
-driver's environment) to `FOLDER:EXPERIMENT:EPOCH:NTH`: the NTH trial process of experiment
-EXPERIMENT (Ray's run name, e.g. `r-screen`) to report epoch EPOCH writes its pid into
-FOLDER/held once that report returned, and then sleeps until it is killed.
+driver's environment) to `FOLDER:EXPERIMENT:EPOCH:NTH:POINT`: the NTH trial process of
+experiment EXPERIMENT (Ray's run name, e.g. `r-screen`) to reach epoch EPOCH writes its pid into
+FOLDER/held and then sleeps until it is killed; POINT `after` holds it once that epoch's
+report returned (between epochs), `before` once the epoch trained but before it is reported
+(as a trial is for most of a run: inside an epoch, its last result older than its work).
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ from pathlib import Path
 HOLD = "TUNE_SEARCH_HOLD"
 
 
-def hold_spec(folder: str | Path, experiment: str, epoch: int, nth: int) -> str:
+def hold_spec(folder: str | Path, experiment: str, epoch: int, nth: int, point: str = "after") -> str:
     """The value of TUNE_SEARCH_HOLD for a test."""
-    return f"{folder}:{experiment}:{epoch}:{nth}"
+    assert point in ("before", "after")
+    return f"{folder}:{experiment}:{epoch}:{nth}:{point}"
 
 
-def maybe_hold(experiment: str, epoch: int) -> None:
+def maybe_hold(experiment: str, epoch: int, point: str) -> None:
     """Hold here forever when this process is the one TUNE_SEARCH_HOLD names; else return."""
     value = os.environ.get(HOLD)
     if not value:
         return
-    folder, wanted, at, nth = value.rsplit(":", 3)
-    if experiment != wanted or epoch != int(at):
+    folder, wanted, at, nth, where = value.rsplit(":", 4)
+    if experiment != wanted or epoch != int(at) or point != where:
         return
     for k in itertools.count(1):  # each arrival claims the next number, atomically
         try:

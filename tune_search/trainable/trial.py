@@ -360,7 +360,8 @@ def train_trial(config: dict, *, data: Dataset, spec: TrialSpec) -> None:
         if state is None:  # diverged: reported without a checkpoint, and the trial ends
             tune.report({**metrics, "node_id": node_id})
             return
+        maybe_hold(experiment, metrics["epoch"], "before")
         with checkpoint_folder() as folder:
             torch.save(state(), folder / CHECKPOINT_FILE)
             tune.report({**metrics, "node_id": node_id}, checkpoint=tune.Checkpoint.from_directory(folder))
-        maybe_hold(experiment, metrics["epoch"])
+        maybe_hold(experiment, metrics["epoch"], "after")
