@@ -142,7 +142,7 @@ def _trained_at_most_one_epoch_twice(epochs: list[int], last: int) -> bool:
     return epochs == list(range(1, last + 1)) or any(epochs == [*range(1, k + 1), *range(k, last + 1)] for k in range(1, last + 1))
 
 
-def test_a_killed_search_and_a_killed_screen_resume_without_losing_or_repeating_runs(tmp_path):
+def test_a_killed_search_and_a_killed_screen_resume_without_losing_or_repeating_runs(tmp_path, capsys):
     (tmp_path / "space.yaml").write_text(RESUMABLE)
     args = ["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path), "--name", "r"]
     cli = [sys.executable, "-m", "tune_search.cli", *args]
@@ -150,7 +150,12 @@ def test_a_killed_search_and_a_killed_screen_resume_without_losing_or_repeating_
     searched = _kill_when(cli, folder, "search", tmp_path / "hold-search", check_loopback=True)
     screened = _kill_when([*cli, "--resume"], screen, "screen", tmp_path / "hold-screen")  # the search finishes, the screen is killed
 
+    capsys.readouterr()
     assert main([*args, "--resume"]) == 0
+    # each kill is named by the next command, with the last line the killed one logged
+    assert "note: the previous command on this run stopped without a word" in capsys.readouterr().out
+    log = (folder / "console.log").read_text().splitlines()
+    assert sum("stopped without a word" in line for line in log) == 2 and log[-1].endswith("ended: exit 0"), log
     trials = pd.read_parquet(folder / "trials.parquet")
     assert len(trials) == 6 and trials["trial_id"].is_unique
     assert (trials["epochs"] == 3).all() and (trials["status"] == "completed").all()

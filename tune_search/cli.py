@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from tune_search import pipeline
+from tune_search import pipeline, runlog
 from tune_search.config import ConfigError, SearchConfig, load_config
 from tune_search.export import config_from_row
 from tune_search.interrupt import Interrupted
@@ -218,37 +218,44 @@ def interrupted_line(argv: list[str], phase: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success, 2 on bad input (one message naming the key, file or folder),
     130 when interrupted (Ctrl-C or SIGTERM: one line with the command that resumes),
-    1 on any other failure (one line; --debug shows the traceback)."""
+    1 on any other failure (one line; --debug shows the traceback). What it prints once the
+    results folder is known, and how it ended, go to that folder's console.log too."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     argv = _with_command([a for a in argv if a != "--debug"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with runlog.capturing():
+        code, message = _outcome(argv, debug)
+        if message:
+            print(f"tune-search: {message}", file=sys.stderr)
+        runlog.end(code, message)
+    return code
+
+
+def _outcome(argv: list[str], debug: bool) -> tuple[int, str]:
     try:
         if argv[0] != "search":
             args = build_parser().parse_args(argv)
-            return run_results_command(args)
+            return run_results_command(args), ""
         args, cfg = parse(argv[1:])
         if args.list_augmentations:
             print(describe(cfg.catalog))  # with --space, its declared entries too
-            return 0
+            return 0, ""
         if args.list_tables:
             print(describe_tables())
-            return 0
-        return run(args, cfg)
+            return 0, ""
+        return run(args, cfg), ""
     except (Interrupted, KeyboardInterrupt) as exc:
-        print(f"tune-search: {interrupted_line(argv, getattr(exc, 'phase', None))}", file=sys.stderr)
-        return 130
+        return 130, interrupted_line(argv, getattr(exc, "phase", None))
     except (ConfigError, DataError, WeightsError) as exc:
         if debug:
             traceback.print_exc()
-        print(f"tune-search: error: {exc}", file=sys.stderr)
-        return 2
+        return 2, f"error: {exc}"
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into one line
         if debug:
             traceback.print_exc()
         first = (str(exc).splitlines() or [""])[0]
-        print(f"tune-search: error: {type(exc).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return 1, f"error: {type(exc).__name__}: {first} (run again with --debug for the traceback)"
 
 
 if __name__ == "__main__":

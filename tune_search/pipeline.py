@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from tune_search import runlog
 from tune_search import studies as registry
 from tune_search.checkpoints import prune_checkpoints
 from tune_search.checks import check_remote_storage, check_resources, check_resumable, check_writable
@@ -152,6 +153,7 @@ def _open(cfg: SearchConfig, location: RunLocation, space: Space, data: Dataset)
     storage copied there at once, so that another machine can resume or read the run)."""
     check_writable(location.folder, "results folder (run.storage / run.name)")
     folder = ResultsFolder(location.folder)
+    runlog.attach(folder.path)
     write_text(cfg.dump(), folder.config)
     folder.write_facts(facts(cfg, space, data))
     if location.remote:
@@ -239,6 +241,7 @@ def staged(location: RunLocation, *, trial_files: bool = False) -> ResultsFolder
     if location.remote:
         check_remote_storage(location.storage)
         fetch(location, trial_files=trial_files)
+    runlog.attach(location.folder)
     return ResultsFolder(location.folder)
 
 
