@@ -1,7 +1,9 @@
 """The searcher's bookkeeping, driven the way Tune drives it, without training."""
 
 import optuna
+import pytest
 from optuna.trial import TrialState
+from ray import tune
 from ray.tune import Experiment
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
@@ -10,7 +12,7 @@ from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES
 from tune_search.sections import ResourcesConfig
 from tune_search.space import Space
-from tune_search.tuner import PruneAwareOptunaSearch, ResumableSearch, make_searcher, trial_resources
+from tune_search.tuner import ForgetUnlisted, PruneAwareOptunaSearch, ResumableSearch, make_searcher, trial_resources
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -125,3 +127,27 @@ def test_a_search_without_a_limit_gives_the_orphans_sample_back_too(tmp_path):
     assert search.forget_unlisted([first]) == [orphan.trial_id]
     assert not search.is_finished() and search.next_trial() is not None
     assert search.is_finished()
+
+
+def _report_once(config):
+    tune.report({"top1": 0.5, "training_iteration": 1})
+
+
+@pytest.mark.slow
+def test_the_repair_reaches_the_search_tune_restores(tmp_path):
+    """The callback repairs the very object Tune restores and asks (tuner.pkl pickles both at once)."""
+    import ray
+
+    cfg = SearchConfig()
+    search = ResumableSearch(ConcurrencyLimiter(make_searcher(cfg, Space.resolve(cfg.space, 9)), max_concurrent=1))
+    try:
+        tune.Tuner(
+            _report_once,
+            tune_config=tune.TuneConfig(search_alg=search, num_samples=2, metric="top1", mode="max"),
+            run_config=tune.RunConfig(name="x", storage_path=str(tmp_path), callbacks=[ForgetUnlisted(search)], verbose=0),
+        ).fit()
+        restored = tune.Tuner.restore(str(tmp_path / "x"), trainable=_report_once)._local_tuner
+        callback = next(c for c in restored._run_config.callbacks if isinstance(c, ForgetUnlisted))
+        assert callback._search is restored._tune_config.search_alg
+    finally:
+        ray.shutdown()
