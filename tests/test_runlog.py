@@ -46,3 +46,14 @@ def test_without_capturing_nothing_is_logged(tmp_path):
     runlog.attach(tmp_path)
     runlog.end(0)
     assert not (tmp_path / runlog.LOG).exists()
+
+
+def test_a_bar_redrawn_without_end_holds_one_state(tmp_path, capsys):
+    with runlog.capturing():
+        runlog.attach(tmp_path)
+        for k in range(10_000):
+            print(f"\rsearch: {k} runs", end="")
+        assert len(runlog._tee._partial) < 30
+        print()
+        runlog.end(0)
+    assert _lines(tmp_path / runlog.LOG) == ["search: 9999 runs", "ended: exit 0"]

@@ -37,7 +37,8 @@ class _Tee(io.TextIOBase):
 
     def write(self, text: str) -> int:
         written = self._stream.write(text)
-        *lines, self._partial = (self._partial + text).split("\n")
+        *lines, partial = (self._partial + text).split("\n")
+        self._partial = partial.rsplit("\r", 1)[-1]  # a bar redrawn for hours keeps one state
         for line in lines:
             line = line.rsplit("\r", 1)[-1].rstrip()
             if line:
