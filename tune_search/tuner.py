@@ -29,6 +29,7 @@ from tune_search.space import Space
 from tune_search.storage import storage_filesystem
 from tune_search.trainable.data import Dataset
 from tune_search.trainable.trial import TrialSpec, amp_dtype, spec_for, train_trial
+from tune_search.trialfiles import result_files
 
 METRIC, MODE = "top1", "max"
 STUDY_NAME = "tune-search"  # the Optuna study's name in optuna.journal
@@ -237,6 +238,7 @@ def _run_config(cfg: SearchConfigBase, location: RunLocation, name: str, trials:
             TensorBoard(location.board, phase, cfg.budget.max_epochs),
             CheckpointRetention(join(location.storage, name)),
             *extra,
+            *result_files(),
         ],
     )
 
