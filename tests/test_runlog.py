@@ -57,3 +57,16 @@ def test_a_bar_redrawn_without_end_holds_one_state(tmp_path, capsys):
         print()
         runlog.end(0)
     assert _lines(tmp_path / runlog.LOG) == ["search: 9999 runs", "ended: exit 0"]
+
+
+def test_a_log_on_a_full_disk_stops_logging_not_the_command(tmp_path, capsys):
+    (tmp_path / runlog.LOG).symlink_to("/dev/full")  # every write fails with ENOSPC
+    with runlog.capturing():
+        runlog.attach(tmp_path)
+        print("search: 3 runs")
+        print("report: r/report.md")
+        runlog.end(0)
+    with runlog.capturing():  # nothing printed before the end either
+        runlog.attach(tmp_path)
+        runlog.end(0)
+    assert capsys.readouterr().out == "search: 3 runs\nreport: r/report.md\n"

@@ -2,14 +2,14 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import pyarrow.fs as pafs
 import pytest
 from ray import tune
 
 from tune_search.storage import storage_filesystem
 from tune_search.trialfiles import ResultsBeforeSnapshot, result_files
-
-pytestmark = pytest.mark.slow  # starts Ray
 
 
 def _three_epochs(config):
@@ -46,6 +46,13 @@ def _run(tmp_path: Path, name: str, callbacks: list) -> list[tuple[int, int]]:
     return probe.seen
 
 
+def test_storage_that_fails_leaves_the_copy_to_ray_and_the_run_going(tmp_path):
+    (tmp_path / "result.json").write_text("{}\n")
+    trial = SimpleNamespace(local_path=str(tmp_path), storage=SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path="/proc/none/trial"))
+    ResultsBeforeSnapshot().on_trial_result(iteration=1, trials=[], trial=trial, result={})  # raises nothing
+
+
+@pytest.mark.slow  # starts Ray
 def test_every_result_is_in_storage_when_ray_counts_it_and_not_without_the_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1000")  # Ray's own copy comes only at the end
     with_copy = _run(tmp_path, "with", result_files())

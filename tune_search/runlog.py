@@ -49,22 +49,31 @@ class _Tee(io.TextIOBase):
         if self._log is None:
             self._waiting.append(_stamp(line))
             return
-        self._log.write(_stamp(line))
-        self._log.flush()
+        self._write([_stamp(line)])
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            self._log.writelines(lines)
+            self._log.flush()
+        except OSError:  # a full disk stops the log, never the command
+            with contextlib.suppress(OSError):
+                self._log.close()
+            self._log = _Closed()
 
     def open(self, path: Path) -> None:
+        """Start writing to `path` (the lines printed so far first); OSError if it cannot be opened."""
         if self._log is not None:
             return
         self._log = path.open("a", encoding="utf-8")
-        self._log.writelines(self._waiting)
-        self._log.flush()
+        self._write(self._waiting)
         self._waiting.clear()
 
     def close_log(self, last: str) -> None:
         if self._log is None:
             return
-        self._log.write(_stamp(last))
-        self._log.close()
+        self._write([_stamp(last)])
+        with contextlib.suppress(OSError):
+            self._log.close()
         self._log = None
 
     def flush(self) -> None:
@@ -83,6 +92,19 @@ class _Tee(io.TextIOBase):
     @property
     def encoding(self) -> str:
         return self._stream.encoding
+
+
+class _Closed:
+    """A log that failed: it takes lines and keeps none."""
+
+    def writelines(self, lines) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 _tee: _Tee | None = None

@@ -30,11 +30,14 @@ class ResultsBeforeSnapshot(tune.Callback):
 
     def _copy(self, trial) -> None:
         fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
-        fs.create_dir(folder, recursive=True)
-        for name in FILES:
-            local = Path(trial.local_path, name)
-            if local.is_file():
-                pafs.copy_files(str(local), posixpath.join(folder, name), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        try:
+            fs.create_dir(folder, recursive=True)
+            for name in FILES:
+                local = Path(trial.local_path, name)
+                if local.is_file():
+                    pafs.copy_files(str(local), posixpath.join(folder, name), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        except OSError:  # a storage hiccup: Ray's own copy still comes, only not ahead of the snapshot
+            pass
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._copy(trial)
