@@ -7,7 +7,7 @@ from tune_search import runlog
 
 
 def _lines(path):
-    return [line[20:] for line in path.read_text().splitlines()]  # without the time
+    return [runlog.LINE.fullmatch(line)[2] for line in path.read_text().splitlines()]  # without the time and pid
 
 
 def test_printed_lines_reach_the_log_once_attached_and_the_end_is_written(tmp_path, capsys):
@@ -70,3 +70,14 @@ def test_a_log_on_a_full_disk_stops_logging_not_the_command(tmp_path, capsys):
         runlog.attach(tmp_path)
         runlog.end(0)
     assert capsys.readouterr().out == "search: 3 runs\nreport: r/report.md\n"
+
+
+def test_a_command_still_running_is_not_called_stopped(tmp_path, capsys):
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / runlog.LOG).write_text(f"2026-12-07 08:00:00 [{running.pid}] search: 2 of 6 runs\n")
+        assert runlog.unended(tmp_path / runlog.LOG) is None  # `tune-search report` beside a search
+    finally:
+        running.kill()
+        running.wait()
+    assert runlog.unended(tmp_path / runlog.LOG).endswith("search: 2 of 6 runs")  # now it stopped

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import re
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tune_search.trainable.staging import alive
 
 LOG = "console.log"
 ENDED = "ended: "
 TAIL_BYTES = 4096  # enough for the last lines; a long log is never read whole
 
 
+LINE = re.compile(r"\S+ \S+ \[(\d+)\] (.*)")  # date, time, [the command's process id], what it printed
+
+
 def _stamp(line: str) -> str:
-    return f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n"
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {line}\n"
 
 
 class _Tee(io.TextIOBase):
@@ -124,14 +131,18 @@ def capturing() -> Iterator[None]:
 
 
 def unended(path: Path) -> str | None:
-    """The last line of a log whose command never reached its `ended` line; else None."""
+    """The last line of a log whose command stopped before its `ended` line; None when it
+    ended, or is still running here (`tune-search report` beside a search)."""
     if not path.is_file():
         return None
     with path.open("rb") as f:
         f.seek(max(0, path.stat().st_size - TAIL_BYTES))
         lines = f.read().decode("utf-8", "replace").splitlines()
-    last = lines[-1] if lines else ""
-    return None if not last or last[20:].startswith(ENDED) else last
+    match = LINE.fullmatch(lines[-1]) if lines else None
+    if match is None or match[2].startswith(ENDED):
+        return None
+    pid = int(match[1])
+    return None if pid != os.getpid() and alive(pid) else lines[-1]
 
 
 def attach(folder: Path) -> None:
