@@ -42,14 +42,15 @@ def remove_stale(parent: Path) -> list[Path]:
 
 
 def parent_folder() -> Path:
-    return Path(tempfile.gettempdir()) / PARENT
+    """This user's parent folder: another user's trials on a shared machine stage in theirs."""
+    return Path(tempfile.gettempdir()) / f"{PARENT}-{os.getuid()}"
 
 
 @contextmanager
 def checkpoint_folder(parent: Path | None = None) -> Iterator[Path]:
     """A new empty folder for one checkpoint, removed on leaving the `with`."""
     parent = parent or parent_folder()
-    parent.mkdir(parents=True, exist_ok=True)
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
     try:
         yield folder
