@@ -12,7 +12,7 @@ from tune_search.config import SearchConfig
 from tune_search.constants import BASELINES
 from tune_search.sections import ResourcesConfig
 from tune_search.space import Space
-from tune_search.tuner import ForgetUnlisted, PruneAwareOptunaSearch, ResumableSearch, make_searcher, trial_resources
+from tune_search.tuner import AgreeWithTrials, PruneAwareOptunaSearch, ResumableSearch, make_searcher, trial_resources
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -129,6 +129,33 @@ def test_a_search_without_a_limit_gives_the_orphans_sample_back_too(tmp_path):
     assert search.is_finished()
 
 
+def test_a_restored_search_takes_back_a_trial_the_experiment_listed_after_its_state_was_saved(tmp_path):
+    """The trial list was saved after the searcher suggested `ahead`, the searcher's state
+    before: the journal names `ahead`, and the search runs exactly its samples."""
+    cfg = SearchConfig()
+    base = make_searcher(cfg, Space.resolve(cfg.space, 9), journal=tmp_path / "optuna.journal")
+    search = ResumableSearch(ConcurrencyLimiter(base, max_concurrent=1))
+    search.add_configurations(Experiment("t", run=lambda config: None, num_samples=4, storage_path=str(tmp_path)))
+    first = search.next_trial()
+    search.on_trial_complete(first.trial_id, report(base, first.trial_id, [0.5, 0.6, 0.7, 0.8]))
+    base.save(str(tmp_path / "searcher.pkl"))  # the state saved before the next suggestion
+    states = search.get_state(), search.searcher.get_state()
+    ahead = search.next_trial()  # the experiment saved after it: the killed driver's last act
+
+    base.restore(str(tmp_path / "searcher.pkl"))  # restored as Tune restores it
+    search.set_state(states[0])
+    search.searcher.set_state(states[1])
+    assert search.adopt_unknown([first, ahead]) == [ahead.trial_id] and search.forget_unlisted([first, ahead]) == []
+    assert search.next_trial() is None  # `ahead` holds the only slot again
+    search.on_trial_complete(ahead.trial_id, report(base, ahead.trial_id, [0.5, 0.6]))
+    rest = []
+    while (trial := search.next_trial()) is not None:
+        rest.append(trial)
+        search.on_trial_complete(trial.trial_id, report(base, trial.trial_id, [0.5]))
+    assert len(rest) == 2 and search.is_finished()  # 4 in all, not 5
+    assert [t.state for t in base.study.trials].count(TrialState.RUNNING) == 0 and len(base.study.trials) == 4
+
+
 def _report_once(config):
     tune.report({"top1": 0.5, "training_iteration": 1})
 
@@ -144,10 +171,10 @@ def test_the_repair_reaches_the_search_tune_restores(tmp_path):
         tune.Tuner(
             _report_once,
             tune_config=tune.TuneConfig(search_alg=search, num_samples=2, metric="top1", mode="max"),
-            run_config=tune.RunConfig(name="x", storage_path=str(tmp_path), callbacks=[ForgetUnlisted(search)], verbose=0),
+            run_config=tune.RunConfig(name="x", storage_path=str(tmp_path), callbacks=[AgreeWithTrials(search)], verbose=0),
         ).fit()
         restored = tune.Tuner.restore(str(tmp_path / "x"), trainable=_report_once)._local_tuner
-        callback = next(c for c in restored._run_config.callbacks if isinstance(c, ForgetUnlisted))
+        callback = next(c for c in restored._run_config.callbacks if isinstance(c, AgreeWithTrials))
         assert callback._search is restored._tune_config.search_alg
     finally:
         ray.shutdown()

@@ -116,19 +116,28 @@ class ResumableSearch(SearchGenerator):
     """Ray's SearchGenerator, made to agree with the trials of a restored experiment.
 
     Ray saves the searcher's state and the experiment's trial list as separate files, and on
-    remote storage uploads them one after the other: a driver killed in between can leave a
-    searcher that suggested a trial the experiment never listed. Restored as it is, the
-    ConcurrencyLimiter counts that trial live for ever (a resumed search with max_concurrent
-    then waits on it without end), the generator counts its sample as used, and Optuna holds
-    it RUNNING. `forget_unlisted` ends it in Optuna as failed, frees its slot and its sample,
-    and queues its point again, so the search still tries that point.
+    remote storage uploads them in one background copy: a driver killed during it can leave the
+    two from different moments, either way round.
+
+    - The searcher suggested a trial the experiment never listed. Restored as it is, the
+      ConcurrencyLimiter counts that trial live for ever (a resumed search with max_concurrent
+      then waits on it without end), the generator counts its sample as used, and Optuna holds
+      it RUNNING. `forget_unlisted` ends it in Optuna as failed, frees its slot and its sample,
+      and queues its point again, so the search still tries that point.
+    - The experiment lists a trial the searcher's state predates. Restored as it is, the search
+      runs one trial too many, and Optuna never hears how that one ended. `adopt_unknown` takes
+      it back: Optuna's journal, written as each trial is asked, names it by its Ray trial id.
     """
 
-    def forget_unlisted(self, trials: list) -> list[str]:
-        listed = {trial.trial_id for trial in trials}
+    def _base(self) -> PruneAwareOptunaSearch:
         base = self.searcher
         while not isinstance(base, PruneAwareOptunaSearch):
             base = base.searcher
+        return base
+
+    def forget_unlisted(self, trials: list) -> list[str]:
+        listed = {trial.trial_id for trial in trials}
+        base = self._base()
         orphans = [trial_id for trial_id in base._ot_trials if trial_id not in listed]
         for trial_id in orphans:
             base.requeue(trial_id)
@@ -138,8 +147,22 @@ class ResumableSearch(SearchGenerator):
         self._counter -= len(orphans)
         return orphans
 
+    def adopt_unknown(self, trials: list) -> list[str]:
+        base = self._base()
+        unknown = [trial for trial in trials if trial.trial_id not in base._ot_trials]
+        asked = {t.user_attrs.get("ray_trial_id"): t for t in base.study.get_trials(deepcopy=False)}
+        limiter = self.searcher if isinstance(self.searcher, ConcurrencyLimiter) else None
+        for trial in unknown:
+            if trial.trial_id in asked:
+                base._ot_trials[trial.trial_id] = optuna.Trial(base.study, asked[trial.trial_id]._trial_id)
+            if limiter is not None and not trial.is_finished():
+                limiter.live_trials.add(trial.trial_id)
+                limiter.num_unfinished_live_trials += 1
+        self._counter += len(unknown)
+        return [trial.trial_id for trial in unknown]
 
-class ForgetUnlisted(Callback):
+
+class AgreeWithTrials(Callback):
     """Repairs a restored search before Tune first asks it for a trial (see ResumableSearch)."""
 
     def __init__(self, search: ResumableSearch):
@@ -150,6 +173,8 @@ class ForgetUnlisted(Callback):
         if self._checked:
             return
         self._checked = True
+        for trial_id in self._search.adopt_unknown(trials):
+            print(f"search: trial {trial_id} was saved ahead of the searcher's state; the searcher takes it back")
         for trial_id in self._search.forget_unlisted(trials):
             print(f"search: trial {trial_id} was suggested but not saved before the driver stopped; its point is queued again")
 
@@ -283,7 +308,7 @@ def run_search(cfg: SearchConfigBase, data: Dataset, spec: TrialSpec, space: Spa
             reuse_actors=reuse_actors(),
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=_run_config(cfg, location, location.name, cfg.budget.num_samples, "search", ForgetUnlisted(search_alg)),
+        run_config=_run_config(cfg, location, location.name, cfg.budget.num_samples, "search", AgreeWithTrials(search_alg)),
     )
     return _fit(tuner, location.uri, "search")
 
