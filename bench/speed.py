@@ -30,6 +30,8 @@ Sections (each prints a markdown table; all figures also go to results/bench/spe
              32 / 64 / 128 / 224 px
   start      (not in the default run) the 69,000-image 224 px run started twice: seconds to the
              first trial, the driver's and a trial's RSS
+  stream     (not in the default run) a PNG folder read for training three ways: the decoded-image
+             cache, Ray Data streaming (read_images every epoch) and Ray Data materialized
   gpu        (not in the default run) resnet18 at 224 px on the GPU: bare step and trial
              images/s, GPU utilisation; `--sections gpu --gpu-dry-run` checks it on a CPU
 """
@@ -656,6 +658,72 @@ def section_scale(args) -> dict:
     return {"rows": rows}
 
 
+def _epoch_of(batches) -> tuple[float, int]:
+    """Seconds to draw every batch of an epoch as float NCHW tensors with their labels (what
+    a training step takes in), and the images drawn."""
+    started, n = time.perf_counter(), 0
+    for images, labels in batches:
+        images.float()  # the step's input
+        n += len(labels)
+    return time.perf_counter() - started, n
+
+
+def section_stream(args) -> dict:
+    """One PNG folder (Fashion-MNIST, `--stream-train-size` images) read for training at
+    `--image-size`, two epochs of shuffled batches of 64, three ways: tune-search's decoded-
+    image cache (decoded once into raw files, mapped), Ray Data streaming (`read_images`,
+    decoded again every epoch by read tasks) and Ray Data materialized (decoded once into
+    Ray's object store). Per way: seconds to decode before the first epoch, each epoch's
+    seconds, and where the decoded images are held."""
+    import ray
+
+    from tune_search.pipeline import ray_session
+    from tune_search.trainable.data import DataSpec, load_dataset
+
+    work = scratch("tune-search-stream-", args.keep)
+    folder = work / "png"
+    write_image_folder(folder, args.stream_train_size, 100)
+    side, batch = args.image_size, 64
+    classes = sorted(p.name for p in (folder / "train").iterdir())
+    rows = []
+
+    started = time.perf_counter()
+    data = load_dataset(DataSpec(source=str(folder), image_size=side, cache=str(work / "cache")))
+    decode = time.perf_counter() - started
+    images, labels = data.train.images, data.train.labels
+
+    def cached():
+        order = torch.randperm(len(images))
+        for i in range(0, len(order), batch):
+            index = order[i : i + batch]
+            yield images.index_select(0, index), labels[index]
+
+    epochs = [_epoch_of(cached()) for _ in range(2)]
+    size = sum(f.stat().st_size for f in data.entry.glob("*.u8"))
+    rows.append({"way": "tune-search cache (mapped files)", "decode s": decode, "epoch 1 s": epochs[0][0], "epoch 2 s": epochs[1][0],
+                 "images": epochs[0][1], "held": f"{_gb(size)} on disk, mapped (page cache)"})  # fmt: skip
+
+    def labelled(rows_of):
+        for b in rows_of:
+            yield torch.from_numpy(b["image"]).permute(0, 3, 1, 2), torch.tensor([classes.index(Path(p).parent.name) for p in b["path"]])
+
+    with ray_session(None):
+        stream = ray.data.read_images(str(folder / "train"), size=(side, side), mode="RGB", include_paths=True)
+        shuffled = lambda ds: ds.iter_batches(batch_size=batch, batch_format="numpy", local_shuffle_buffer_size=1024)  # noqa: E731
+        epochs = [_epoch_of(labelled(shuffled(stream))) for _ in range(2)]
+        rows.append({"way": "Ray Data streaming (read_images)", "decode s": 0.0, "epoch 1 s": epochs[0][0], "epoch 2 s": epochs[1][0],
+                     "images": epochs[0][1], "held": "nothing between epochs: decoded again each epoch"})  # fmt: skip
+        started = time.perf_counter()
+        materialized = stream.materialize()
+        decode = time.perf_counter() - started
+        epochs = [_epoch_of(labelled(shuffled(materialized))) for _ in range(2)]
+        rows.append({"way": "Ray Data materialized", "decode s": decode, "epoch 1 s": epochs[0][0], "epoch 2 s": epochs[1][0],
+                     "images": epochs[0][1], "held": f"{_gb(materialized.size_bytes())} in Ray's object store (shared memory)"})  # fmt: skip
+    print(f"\n## Reading for training: {args.stream_train_size} PNGs at {side} px, batches of {batch}, {os.cpu_count()} CPUs\n")
+    print(table(rows, ["way", "decode s", "epoch 1 s", "epoch 2 s", "images", "held"]))
+    return {"rows": rows}
+
+
 START_SPACE = """
 data: {source: fashion-mnist, image_size: 224, train_size: 59000, val_size: 10000, cache: CACHE}
 budget: {num_samples: 3, max_epochs: 1}
@@ -955,6 +1023,7 @@ SECTIONS = {
     "gpu": section_gpu,
     "scale": section_scale,
     "start": section_start,
+    "stream": section_stream,
 }
 DEFAULT_SECTIONS = ("augment", "depthwise", "steps", "precision", "search", "verdicts", "screen")
 
@@ -978,6 +1047,7 @@ def main() -> None:
     p.add_argument("--gpu-train-size", type=int, default=8000, help="training images for the gpu section")
     p.add_argument("--rate-screens", type=int, default=200, help="simulated screens per row in the rates section")
     p.add_argument("--gpu-dry-run", action="store_true", help="run the gpu section on the CPU, small, where there is no GPU")
+    p.add_argument("--stream-train-size", type=int, default=10_000, help="stream: training images read three ways")
     p.add_argument("--scale-epoch-limit", type=float, default=600, help="scale: epochs estimated longer than this (s) are not run")
     p.add_argument("--out", default="results/bench/speed.json")
     p.add_argument("--keep", action="store_true", help="keep the sections' work folders (removed at exit otherwise)")

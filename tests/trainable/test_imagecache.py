@@ -1,6 +1,7 @@
 import dataclasses
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -90,11 +91,41 @@ def test_a_pickled_set_whose_entry_is_missing_builds_this_machines_own(tmp_path)
 
 
 def test_a_trial_cannot_change_the_cached_images(tmp_path):
+    """The images are mapped read-only: a write stops the process that tries it, and the
+    cache keeps its bytes."""
     spec = DataSpec(source="planted", image_size=16, train_size=60, val_size=30, cache=str(tmp_path))
-    ds = load_dataset(spec)
-    before = ds.train.images.clone()
-    ds.train.images[0].fill_(7)  # copy-on-write: this process's page only
+    before = load_dataset(spec).train.images.clone()
+    script = textwrap.dedent(f"""
+        from tune_search.trainable.data import DataSpec, load_dataset
+        load_dataset(DataSpec(source="planted", image_size=16, train_size=60, val_size=30, cache={str(tmp_path)!r})).train.images[0].fill_(7)
+    """)
+    wrote = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], capture_output=True, text=True)
+    assert wrote.returncode == -signal.SIGSEGV, wrote.stderr[-2000:]
     assert torch.equal(load_dataset(spec).train.images, before)
+
+
+def test_a_split_larger_than_memory_and_swap_maps_and_costs_no_commit(tmp_path):
+    """A cached split bigger than the machine's memory and swap together (a sparse file: no
+    disk used) opens and reads, and its map adds nothing to the process's data segment
+    (VmData, what the kernel's commit limit and RLIMIT_DATA count). A copy-on-write map
+    would add its whole size there, and under the default overcommit not map at all."""
+    import psutil
+
+    side = 224
+    count = (psutil.virtual_memory().total + psutil.swap_memory().total) // imagecache.image_bytes(side) + 1000
+    path = tmp_path / "train.u8"
+    with open(path, "wb") as f:
+        f.truncate(count * imagecache.image_bytes(side))
+
+    def vm_data() -> int:
+        return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmData:"))
+
+    before = vm_data()
+    images = imagecache.Part(count, side, path=path).images()
+    grew = vm_data() - before
+    assert images.shape == (count, 3, side, side)
+    assert int(images[-1].sum()) == 0 and int(images[count // 2, 0, 7, 7]) == 0
+    assert grew < 64 << 20, grew
 
 
 def test_the_cache_disk_is_checked_before_anything_is_decoded(image_folder, tmp_path, monkeypatch):

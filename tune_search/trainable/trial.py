@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tune_search.trainable import imagecache
 from tune_search.trainable.augment import build_pipeline, strengths_in
 from tune_search.trainable.data import Dataset, Split, balanced_order, class_weights
 from tune_search.trainable.declared import Declaration, catalog
@@ -156,8 +157,8 @@ def features_key(model: StagedClassifier, amp, device) -> str:
 
 def shared_features(path: Path, compute: Callable[[], torch.Tensor], size: int) -> torch.Tensor:
     """The features in `path`, computed and written there first by whichever trial comes
-    first (the others wait on its lock), then mapped copy-on-write; computed in memory alone
-    when the disk has no room for them."""
+    first (the others wait on its lock), then mapped read-only, as the images are
+    (`imagecache.Part.images`); computed in memory alone when the disk has no room for them."""
     import numpy as np
     from filelock import FileLock
 
@@ -170,7 +171,7 @@ def shared_features(path: Path, compute: Callable[[], torch.Tensor], size: int) 
             with open(partial, "wb") as f:  # a file object: np.save would add ".npy" to a name
                 np.save(f, compute().numpy())
             partial.replace(path)
-    return torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))
+    return imagecache.read_only(np.load(path, mmap_mode="r", allow_pickle=False))
 
 
 def trial_model(settings: TrialSettings, spec: TrialSpec, data: Dataset, device: torch.device) -> StagedClassifier:
