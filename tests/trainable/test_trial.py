@@ -244,3 +244,44 @@ def test_frozen_features_are_computed_by_the_first_trial_and_mapped_by_the_next(
     images_through_prefix.clear()
     list(fine_tune(other, spec, cached))
     assert sum(images_through_prefix) == 2 + 120 + 60 and len(list((cached.entry / "features").rglob("*.npy"))) == 4
+
+
+FEATURES_MEMORY = """
+import sys, torch
+from pathlib import Path
+from tune_search.trainable.data import Split
+from tune_search.trainable.models import ModelSpec, build_model
+from tune_search.trainable.trial import TrialSpec, cached_features
+
+def kb(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
+
+torch.manual_seed(0)
+split = Split(torch.randint(0, 256, (6000, 3, 64, 64), dtype=torch.uint8), torch.zeros(6000, dtype=torch.long))
+model = build_model(ModelSpec("efficientnet_lite0", "none"), 2, 1)
+spec = TrialSpec(ModelSpec("efficientnet_lite0", "none"), max_epochs=1, feature_cache_bytes=int(sys.argv[2]), eval_batch_size=64)
+shared = None if sys.argv[1] == "memory" else Path(sys.argv[1])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from the memory in use now
+before = kb("VmRSS:")
+features = cached_features(model, split, spec, torch.device("cpu"), None, shared)
+grew = (kb("VmHWM:") - before) * 1024
+print(grew, features.images.numel() * 4, float(features.images[::500].double().sum()))
+"""
+
+
+@pytest.mark.slow  # two processes that each build a model and run its stem over 6,000 images
+def test_shared_features_are_written_a_batch_at_a_time(tmp_path):
+    """Features kept in the cache entry cost one batch of memory while they are computed
+    (here 786 MB of them, beyond the in-memory bound of 64 MB: 64 MB measured), and equal
+    those computed in memory, which hold them whole."""
+
+    def run(where: str, bound: int) -> list[str]:
+        return subprocess.run([sys.executable, "-c", FEATURES_MEMORY, where, str(bound)], capture_output=True, text=True, check=True).stdout.split()
+
+    grew, size, checksum = run(str(tmp_path), 64 << 20)
+    grew_in_memory, size_in_memory, checksum_in_memory = run("memory", 1 << 30)
+    assert int(size) == int(size_in_memory) > 350e6 and checksum == checksum_in_memory
+    assert int(grew_in_memory) > int(size), grew_in_memory  # held whole
+    assert int(grew) < int(size) / 4, grew  # one batch's forward pass (64 images), not the features
+    assert len(list(tmp_path.glob("*.npy"))) == 1

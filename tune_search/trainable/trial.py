@@ -74,7 +74,7 @@ class TrialSpec:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     eval_batch_size: int = 256
-    feature_cache_bytes: int = 1 << 30  # frozen-prefix features are cached when they fit; 0: never
+    feature_cache_bytes: int = 1 << 30  # frozen-prefix features held in memory up to this (in the cache entry: any size the disk holds); 0: never
     # batch-form augmentation, frozen BatchNorm folded into its convolutions, and the
     # frozen-prefix cache; False: v2 transforms image by image and every stage run as built,
     # every step (the reference the fast path is checked against)
@@ -123,25 +123,33 @@ def _on(device: torch.device, split: Split) -> Split:
 def cached_features(model: StagedClassifier, split: Split, spec: TrialSpec, device, amp, shared: Path | None = None) -> Split | None:
     """The frozen prefix's output for every image, computed once (frozen stages are
     deterministic: eval-mode BatchNorm, no dropout), or None when it would not fit. With
-    `shared` (a folder in the images' cache entry) the features are kept there too, keyed by the
-    frozen weights, and every other trial (and run) with the same prefix maps them instead."""
-    if model.freeze_depth == 0 or not len(split) or not spec.fast_path:
+    `shared` (a folder in the images' cache entry) the features are kept there, keyed by the
+    frozen weights, written a batch at a time (memory: one batch, whatever their size; disk:
+    checked), and every other trial (and run) with the same prefix maps them instead. Without
+    it, or without room there, they are held in memory when they take at most
+    `spec.feature_cache_bytes`."""
+    if model.freeze_depth == 0 or not len(split) or not spec.fast_path or spec.feature_cache_bytes <= 0:
         return None
     model.eval()
     with torch.no_grad(), autocast(device, amp):
         probe = model.frozen_features(split.images[:1].to(device))
+
+    def batches() -> Iterator[torch.Tensor]:
+        with torch.no_grad(), autocast(device, amp):
+            for i in range(0, len(split), spec.eval_batch_size):
+                yield model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float().cpu()
+
+    if shared is not None:
+        features = shared_features(shared / f"{features_key(model, amp, device)}.npy", batches, (len(split), *probe.shape[1:]))
+        if features is not None:
+            return Split(features, split.labels)
     if probe.numel() * 4 * len(split) > spec.feature_cache_bytes:
         return None
-
-    def compute() -> torch.Tensor:
-        with torch.no_grad(), autocast(device, amp):
-            parts = [model.frozen_features(split.images[i : i + spec.eval_batch_size].to(device)).float() for i in range(0, len(split), spec.eval_batch_size)]
-        return torch.cat(parts).cpu()
-
-    if shared is None:
-        return Split(compute(), split.labels)
-    key = features_key(model, amp, device)
-    return Split(shared_features(shared / f"{key}.npy", compute, probe.numel() * 4 * len(split)), split.labels)
+    features, row = torch.empty(len(split), *probe.shape[1:]), 0
+    for batch in batches():  # filled in place: the features and one batch, never a second copy
+        features[row : row + len(batch)] = batch
+        row += len(batch)
+    return Split(features, split.labels)
 
 
 def features_key(model: StagedClassifier, amp, device) -> str:
@@ -155,22 +163,27 @@ def features_key(model: StagedClassifier, amp, device) -> str:
     return h.hexdigest()[:32]
 
 
-def shared_features(path: Path, compute: Callable[[], torch.Tensor], size: int) -> torch.Tensor:
-    """The features in `path`, computed and written there first by whichever trial comes
-    first (the others wait on its lock), then mapped read-only, as the images are
-    (`imagecache.Part.images`); computed in memory alone when the disk has no room for them."""
+def shared_features(path: Path, batches: Callable[[], Iterator[torch.Tensor]], shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The float32 features of `shape` in `path` (.npy), written there a batch at a time by
+    whichever trial comes first (the others wait on its lock), then mapped read-only, as the
+    images are (`imagecache.Part.images`); None when the disk has no room for them."""
     import numpy as np
     from filelock import FileLock
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_suffix(".lock"))):
         if not path.is_file():
-            if shutil.disk_usage(path.parent).free < 2 * size:
-                return compute()
+            if shutil.disk_usage(path.parent).free < 2 * 4 * math.prod(shape):
+                return None
             partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-            with open(partial, "wb") as f:  # a file object: np.save would add ".npy" to a name
-                np.save(f, compute().numpy())
-            partial.replace(path)
+            try:
+                with open(partial, "wb") as f:  # written, not mapped: the pages never count as this process's memory
+                    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+                    for batch in batches():
+                        f.write(memoryview(batch.contiguous().numpy()).cast("B"))
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
     return imagecache.read_only(np.load(path, mmap_mode="r", allow_pickle=False))
 
 
