@@ -10,7 +10,6 @@ the page cache is shared between them, and nothing goes through Ray's object sto
 folder's name. Read-only, not copy-on-write: a private writable map is charged in full
 against the machine's commit limit, so a split larger than memory and swap would not map
 at all under Linux's default overcommit (measured: a 60 GB map on a 24 GB machine, ENOMEM).
-
 """
 
 from __future__ import annotations
