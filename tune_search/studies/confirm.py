@@ -361,7 +361,7 @@ class Confirm(Study):
         if not lines:
             return []
         recipe, where, *rest = lines
-        return ["## The answer", "", f"**Train with {recipe.removeprefix('recommended: ')}** {where}.", "", *(f"- {line}" for line in rest), ""]
+        return ["## The answer", "", f"**Train with {recipe.removeprefix('recommended: ')}**, {where}.", "", *(f"- {line}" for line in rest), ""]
 
     def closing(self, tables: Tables) -> str | None:
         lines = recipe_lines(tables)
@@ -395,7 +395,7 @@ def recipe_lines(tables: Tables) -> list[str]:
         else f"the simplest within ±{100 * chosen['negligible']:.1f} points of the best measured"
         f" ({describe_arm(best_arm['arm'])}, top-1 {best_arm['top1']:.3f}) that no arm measured better"
     )
-    lines.insert(1, f"  it is {describe_arm(chosen['arm'])}: {why}; top-1 {chosen['top1']:.3f}, mean of {int(chosen['n_seeds'])} seeds")
+    lines.insert(1, f"  which is the arm {describe_arm(chosen['arm'])}, {why}; top-1 {chosen['top1']:.3f}, mean of {int(chosen['n_seeds'])} seeds")
     pairs = len(summary) * (len(summary) - 1) // 2
     gains = "; ".join(f"vs {describe_arm(r['arm'])}: {render.row_interval(r)} ({r['verdict']})" for _, r in confirm.sort_values("effect").iterrows())
     lines.append(
