@@ -63,7 +63,10 @@ def test_the_recipe_leaves_the_planted_harms_out_and_is_confirmed(planted_run):
     decisions = pd.read_parquet(planted_run / "recipe.parquet").set_index("augmentation")
     assert (decisions.loc[sorted(set(PLANTED_HARMS) & set(SEARCHED)), "decision"] == "dropped").all()
     confirm = pd.read_parquet(planted_run / "confirm.parquet").set_index("arm")
-    assert "original" in confirm.index and (("none" in confirm.index) == any(recipe[f"aug_{n}"] for n in SEARCHED))
+    # no augmentation is an arm of its own only when the recipe keeps one; the recommendation
+    # may still carry one (a `recipe + NAME` arm measured best: the search's best config had
+    # brightness on in one CI run, and that arm won while the recipe was no augmentation)
+    assert "original" in confirm.index and (("none" in confirm.index) == (decisions["decision"] == "kept").any())
     # the recipe is at least as good as no augmentation: not shown worse, and better than the planted harms switched on
     assert "none" not in confirm.index or confirm.loc["none", "verdict"] != "worse"
     assert confirm.loc["original", "effect"] > 0 and (confirm["ci_low"] <= confirm["effect"]).all()
