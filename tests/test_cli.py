@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 from collections import Counter
 
@@ -54,6 +55,8 @@ def test_the_console_is_short_and_ends_with_the_tables(search_run):
     assert len(finished) == 3 and all(any(b in line for b in BASELINES) for line in finished)  # the baselines' lines only
     assert any(line.startswith("search: 6 runs in ") for line in lines)  # the phase's summary line
     assert "| best found |" in console and "optuna-dashboard" in console
+    # each trial asks Ray for the memory its step was measured to take before Ray started
+    assert re.search(r"each trial: 1 CPU, 0 GPU, [0-9.]+ GB memory \(its measured peak\)", console), console
     # one TensorBoard logdir, printed as it is; the search's runs in it by name
     logdir = results / "small" / "tensorboard"
     assert f"tensorboard --logdir {logdir}" in console

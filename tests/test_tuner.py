@@ -178,3 +178,20 @@ def test_the_repair_reaches_the_search_tune_restores(tmp_path):
         assert callback._search is restored._tune_config.search_alg
     finally:
         ray.shutdown()
+
+
+def test_each_trial_asks_ray_for_its_measured_memory(monkeypatch):
+    import dataclasses
+
+    import ray
+
+    from tune_search.trainable.models import ModelSpec
+    from tune_search.trainable.trial import TrialSpec
+    from tune_search.tuner import _trainable
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    spec = TrialSpec(model=ModelSpec(), max_epochs=1)
+    cfg = SearchConfig()
+    asked = _trainable(cfg, None, dataclasses.replace(spec, memory_bytes=1_500_000_000))._resources  # what tune.with_resources attached
+    assert asked.bundles == [{"CPU": 1.0, "memory": 1_500_000_000}]
+    assert _trainable(cfg, None, spec)._resources.bundles == [{"CPU": 1.0}]  # nothing measured: no request

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tune_search import runlog
+from tune_search import memory, runlog
 from tune_search import studies as registry
 from tune_search.checkpoints import prune_checkpoints
 from tune_search.checks import check_remote_storage, check_resources, check_resumable, check_writable
@@ -125,7 +125,7 @@ def ray_session(address: str | None, verbose: bool = False):
         # the node address and binds its GCS, raylet, workers and agents there (the switch
         # is meant for laptops: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read when Ray is imported).
         ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(dashboard_host="127.0.0.1", **options)
+        ray.init(dashboard_host="127.0.0.1", _memory=memory.ray_memory(), **options)
     try:
         with catching():  # after ray.init, whose own SIGTERM handler it replaces
             yield
@@ -145,7 +145,8 @@ def _checked(cfg: SearchConfig, address: str | None, chosen: Sequence[Study]) ->
     check_resources(cfg, address)
     for study in chosen:
         study.check(cfg)
-    return prepare(cfg)
+    space, spec, data = prepare(cfg)
+    return space, memory.fit(cfg, space, spec, data, address), data
 
 
 def _open(cfg: SearchConfig, location: RunLocation, space: Space, data: Dataset) -> ResultsFolder:
@@ -277,6 +278,7 @@ def study_of(location: RunLocation, cfg: SearchConfig, command: str, *, address:
     if not location.remote:
         check_writable(folder.path.parent, "the folder beside the results (where the study's runs go)")
     space, spec, data = prepare(cfg)
+    spec = memory.fit(cfg, space, spec, data, address)
     with ray_session(address, cfg.run.verbose):
         print(resources_line(cfg, spec))
         run_studies(StudyContext(folder, cfg, space, spec, data, location, resume=resume), chosen)

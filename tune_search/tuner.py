@@ -221,7 +221,8 @@ def _trainable(cfg: SearchConfigBase, data: Dataset, spec: TrialSpec, fn=train_t
 
     cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
     spec = dataclasses.replace(spec, cpus_per_trial=cpus, gpus_per_trial=gpus)
-    return tune.with_resources(tune.with_parameters(fn, data=data, spec=spec), {"cpu": cpus, "gpu": gpus})
+    memory = {"memory": spec.memory_bytes} if spec.memory_bytes else {}
+    return tune.with_resources(tune.with_parameters(fn, data=data, spec=spec), {"cpu": cpus, "gpu": gpus, **memory})
 
 
 def resources_line(cfg: SearchConfigBase, spec: TrialSpec) -> str:
@@ -231,9 +232,9 @@ def resources_line(cfg: SearchConfigBase, spec: TrialSpec) -> str:
     cpus, gpus = trial_resources(cfg.resources, ray.cluster_resources())
     precision = amp_dtype(dataclasses.replace(spec, gpus_per_trial=gpus), torch.device("cuda" if gpus else "cpu"))
     total = ray.cluster_resources()
-    return (
-        f"each trial: {cpus:g} CPU, {gpus:g} GPU, {'bf16 autocast' if precision else 'fp32'} (Ray has {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU)"
-    )
+    memory = f", {spec.memory_bytes / 1e9:.1f} GB memory (its measured peak)" if spec.memory_bytes else ""
+    has = f"Ray has {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU"
+    return f"each trial: {cpus:g} CPU, {gpus:g} GPU{memory}, {'bf16 autocast' if precision else 'fp32'} ({has})"
 
 
 def reuse_actors() -> bool:

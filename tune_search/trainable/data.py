@@ -223,11 +223,11 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 def check_fits(images: int, side: int, where: str, available: int | None = None) -> None:
     """Refuse (DataError), before decoding, data decoded into memory (no `data.cache`) whose
-    images and their hand-off to Ray would not fit in the memory this machine has available,
-    naming the sizes and the ways out."""
-    import psutil
+    images and their hand-off to Ray would not fit in the memory this machine has available (under a
+    cgroup limit, the room left there), naming the sizes and the ways out."""
+    from tune_search.trainable.footprint import available_bytes
 
-    available = psutil.virtual_memory().available if available is None else available
+    available = available_bytes() if available is None else available
     decoded = images * 3 * side * side
     needed = decoded * HANDOFF_FACTOR
     if needed <= available:

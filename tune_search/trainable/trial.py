@@ -80,6 +80,7 @@ class TrialSpec:
     # every step (the reference the fast path is checked against)
     fast_path: bool = True
     declared: tuple[Declaration, ...] = ()  # the space file's own augmentations and the policy arms'
+    memory_bytes: int = 0  # each trial's Ray memory request (its measured peak, `tune_search.memory`); 0: none
 
 
 # a run's own model, weights, class balance and budget, over the search's TrialSpec

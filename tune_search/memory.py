@@ -1,0 +1,141 @@
+"""Whether this machine holds what a run needs at once, decided before Ray starts.
+
+A run needs the driver (already running: its memory is not in what is available), Ray's own
+processes, and one trial per slot at its peak: the trial's peak is measured by a child process
+(`trainable.footprint`) at the space's most memory-hungry settings, and kept in a small file
+per settings so that the next run on them does not measure again. Decoded images in the cache
+are not counted: they are mapped, shared page cache the kernel can drop. What is available is
+`footprint.available_bytes`: the machine's, or less under a cgroup limit (a container's or a
+job's budget).
+
+The per-trial figure is also each trial's Ray `memory` request, so Ray starts no more trials at
+once on a node than its memory holds, on one machine and on a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tune_search.sections import ConfigError
+from tune_search.trainable.footprint import Probe, available_bytes
+
+RAY_OWN_BYTES = int(1.6e9)  # a local Ray's own processes (GCS, raylet, dashboard, agents): 1.57 GB RSS measured
+RAY_WORKER_BYTES = int(0.5e9)  # a trial process's Ray libraries beyond the probe's (1.54 GB trial vs 1.06 GB probe at 32 px)
+PROBE_TIMEOUT_S = 600
+
+
+def _cache_file(probe: Probe) -> Path:
+    import torch
+
+    from tune_search.trainable import footprint
+
+    key = hashlib.sha256((probe.args() + torch.__version__ + Path(footprint.__file__).read_text()).encode()).hexdigest()[:24]
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tune-search" / "footprint" / f"{key}.json"
+
+
+def _killed_first() -> None:
+    """In the probe's process: the kernel's first choice when memory runs out, not the driver."""
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+
+
+def measured(probe: Probe) -> dict[str, int]:
+    """The probe's figures: from the file of an earlier measurement, else measured now in a
+    child process. ConfigError when the child cannot finish (killed for memory: one trial
+    does not fit)."""
+    path = _cache_file(probe)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tune_search.trainable.footprint", probe.args()],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+            preexec_fn=_killed_first,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"memory: measuring one trial's step ({probe.model}, {probe.side} px) took over {PROBE_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        what = f"memory: one trial's step ({probe.model}, {probe.side} px, batch {probe.batch_size}, freeze depth {probe.freeze_depth})"
+        if done.returncode < 0:
+            raise ConfigError(
+                f"{what} was killed, out of memory: this machine has {available_bytes() / 1e9:.1f} GB available beside the driver."
+                " Lower data.image_size or space.batch_size, or use --address for a Ray cluster with more memory"
+            )
+        raise ConfigError(f"{what} could not run: {(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures))
+    except OSError:
+        pass  # measured again next time
+    return figures
+
+
+def trial_bytes(probe: Probe, held_features: int, feature_cache_bytes: int) -> int:
+    """One trial's peak: the probe's, Ray's libraries in a trial, and the frozen-prefix
+    features it holds in memory (`held_features` images' worth, up to `feature_cache_bytes`;
+    0 when they are mapped from the cache entry)."""
+    figures = measured(probe)
+    features = min(feature_cache_bytes, held_features * figures["feature_numbers"] * 4)
+    return figures["peak_bytes"] + RAY_WORKER_BYTES + features
+
+
+def slots_that_fit(per_trial: int, slots: int, available: int, probe: Probe) -> int:
+    """How many of `slots` trials at once this machine holds beside Ray's own processes;
+    ConfigError when not even one."""
+    room = available - RAY_OWN_BYTES
+    fit = max(0, room // per_trial)
+    if fit < 1:
+        raise ConfigError(
+            f"memory: one trial needs about {per_trial / 1e9:.1f} GB at its peak ({probe.model}, {probe.side} px, batch {probe.batch_size},"
+            f" freeze depth {probe.freeze_depth}, evaluation batch {probe.eval_batch_size}) and Ray's own processes about {RAY_OWN_BYTES / 1e9:.1f} GB;"
+            f" this machine has {available / 1e9:.1f} GB available. Lower data.image_size, space.batch_size or raise the lowest space.freeze_depth,"
+            " or use --address for a Ray cluster with more memory"
+        )
+    return int(min(fit, slots))
+
+
+def fit(cfg, space, spec, data, address: str | None):
+    """`spec` with each trial's memory request (CPU trials; a GPU trial's host memory is not
+    what limits it), after checking that a local run holds at least one trial beside Ray's own
+    processes (ConfigError) and saying when memory, not the CPUs, limits the trials at once."""
+    import dataclasses
+
+    import torch
+
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    gpus = cfg.resources.gpus_per_trial
+    if (gpus == "auto" and local and torch.cuda.device_count()) or (gpus != "auto" and gpus > 0):
+        return spec
+    depths = space.freeze_depth if isinstance(space.freeze_depth, tuple) else (space.freeze_depth,)
+    batches = space.batch_size if isinstance(space.batch_size, tuple) else (space.batch_size,)
+    probe = Probe(spec.model.name, spec.model.weights, data.num_classes, cfg.data.image_size, max(batches), min(depths), spec.eval_batch_size, spec.precision)
+    held = 0 if data.entry is not None else len(data.train) + len(data.val)
+    per_trial = trial_bytes(probe, held, spec.feature_cache_bytes)
+    if local:
+        cpus = cfg.resources.cpus_per_trial
+        slots = max(1, int((os.cpu_count() or 1) // (1 if cpus == "auto" else cpus)))
+        available = available_bytes()
+        fits = slots_that_fit(per_trial, slots, available, probe)
+        if fits < slots:
+            print(
+                f"memory: each trial takes about {per_trial / 1e9:.1f} GB at its peak; the {available / 1e9:.1f} GB available hold"
+                f" {fits} at once beside Ray (the CPUs would run {slots})"
+            )
+    return dataclasses.replace(spec, memory_bytes=per_trial)
+
+
+def ray_memory() -> int:
+    """A local Ray's memory resource: what is available beside Ray's own processes, the same
+    figure `fit` checked the trials against."""
+    return max(1, available_bytes() - RAY_OWN_BYTES)
