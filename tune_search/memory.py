@@ -24,7 +24,10 @@ from pathlib import Path
 from tune_search.sections import ConfigError
 from tune_search.trainable.footprint import Probe, available_bytes
 
-RAY_OWN_BYTES = int(1.6e9)  # a local Ray's own processes (GCS, raylet, dashboard, agents): 1.57 GB RSS measured
+# a local Ray's own processes (GCS, raylet, dashboard, agents): 0.65 GB proportional set size
+# measured at start, with room to grow (their RSS, 1.7 GB, counts each shared library page in
+# each of its 20 processes)
+RAY_OWN_BYTES = int(0.8e9)
 RAY_WORKER_BYTES = int(0.5e9)  # a trial process's Ray libraries beyond the probe's (1.54 GB trial vs 1.06 GB probe at 32 px)
 PROBE_TIMEOUT_S = 600
 
@@ -107,7 +110,7 @@ def slots_that_fit(per_trial: int, slots: int, available: int, probe: Probe) -> 
 
 def fit(cfg, space, spec, data, address: str | None):
     """`spec` with each trial's memory request (CPU trials; a GPU trial's host memory is not
-    what limits it), after checking that a local run holds at least one trial beside Ray's own
+    what limits it, and the probe runs on the CPU), after checking that a local run holds at least one trial beside Ray's own
     processes (ConfigError) and saying when memory, not the CPUs, limits the trials at once."""
     import dataclasses
 
@@ -115,7 +118,9 @@ def fit(cfg, space, spec, data, address: str | None):
 
     local = not (address or os.environ.get("RAY_ADDRESS"))
     gpus = cfg.resources.gpus_per_trial
-    if (gpus == "auto" and local and torch.cuda.device_count()) or (gpus != "auto" and gpus > 0):
+    # CPU trials for certain: none asked for, or `auto` on this machine without a GPU (a
+    # cluster's `auto` is known once Ray runs: no request then)
+    if not (gpus == 0 or (gpus == "auto" and local and not torch.cuda.device_count())):
         return spec
     depths = space.freeze_depth if isinstance(space.freeze_depth, tuple) else (space.freeze_depth,)
     batches = space.batch_size if isinstance(space.batch_size, tuple) else (space.batch_size,)

@@ -97,9 +97,11 @@ def facts(cfg: SearchConfig, space: Space, data: Dataset) -> dict:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None, verbose: bool = False):
+def ray_session(address: str | None, verbose: bool = False, trial_memory: int = 0):
     """Ray for one command. Quiet unless `verbose`: Ray's own INFO and WARNING lines and the
-    trial processes' logs stay in Ray's log folder; tune-search prints what matters."""
+    trial processes' logs stay in Ray's log folder; tune-search prints what matters. A local
+    Ray's memory resource is what is available beside its own processes, never less than one
+    trial's request `trial_memory` (which `memory.fit` checked a moment before)."""
     import ray
     from ray._private import ray_constants
 
@@ -125,7 +127,7 @@ def ray_session(address: str | None, verbose: bool = False):
         # the node address and binds its GCS, raylet, workers and agents there (the switch
         # is meant for laptops: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, read when Ray is imported).
         ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(dashboard_host="127.0.0.1", _memory=memory.ray_memory(), **options)
+        ray.init(dashboard_host="127.0.0.1", _memory=max(memory.ray_memory(), trial_memory), **options)
     try:
         with catching():  # after ray.init, whose own SIGTERM handler it replaces
             yield
@@ -186,7 +188,7 @@ def search(cfg: SearchConfig, *, address: str | None = None, resume: bool = Fals
         check_resumable(cfg, location.folder, resumable(location))
     space, spec, data = _checked(cfg, address, chosen)
     folder = _open(cfg, location, space, data)
-    with ray_session(address, cfg.run.verbose):
+    with ray_session(address, cfg.run.verbose, spec.memory_bytes):
         print(resources_line(cfg, spec))
         results = resume_search(cfg, data, spec, location) if resume else run_search(cfg, data, spec, space, location, journal=folder.journal)
         _write_search(cfg, folder, location, results, baselines=False)
@@ -207,7 +209,7 @@ def rerun(cfg: SearchConfig, config: dict, *, name: str, address: str | None = N
     if not 0 <= config["freeze_depth"] <= space.max_depth:
         raise ConfigError(f"saved freeze_depth {config['freeze_depth']} does not fit {cfg.model.name} (0..{space.max_depth})")
     folder = _open(cfg, location, space, data)
-    with ray_session(address, cfg.run.verbose):
+    with ray_session(address, cfg.run.verbose, spec.memory_bytes):
         print(resources_line(cfg, spec))
         results = run_fixed(cfg, data, spec, {**config, "baseline": ""}, location)
         _write_search(cfg, folder, location, results, baselines=True)
@@ -279,7 +281,7 @@ def study_of(location: RunLocation, cfg: SearchConfig, command: str, *, address:
         check_writable(folder.path.parent, "the folder beside the results (where the study's runs go)")
     space, spec, data = prepare(cfg)
     spec = memory.fit(cfg, space, spec, data, address)
-    with ray_session(address, cfg.run.verbose):
+    with ray_session(address, cfg.run.verbose, spec.memory_bytes):
         print(resources_line(cfg, spec))
         run_studies(StudyContext(folder, cfg, space, spec, data, location, resume=resume), chosen)
     _publish(location)
