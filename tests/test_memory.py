@@ -97,7 +97,7 @@ TRAIN_ON_THE_CACHE = textwrap.dedent(
     from torch import nn
     from tune_search.trainable.augment import build_pipeline
     from tune_search.trainable.data import DataSpec, balanced_order, load_dataset
-    from tune_search.trainable.footprint import available_bytes
+    from tune_search.trainable.available import available_bytes
     from tune_search.trainable.loop import predict, train_one_epoch
 
     side, batch = int(sys.argv[2]), int(sys.argv[3])

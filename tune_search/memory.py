@@ -5,7 +5,7 @@ processes, and one trial per slot at its peak: the trial's peak is measured by a
 (`trainable.footprint`) at the space's most memory-hungry settings, and kept in a small file
 per settings so that the next run on them does not measure again. Decoded images in the cache
 are not counted: they are mapped, shared page cache the kernel can drop. What is available is
-`footprint.available_bytes`: the machine's, or less under a cgroup limit (a container's or a
+`available.available_bytes`: the machine's, or less under a cgroup limit (a container's or a
 job's budget).
 
 The per-trial figure is also each trial's Ray `memory` request, so Ray starts no more trials at
@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from tune_search.sections import ConfigError
-from tune_search.trainable.footprint import Probe, available_bytes
+from tune_search.trainable.available import available_bytes
+from tune_search.trainable.footprint import Probe
 
 # a local Ray's own processes (GCS, raylet, dashboard, agents): 0.65 GB proportional set size
 # measured at start, with room to grow (their RSS, 1.7 GB, counts each shared library page in

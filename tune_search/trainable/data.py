@@ -225,7 +225,7 @@ def check_fits(images: int, side: int, where: str, available: int | None = None)
     """Refuse (DataError), before decoding, data decoded into memory (no `data.cache`) whose
     images and their hand-off to Ray would not fit in the memory this machine has available (under a
     cgroup limit, the room left there), naming the sizes and the ways out."""
-    from tune_search.trainable.footprint import available_bytes
+    from tune_search.trainable.available import available_bytes
 
     available = available_bytes() if available is None else available
     decoded = images * 3 * side * side

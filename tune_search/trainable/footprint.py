@@ -1,5 +1,4 @@
-"""How much memory one trial takes at its peak, measured rather than guessed, and how much
-this machine has for it.
+"""How much memory one trial takes at its peak, measured rather than guessed.
 
 A child process builds the trial's model as a trial does, trains one step on one batch of
 random images at the run's largest batch and image size, augmented (so the whole network runs
@@ -18,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -77,42 +75,6 @@ def peak_resident() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise OSError("no VmHWM in /proc/self/status")
-
-
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's memory cgroup limit (v2 or v1), page cache that can be
-    dropped counted as room; None without a limit."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":  # v2
-            base, names = Path("/sys/fs/cgroup") / path.lstrip("/"), ("memory.max", "memory.current", "inactive_file")
-        elif "memory" in controllers.split(","):
-            base, names = Path("/sys/fs/cgroup/memory") / path.lstrip("/"), ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
-        else:
-            continue
-        try:
-            limit = (base / names[0]).read_text().strip()
-            usage = int((base / names[1]).read_text())
-            stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or int(limit) >= 1 << 60:
-            continue
-        return max(0, int(limit) - usage + int(stat.get(names[2], 0)))
-    return None
-
-
-def available_bytes() -> int:
-    """Memory this run can still take: the machine's available memory, or less under a cgroup limit."""
-    import psutil
-
-    room = _cgroup_room()
-    available = psutil.virtual_memory().available
-    return available if room is None else min(available, room)
 
 
 if __name__ == "__main__":
