@@ -30,7 +30,7 @@ from tune_search.storage import fetch, mark_staging, publish, write_text
 from tune_search.studies import Study, StudyContext
 from tune_search.trainable.data import Dataset, DataSpec, load_dataset
 from tune_search.trainable.models import ModelSpec, max_freeze_depth, pretrained_backbone
-from tune_search.trainable.trial import TrialSpec, keep_weights_only
+from tune_search.trainable.trial import TrialSpec, eval_batch_for, keep_weights_only
 
 IMBALANCED = 1.5  # largest over smallest class: worth a word on the console
 SNAPSHOT_EVERY_S = 1
@@ -53,6 +53,7 @@ def prepare(cfg: SearchConfig) -> tuple[Space, TrialSpec, Dataset]:
         precision=cfg.model.precision,
         fast_path=cfg.resources.fast_path,
         declared=cfg.declared,
+        eval_batch_size=eval_batch_for(cfg.data.image_size),
     )
     d = cfg.data
     spec_data = DataSpec(

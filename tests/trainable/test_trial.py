@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tune_search.trainable.augment import NAMES
 from tune_search.trainable.data import Dataset, Split
@@ -285,3 +287,14 @@ def test_shared_features_are_written_a_batch_at_a_time(tmp_path):
     assert int(grew_in_memory) > int(size), grew_in_memory  # held whole
     assert int(grew) < int(size) / 4, grew  # one batch's forward pass (64 images), not the features
     assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
+@given(st.integers(16, 1024))
+def test_an_evaluation_batch_is_the_largest_power_of_two_whose_input_fits(side):
+    from tune_search.trainable.trial import EVAL_INPUT_BYTES, eval_batch_for
+
+    batch, image = eval_batch_for(side), 3 * side * side * 4
+    assert batch & (batch - 1) == 0 and 16 <= batch <= 256
+    assert batch * image <= EVAL_INPUT_BYTES or batch == 16  # a floor: 16 images at any size
+    assert 2 * batch * image > EVAL_INPUT_BYTES or batch == 256
+    assert (eval_batch_for(32), eval_batch_for(224), eval_batch_for(448)) == (256, 64, 16)

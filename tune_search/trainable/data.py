@@ -223,8 +223,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 def check_fits(images: int, side: int, where: str, available: int | None = None) -> None:
     """Refuse (DataError), before decoding, data decoded into memory (no `data.cache`) whose
-    images and their hand-off to Ray would not fit in the memory this machine has available (under a
-    cgroup limit, the room left there), naming the sizes and the ways out."""
+    images and their hand-off to Ray would not fit in the memory this machine has available
+    (under a cgroup limit, the room left there), naming the sizes and the ways out."""
     from tune_search.trainable.available import available_bytes
 
     available = available_bytes() if available is None else available

@@ -4,10 +4,10 @@ A child process builds the trial's model as a trial does, trains one step on one
 random images at the run's largest batch and image size, augmented (so the whole network runs
 forward and backward, as when the frozen prefix's features cannot be reused), and evaluates
 one evaluation batch (about 5 s at 32 px; 48 s at 224 px at freeze depth 0 on Zen 4); it
-prints its peak resident memory (VmHWM) and how many numbers one image's frozen-prefix
-features take. A child, not the driver: the driver's own peak would
-keep the step's memory (trials keep freed memory on purpose, `trial.keep_freed_memory`), and
-the driver must stay small whatever the run trains.
+prints the peak memory that is its own (`private_peak`) and how many numbers one image's
+frozen-prefix features take. A child, not the driver: the driver would keep the step's memory
+(trials keep freed memory on purpose, `trial.keep_freed_memory`), and the driver must stay
+small whatever the run trains.
 
     python -m tune_search.trainable.footprint '{"model": ..., "weights": ..., ...}'
 """
@@ -65,16 +65,17 @@ def measure(probe: Probe) -> dict[str, int]:
     t = set_up(settings, spec, data)
     epoch(t, settings, spec, data)
     features = t.model.frozen_features(data.val.images[:1]) if probe.freeze_depth else torch.empty(0)
-    return {"peak_bytes": peak_resident(), "feature_numbers": int(features.numel())}
+    return {"peak_bytes": private_peak(), "feature_numbers": int(features.numel())}
 
 
-def peak_resident() -> int:
-    """This process's peak resident memory in bytes (Linux's VmHWM)."""
+def private_peak() -> int:
+    """This process's peak resident memory (Linux's VmHWM) less the file and shared pages it
+    maps now: the libraries' pages (torch's alone are about 0.4 GB) are one copy in the page
+    cache for every process on the machine, the driver's included, so a trial adds only what
+    is its own."""
     with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
+        kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f if ":" in line) if k in ("VmHWM", "RssFile", "RssShmem")}
+    return (kib["VmHWM"] - kib["RssFile"] - kib["RssShmem"]) * 1024
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ class TrialSpec:
     precision: str = "auto"  # auto | fp32 | bf16
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    eval_batch_size: int = 256
+    eval_batch_size: int = 256  # a run's: `eval_batch_for` its image size
     feature_cache_bytes: int = 1 << 30  # frozen-prefix features held in memory up to this (in the cache entry: any size the disk holds); 0: never
     # batch-form augmentation, frozen BatchNorm folded into its convolutions, and the
     # frozen-prefix cache; False: v2 transforms image by image and every stage run as built,
@@ -81,6 +81,18 @@ class TrialSpec:
     fast_path: bool = True
     declared: tuple[Declaration, ...] = ()  # the space file's own augmentations and the policy arms'
     memory_bytes: int = 0  # each trial's Ray memory request (its measured peak, `tune_search.memory`); 0: none
+
+
+# one evaluation batch's float input at most: the batch's activations grow with it, and an
+# evaluation batch of 256 at 224 px held more than the training step of 64 beside it
+EVAL_INPUT_BYTES = 64 << 20
+
+
+def eval_batch_for(side: int) -> int:
+    """Images per evaluation batch at `side` px: 256 up to 128 px, then the largest power of two
+    whose float input fits EVAL_INPUT_BYTES (64 at 224 px, 16 at 448 px), at least 16."""
+    fits = EVAL_INPUT_BYTES // (3 * side * side * 4)
+    return max(16, min(256, 1 << max(0, fits.bit_length() - 1)))
 
 
 # a run's own model, weights, class balance and budget, over the search's TrialSpec
