@@ -3,7 +3,7 @@
 A child process builds the trial's model as a trial does, trains one step on one batch of
 random images at the run's largest batch and image size, augmented (so the whole network runs
 forward and backward, as when the frozen prefix's features cannot be reused), and evaluates
-one evaluation batch (about 5 s at 32 px; 48 s at 224 px at freeze depth 0 on Zen 4); it
+one evaluation batch (about 5 s at 32 px; 20 s at 224 px at freeze depth 0 on Zen 4); it
 prints the peak memory that is its own (`private_peak`) and how many numbers one image's
 frozen-prefix features take. A child, not the driver: the driver would keep the step's memory
 (trials keep freed memory on purpose, `trial.keep_freed_memory`), and the driver must stay
