@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tune_search.sections import ConfigError
 from tune_search.trainable.available import available_bytes
+from tune_search.trainable.data import user_cache
 from tune_search.trainable.footprint import Probe
 
 # a local Ray's own processes (GCS, raylet, dashboard, agents): 0.65 GB proportional set size
@@ -41,7 +42,7 @@ def _cache_file(probe: Probe) -> Path:
     from tune_search.trainable import footprint
 
     key = hashlib.sha256((probe.args() + torch.__version__ + Path(footprint.__file__).read_text()).encode()).hexdigest()[:24]
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tune-search" / "footprint" / f"{key}.json"
+    return user_cache() / "footprint" / f"{key}.json"
 
 
 def _killed_first() -> None:
@@ -113,8 +114,9 @@ def slots_that_fit(per_trial: int, slots: int, available: int, probe: Probe) -> 
 
 def fit(cfg, space, spec, data, address: str | None):
     """`spec` with each trial's memory request (CPU trials; a GPU trial's host memory is not
-    what limits it, and the probe runs on the CPU), after checking that a local run holds at least one trial beside Ray's own
-    processes (ConfigError) and saying when memory, not the CPUs, limits the trials at once."""
+    what limits it, and the probe runs on the CPU), after checking that a local run holds at
+    least one trial beside Ray's own processes (ConfigError) and saying when memory, not the
+    CPUs, limits the trials at once."""
     import dataclasses
 
     import torch

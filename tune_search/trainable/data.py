@@ -107,6 +107,11 @@ class _Raw:
     demo_sizes: tuple[int, int]
 
 
+def user_cache() -> Path:
+    """tune-search's folder in the user's cache (XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tune-search"
+
+
 def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
@@ -123,7 +128,7 @@ def _fashion_mnist() -> _Raw:
     else:
         from torchvision.datasets import FashionMNIST
 
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tune-search"
+        cache = user_cache()
         print(f"Debian's dataset-fashion-mnist is not installed; fetching Fashion-MNIST with torchvision into {cache}")
         try:
             sets = [FashionMNIST(str(cache), train=t, download=True) for t in (True, False)]
