@@ -99,24 +99,37 @@ def generator(max_concurrent: int, tmp_path, samples=4) -> ResumableSearch:
     return search
 
 
+def finished(trial):
+    """The trial as a restored experiment lists it once it ended."""
+    trial.set_status(trial.TERMINATED)
+    return trial
+
+
+def run_out(search, base, values=(0.5, 0.6)) -> list:
+    """The resumed search, one trial at a time, each ended as Tune ends it."""
+    rest = []
+    while (trial := search.next_trial()) is not None:
+        rest.append(trial)
+        search.on_trial_complete(trial.trial_id, report(base, trial.trial_id, list(values)))
+    return rest
+
+
 def test_a_restored_search_forgets_a_trial_the_experiment_never_listed_and_tries_its_point_again(tmp_path):
     """The searcher's state was saved after it suggested `orphan`, the trial list before: with
     one trial at a time the limiter would hold the orphan's slot for ever, and Tune would wait."""
     search = generator(1, tmp_path)
+    base = search.searcher.searcher
     listed = search.next_trial()
-    search.on_trial_complete(listed.trial_id, report(search.searcher.searcher, listed.trial_id, [0.5, 0.6, 0.7, 0.8]))
+    search.on_trial_complete(listed.trial_id, report(base, listed.trial_id, [0.5, 0.6, 0.7, 0.8]))
     orphan = search.next_trial()
     assert search.next_trial() is None  # the orphan holds the only slot
 
-    assert search.forget_unlisted([listed]) == [orphan.trial_id]
-    assert search.forget_unlisted([listed]) == []  # forgotten once
-    rest = []
-    while (trial := search.next_trial()) is not None:  # the resumed search, one trial at a time
-        rest.append(trial)
-        search.on_trial_complete(trial.trial_id, report(search.searcher.searcher, trial.trial_id, [0.5, 0.6]))
+    assert search.agree_with([finished(listed)]) == ([], [orphan.trial_id])
+    assert search.agree_with([listed]) == ([], [])  # forgotten once
+    rest = run_out(search, base)
     assert len(rest) == 3 and search.is_finished()  # the orphan's sample was given back
     assert orphan.config in [t.config for t in rest]  # its point (a baseline here, by its name) runs after all
-    states = [t.state for t in search.searcher.searcher.study.trials]
+    states = [t.state for t in base.study.trials]
     assert states.count(TrialState.FAIL) == 1 and TrialState.RUNNING not in states
 
 
@@ -124,18 +137,23 @@ def test_a_search_without_a_limit_gives_the_orphans_sample_back_too(tmp_path):
     search = generator(0, tmp_path, samples=2)
     first, orphan = search.next_trial(), search.next_trial()
     assert search.is_finished()
-    assert search.forget_unlisted([first]) == [orphan.trial_id]
+    assert search.agree_with([first]) == ([], [orphan.trial_id])
     assert not search.is_finished() and search.next_trial() is not None
     assert search.is_finished()
+
+
+def journaled(tmp_path, samples=4) -> tuple[ResumableSearch, PruneAwareOptunaSearch]:
+    cfg = SearchConfig()
+    base = make_searcher(cfg, Space.resolve(cfg.space, 9), journal=tmp_path / "optuna.journal")
+    search = ResumableSearch(ConcurrencyLimiter(base, max_concurrent=1))
+    search.add_configurations(Experiment("t", run=lambda config: None, num_samples=samples, storage_path=str(tmp_path)))
+    return search, base
 
 
 def test_a_restored_search_takes_back_a_trial_the_experiment_listed_after_its_state_was_saved(tmp_path):
     """The trial list was saved after the searcher suggested `ahead`, the searcher's state
     before: the journal names `ahead`, and the search runs exactly its samples."""
-    cfg = SearchConfig()
-    base = make_searcher(cfg, Space.resolve(cfg.space, 9), journal=tmp_path / "optuna.journal")
-    search = ResumableSearch(ConcurrencyLimiter(base, max_concurrent=1))
-    search.add_configurations(Experiment("t", run=lambda config: None, num_samples=4, storage_path=str(tmp_path)))
+    search, base = journaled(tmp_path)
     first = search.next_trial()
     search.on_trial_complete(first.trial_id, report(base, first.trial_id, [0.5, 0.6, 0.7, 0.8]))
     base.save(str(tmp_path / "searcher.pkl"))  # the state saved before the next suggestion
@@ -145,15 +163,54 @@ def test_a_restored_search_takes_back_a_trial_the_experiment_listed_after_its_st
     base.restore(str(tmp_path / "searcher.pkl"))  # restored as Tune restores it
     search.set_state(states[0])
     search.searcher.set_state(states[1])
-    assert search.adopt_unknown([first, ahead]) == [ahead.trial_id] and search.forget_unlisted([first, ahead]) == []
+    assert search.agree_with([finished(first), ahead]) == ([ahead.trial_id], [])
     assert search.next_trial() is None  # `ahead` holds the only slot again
     search.on_trial_complete(ahead.trial_id, report(base, ahead.trial_id, [0.5, 0.6]))
-    rest = []
-    while (trial := search.next_trial()) is not None:
-        rest.append(trial)
-        search.on_trial_complete(trial.trial_id, report(base, trial.trial_id, [0.5]))
+    rest = run_out(search, base, [0.5])
     assert len(rest) == 2 and search.is_finished()  # 4 in all, not 5
     assert [t.state for t in base.study.trials].count(TrialState.RUNNING) == 0 and len(base.study.trials) == 4
+
+
+@pytest.mark.parametrize("newer", ["optuna", "generator"])
+def test_a_search_whose_saved_states_come_from_different_moments_runs_exactly_its_samples(tmp_path, newer):
+    """Ray saves the generator (its sample count, the limiter's live trials) and the Optuna
+    searcher in separate files, uploaded one after the other: a kill between them restores one
+    from after `orphan` was suggested and the other from before, while the trial list never
+    listed it. A search restored so ran 5 trials of 4 (or 3: the count says 4, 3 are listed)."""
+    search, base = journaled(tmp_path)
+    done = []
+    for _ in range(3):
+        trial = search.next_trial()
+        search.on_trial_complete(trial.trial_id, report(base, trial.trial_id, [0.5, 0.6, 0.7, 0.8]))
+        done.append(finished(trial))
+    before = search.get_state(), search.searcher.get_state()
+    base.save(str(tmp_path / "before.pkl"))
+    orphan = search.next_trial()
+    after = search.get_state(), search.searcher.get_state()
+    base.save(str(tmp_path / "after.pkl"))
+
+    generator_state, optuna_state = (before, "after.pkl") if newer == "optuna" else (after, "before.pkl")
+    base.restore(str(tmp_path / optuna_state))
+    search.set_state(generator_state[0])
+    search.searcher.set_state(generator_state[1])
+    assert search.agree_with(done) == ([], [orphan.trial_id])  # the journal names it either way
+    rest = run_out(search, base)
+    assert len(rest) == 1 and search.is_finished()  # 4 in all
+    assert rest[0].config == orphan.config  # the orphan's point, tried after all
+    states = [t.state for t in base.study.trials]
+    assert TrialState.RUNNING not in states and states.count(TrialState.FAIL) == 1 and len(states) == 5
+
+
+def test_a_trial_that_ended_before_the_kill_but_was_never_told_reaches_optuna(tmp_path):
+    """The experiment lists a trial as ended while the journal holds it RUNNING (the searcher
+    was told after the last save): Optuna hears its last result, so TPE learns from it."""
+    search, base = journaled(tmp_path, samples=2)
+    first = search.next_trial()
+    report(base, first.trial_id, [0.5, 0.6, 0.7])
+    first.update_last_result({"top1": 0.8, "training_iteration": 4})
+    assert search.agree_with([finished(first)]) == ([], [])
+    assert base.study.trials[0].state == TrialState.COMPLETE and base.study.trials[0].value == 0.8
+    assert len(run_out(search, base)) == 1 and search.is_finished()
 
 
 def _report_once(config):

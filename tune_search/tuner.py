@@ -105,28 +105,28 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def study(self) -> optuna.Study:
         return self._ot_study
 
-    def requeue(self, trial_id: str) -> None:
-        """Queue a suggested trial's point again, under its name if it is a baseline: it is
+    def requeue(self, asked: optuna.trial.FrozenTrial) -> None:
+        """Queue an asked trial's point again, under its name if it is a baseline: it is
         suggested after the points queued before it (the baselines not yet run)."""
-        stored = self._stored(trial_id)
-        self._ot_study.enqueue_trial(stored.params, user_attrs={k: v for k, v in stored.user_attrs.items() if k != "ray_trial_id"})
+        self._ot_study.enqueue_trial(asked.params, user_attrs={k: v for k, v in asked.user_attrs.items() if k != "ray_trial_id"})
 
 
 class ResumableSearch(SearchGenerator):
     """Ray's SearchGenerator, made to agree with the trials of a restored experiment.
 
-    Ray saves the searcher's state and the experiment's trial list as separate files, and on
-    remote storage uploads them in one background copy: a driver killed during it can leave the
-    two from different moments, either way round.
+    Ray saves the experiment's trial list, the generator's state (its sample count and the
+    ConcurrencyLimiter's live trials) and the Optuna searcher's state as three files, and on
+    remote storage uploads them in one background copy: a driver killed during it leaves them
+    from different moments, in any order. Restored as they are, a resumed search runs a trial
+    too many or too few, waits for ever on a slot the limiter counts live, or leaves Optuna a
+    trial RUNNING whose point never runs.
 
-    - The searcher suggested a trial the experiment never listed. Restored as it is, the
-      ConcurrencyLimiter counts that trial live for ever (a resumed search with max_concurrent
-      then waits on it without end), the generator counts its sample as used, and Optuna holds
-      it RUNNING. `forget_unlisted` ends it in Optuna as failed, frees its slot and its sample,
-      and queues its point again, so the search still tries that point.
-    - The experiment lists a trial the searcher's state predates. Restored as it is, the search
-      runs one trial too many, and Optuna never hears how that one ended. `adopt_unknown` takes
-      it back: Optuna's journal, written as each trial is asked, names it by its Ray trial id.
+    `agree_with` therefore rebuilds every count from two facts: the trials the experiment
+    lists, and Optuna's study, whose storage (the journal, written as each trial is asked)
+    names each asked trial by its Ray trial id. A listed trial is the searcher's again; an
+    asked trial the experiment never listed is ended in Optuna as failed and its point queued
+    again, so the search still tries it; the samples used are the listed trials, and the live
+    ones those not finished.
     """
 
     def _base(self) -> PruneAwareOptunaSearch:
@@ -135,31 +135,34 @@ class ResumableSearch(SearchGenerator):
             base = base.searcher
         return base
 
-    def forget_unlisted(self, trials: list) -> list[str]:
-        listed = {trial.trial_id for trial in trials}
+    def agree_with(self, trials: list) -> tuple[list[str], list[str]]:
+        """The restored search made to agree with `trials`; the listed trials the searcher's
+        state did not know, and the asked ones the experiment never listed."""
         base = self._base()
-        orphans = [trial_id for trial_id in base._ot_trials if trial_id not in listed]
-        for trial_id in orphans:
-            base.requeue(trial_id)
-            self.on_trial_complete(trial_id, error=True)  # frees the limiter's slot
-            base.on_trial_complete(trial_id, error=True)  # Optuna's FAIL, where no limiter passed it on
+        listed = {trial.trial_id: trial for trial in trials}
+        asked = base.study.get_trials(deepcopy=False)
+        by_ray_id = {t.user_attrs.get("ray_trial_id"): t for t in asked}
+        adopted = [trial_id for trial_id in listed if trial_id not in base._ot_trials]
+        for trial_id in adopted:
+            if trial_id in by_ray_id:
+                base._ot_trials[trial_id] = optuna.Trial(base.study, by_ray_id[trial_id]._trial_id)
+        unlisted = [t for t in asked if t.state == TrialState.RUNNING and t.user_attrs.get("ray_trial_id") not in listed]
+        for t in unlisted:
+            base.requeue(t)
+            base.study.tell(t.number, state=TrialState.FAIL)
+        for trial_id in base._ot_trials.keys() - listed.keys():
             del base._ot_trials[trial_id]
-        self._counter -= len(orphans)
-        return orphans
-
-    def adopt_unknown(self, trials: list) -> list[str]:
-        base = self._base()
-        unknown = [trial for trial in trials if trial.trial_id not in base._ot_trials]
-        asked = {t.user_attrs.get("ray_trial_id"): t for t in base.study.get_trials(deepcopy=False)}
+            base._completed_trials.discard(trial_id)
+        for trial_id, trial in listed.items():  # finished before the kill, never told
+            if trial.is_finished() and trial_id in base._ot_trials:
+                base.on_trial_complete(trial_id, trial.last_result, error=trial.status == trial.ERROR)
         limiter = self.searcher if isinstance(self.searcher, ConcurrencyLimiter) else None
-        for trial in unknown:
-            if trial.trial_id in asked:
-                base._ot_trials[trial.trial_id] = optuna.Trial(base.study, asked[trial.trial_id]._trial_id)
-            if limiter is not None and not trial.is_finished():
-                limiter.live_trials.add(trial.trial_id)
-                limiter.num_unfinished_live_trials += 1
-        self._counter += len(unknown)
-        return [trial.trial_id for trial in unknown]
+        if limiter is not None:
+            limiter.live_trials = {trial_id for trial_id, trial in listed.items() if not trial.is_finished()}
+            limiter.num_unfinished_live_trials = len(limiter.live_trials)
+            limiter.cached_results = {}
+        self._counter = len(listed)
+        return [trial_id for trial_id in adopted if trial_id in base._ot_trials], [t.user_attrs.get("ray_trial_id") or f"number {t.number}" for t in unlisted]
 
 
 class AgreeWithTrials(Callback):
@@ -173,9 +176,10 @@ class AgreeWithTrials(Callback):
         if self._checked:
             return
         self._checked = True
-        for trial_id in self._search.adopt_unknown(trials):
+        adopted, orphans = self._search.agree_with(trials)
+        for trial_id in adopted:
             print(f"search: trial {trial_id} was saved ahead of the searcher's state; the searcher takes it back")
-        for trial_id in self._search.forget_unlisted(trials):
+        for trial_id in orphans:
             print(f"search: trial {trial_id} was suggested but not saved before the driver stopped; its point is queued again")
 
 
