@@ -62,6 +62,7 @@ def test_an_empty_section_with_a_flag_is_the_defaults_plus_the_flag(tmp_path):
 @pytest.mark.slow
 def test_data_that_cannot_be_split_or_subset(tmp_path, capsys, image_folder):
     refused(capsys, ["--data", "mnist", "--space", space(tmp_path, "data: {train_size: 5}\n")], "data.train_size 5 is below the 10 classes")
+    refused(capsys, ["--data", "planted", "--space", space(tmp_path, "data: {val_size: 3000}\n")], "data.val_size 3000 is above the 600 images there are")
     split = tmp_path / "split"
     shutil.copytree(image_folder, split / "train")
     for name in ("ant", "bee", "cat"):

@@ -154,6 +154,9 @@ def test_stratified_subset_keeps_class_shares():
     labels = np.repeat([0, 1, 2], [100, 50, 50])
     keep = stratified_subset(labels, 40, seed=0)
     assert np.bincount(labels[keep]).tolist() == [20, 10, 10]
+    assert len(stratified_subset(labels, 200, seed=0)) == 200  # exactly all: no draw
+    with pytest.raises(DataError, match="data.val_size 201 is above the 200 images there are; allowed: up to 200"):
+        stratified_subset(labels, 201, seed=0, key="data.val_size")  # never fewer than asked, silently
 
 
 def test_oversampling_lifts_every_class_to_n():

@@ -199,9 +199,11 @@ def _as_chw(images: np.ndarray) -> torch.Tensor:
 
 
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int, key: str = "size") -> np.ndarray:
-    """Indices of a class-stratified random subset of `size` (all of them when None or larger)."""
+    """Indices of a class-stratified random subset of `size` (all of them when None)."""
     index = np.arange(len(labels))
-    if size is None or size >= len(labels):
+    if size is not None and size > len(labels):  # taking fewer than asked would go unnoticed
+        raise DataError(f"{key} {size} is above the {len(labels)} images there are; allowed: up to {len(labels)}, or leave it out for all")
+    if size is None or size == len(labels):
         return index
     classes = len(np.unique(labels))
     if size < classes:
