@@ -40,6 +40,31 @@ def test_features_held_in_memory_count_up_to_their_cap(monkeypatch):
     assert memory.trial_bytes(PROBE, 10**6, 1 << 30) == base + (1 << 30)
 
 
+def test_a_study_that_trains_beyond_the_space_asks_for_its_largest_trial(monkeypatch):
+    """The explain study trains all layers (depth 0) and other models while the search's space
+    may start at depth 3: each trial's request is the largest of them, measured at each."""
+    from types import SimpleNamespace
+
+    from tune_search import studies as registry
+    from tune_search.config import SearchConfig
+    from tune_search.trainable.models import ModelSpec
+    from tune_search.trainable.trial import TrialSpec
+
+    peaks = {("efficientnet_lite0", 3): 1, ("efficientnet_lite0", 0): 3, ("mobilenet_v3_small", 0): 2}
+    monkeypatch.setattr(memory, "measured", lambda probe: {"peak_bytes": peaks[probe.model, probe.freeze_depth] * 10**9, "feature_numbers": 0})
+    monkeypatch.setattr(memory, "available_bytes", lambda: 100 * 10**9)
+    cfg = SearchConfig.model_validate(
+        {"resources": {"gpus_per_trial": 0}, "explain": {"enabled": True, "models": [{"name": "mobilenet_v3_small", "weights": "none"}]}}
+    )
+    shapes = registry.by_name["explain"].trains(cfg)
+    assert shapes == [(cfg.model.name, cfg.model.weights, 0), ("mobilenet_v3_small", "none", 0)]
+    space = SimpleNamespace(freeze_depth=(3, 9), batch_size=(32, 64))
+    spec = TrialSpec(ModelSpec("efficientnet_lite0", "auto"), max_epochs=4)
+    data = SimpleNamespace(num_classes=10, entry=Path("cache"), train=[], val=[])
+    assert memory.fit(cfg, space, spec, data, None).memory_bytes == 10**9 + memory.RAY_WORKER_BYTES  # the search's alone
+    assert memory.fit(cfg, space, spec, data, None, shapes).memory_bytes == 3 * 10**9 + memory.RAY_WORKER_BYTES
+
+
 @pytest.mark.slow  # measures a trial's step in a child process
 def test_a_run_this_machine_cannot_hold_exits_2_before_ray_starts(tmp_path, monkeypatch, capsys):
     import ray

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tune_search.sections import ConfigError
@@ -112,11 +113,12 @@ def slots_that_fit(per_trial: int, slots: int, available: int, probe: Probe) -> 
     return int(min(fit, slots))
 
 
-def fit(cfg, space, spec, data, address: str | None):
+def fit(cfg, space, spec, data, address: str | None, also: Sequence[tuple[str, str, int]] = ()):
     """`spec` with each trial's memory request (CPU trials; a GPU trial's host memory is not
     what limits it, and the probe runs on the CPU), after checking that a local run holds at
     least one trial beside Ray's own processes (ConfigError) and saying when memory, not the
-    CPUs, limits the trials at once."""
+    CPUs, limits the trials at once. `also`: the (model, weights, freeze depth) a study trains
+    beyond the space (`Study.trains`); the request is the largest trial's."""
     import dataclasses
 
     import torch
@@ -129,9 +131,13 @@ def fit(cfg, space, spec, data, address: str | None):
         return spec
     depths = space.freeze_depth if isinstance(space.freeze_depth, tuple) else (space.freeze_depth,)
     batches = space.batch_size if isinstance(space.batch_size, tuple) else (space.batch_size,)
-    probe = Probe(spec.model.name, spec.model.weights, data.num_classes, cfg.data.image_size, max(batches), min(depths), spec.eval_batch_size, spec.precision)
+    shapes = [(spec.model.name, spec.model.weights, min(depths)), *also]
+    probes = [
+        Probe(model, weights, data.num_classes, cfg.data.image_size, max(batches), depth, spec.eval_batch_size, spec.precision)
+        for model, weights, depth in dict.fromkeys(shapes)
+    ]
     held = 0 if data.entry is not None else len(data.train) + len(data.val)
-    per_trial = trial_bytes(probe, held, spec.feature_cache_bytes)
+    per_trial, probe = max(((trial_bytes(p, held, spec.feature_cache_bytes), p) for p in probes), key=lambda sized: sized[0])
     if local:
         cpus = cfg.resources.cpus_per_trial
         slots = max(1, int((os.cpu_count() or 1) // (1 if cpus == "auto" else cpus)))

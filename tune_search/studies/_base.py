@@ -94,6 +94,11 @@ class Study(abc.ABC):
     def check(self, cfg: SearchConfigBase) -> None:
         """Refuse, before Ray starts, settings this study cannot run with (ConfigError)."""
 
+    def trains(self, cfg: SearchConfigBase) -> Sequence[tuple[str, str, int]]:
+        """The (model, weights, freeze depth) it trains that the search's space may not reach:
+        the memory check measures a trial at each of them too."""
+        return ()
+
     @abc.abstractmethod
     def run(self, ctx: StudyContext) -> None:
         """Train the study and write its runs table(s)."""

@@ -570,6 +570,10 @@ class Explain(Study):
             except WeightsError as exc:
                 raise ConfigError(f"explain.models: {exc}") from None
 
+    def trains(self, cfg: SearchConfigBase) -> list[tuple[str, str, int]]:
+        """All layers training (depth 0), its own model and each other one."""
+        return [(cfg.model.name, cfg.model.weights, 0)] + [(m.name, m.weights, 0) for m in cfg.explain.models]
+
     def run(self, ctx: StudyContext) -> None:
         """Train the explain study at the screen's base settings, measure how crops change the
         clean model's predictions, and write explain_runs.parquet and crop_sensitivity.parquet."""
