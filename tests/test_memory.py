@@ -120,6 +120,9 @@ def test_a_trials_footprint_is_measured_once_per_settings(tmp_path, monkeypatch)
     assert memory.measured(probe) == first and list((tmp_path / "tune-search" / "footprint").glob("*.json"))
     with pytest.raises(pytest.fail.Exception, match="measured again"):  # other settings: measured anew
         memory.measured(Probe("efficientnet_lite0", "auto", 6, 32, 32, 3, 32))
+    monkeypatch.setattr(memory, "_machine", lambda: "x86_64 model name : another CPU 2")
+    with pytest.raises(pytest.fail.Exception, match="measured again"):  # another machine: measured anew
+        memory.measured(probe)
 
 
 WHOLE_RUN = """

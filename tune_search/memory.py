@@ -37,12 +37,24 @@ RAY_WORKER_BYTES = int(0.1e9)
 PROBE_TIMEOUT_S = 600
 
 
+def _machine() -> str:
+    """The CPU the figure was measured on: oneDNN picks its kernels and scratch by instruction
+    set and core count, and a home folder can be shared by machines of several kinds."""
+    import platform
+
+    try:
+        model = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "")
+    except OSError:
+        model = platform.processor()
+    return f"{platform.machine()} {model} {os.cpu_count()}"
+
+
 def _cache_file(probe: Probe) -> Path:
     import torch
 
     from tune_search.trainable import footprint
 
-    key = hashlib.sha256((probe.args() + torch.__version__ + Path(footprint.__file__).read_text()).encode()).hexdigest()[:24]
+    key = hashlib.sha256((probe.args() + torch.__version__ + _machine() + Path(footprint.__file__).read_text()).encode()).hexdigest()[:24]
     return user_cache() / "footprint" / f"{key}.json"
 
 
