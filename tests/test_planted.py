@@ -20,8 +20,15 @@ def test_the_screen_calls_planted_harms_harmful_and_no_harmless_one(planted_run)
     assert len(screen) == 4 * 16 + 1 and screen["design_row"].max() == 15 and screen["seed"].nunique() == 4
     effects = pd.read_parquet(planted_run / "effects.parquet").set_index("augmentation")
     assert set(effects.index) == set(SEARCHED)
-    for name in set(PLANTED_HARMS) & set(SEARCHED):  # hflip's harm, the smallest, takes the fourth replicate
+    for name in ("color", "blur"):  # the large harms (15-19 points): the screen alone calls them
         assert effects.loc[name, "verdict"] == "hurts", effects.loc[name].to_dict()
+    # hflip's harm (4-5.5 points measured) is about the screen's detectable harm after its 4
+    # replicates (6.3 points at a residual SD of 5.5), so the screen calls it in some runs only
+    # (-5.5 [-10.6, -0.5] on Zen 4, -4.0 [-9.1, +1.0] on an Intel Xeon); the focused screen, in the
+    # recipe's context (SD about 3), decides it: the procedure's verdict is the one the recipe uses
+    decided = pd.read_parquet(planted_run / "recipe.parquet").set_index("augmentation")
+    for name in set(PLANTED_HARMS) & set(SEARCHED):
+        assert decided.loc[name, "verdict"] == "hurts", decided.loc[name].to_dict()
     for name in HARMLESS:
         assert effects.loc[name, "verdict"] != "hurts", effects.loc[name].to_dict()
     # in the recipe's context (the planted harms off) neither harmless one is called harmful either

@@ -1,5 +1,5 @@
 """The proof that a helpful augmentation is recommended: on the planted-help data (validation
-glyphs mirrored half the time and brightness-shifted, training glyphs not) the default pipeline
+glyphs mirrored and brightness-shifted, training glyphs not) the default pipeline
 calls hflip `helps`, keeps it at a strength the sweep measured, and confirms the recommendation
 better than no augmentation."""
 
