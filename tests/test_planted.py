@@ -31,9 +31,11 @@ def test_the_screen_calls_planted_harms_harmful_and_no_harmless_one(planted_run)
         assert decided.loc[name, "verdict"] == "hurts", decided.loc[name].to_dict()
     for name in HARMLESS:
         assert effects.loc[name, "verdict"] != "hurts", effects.loc[name].to_dict()
-    # in the recipe's context (the planted harms off) neither harmless one is called harmful either
+    # the focused screen takes what the screen did not call harmful; in the recipe's context
+    # (the screen's harms off) neither harmless one is called harmful either
     focus = pd.read_parquet(planted_run / "focus.parquet").set_index("augmentation")
-    assert set(focus.index) == set(HARMLESS) and not focus["verdict"].isin(["hurts"]).any(), focus.to_dict("index")
+    assert set(focus.index) == set(effects.index[effects["verdict"] != "hurts"]) >= set(HARMLESS), focus.to_dict("index")
+    assert not focus.loc[list(HARMLESS), "verdict"].isin(["hurts"]).any(), focus.to_dict("index")
     for name in set(PLANTED_HARMS) & set(SEARCHED):
         assert effects.loc[name, "verdict"] != "harmless", effects.loc[name].to_dict()
     assert effects["detectable"].notna().all() and effects["search_method"].isna().all()  # 3 trials: no search effects
