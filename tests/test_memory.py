@@ -62,7 +62,7 @@ def test_a_study_that_trains_beyond_the_space_asks_for_its_largest_trial(monkeyp
     spec = TrialSpec(ModelSpec("efficientnet_lite0", "auto"), max_epochs=4)
     data = SimpleNamespace(num_classes=10, entry=Path("cache"), train=[], val=[])
     assert memory.fit(cfg, space, spec, data, None).memory_bytes == 10**9 + memory.RAY_WORKER_BYTES  # the search's alone
-    assert memory.fit(cfg, space, spec, data, None, shapes).memory_bytes == 3 * 10**9 + memory.RAY_WORKER_BYTES
+    assert memory.fit(cfg, space, spec, data, None, [registry.by_name["explain"]]).memory_bytes == 3 * 10**9 + memory.RAY_WORKER_BYTES
 
 
 @pytest.mark.slow  # measures a trial's step in a child process

@@ -125,12 +125,12 @@ def slots_that_fit(per_trial: int, slots: int, available: int, probe: Probe) -> 
     return int(min(fit, slots))
 
 
-def fit(cfg, space, spec, data, address: str | None, also: Sequence[tuple[str, str, int]] = ()):
+def fit(cfg, space, spec, data, address: str | None, studies: Sequence = ()):
     """`spec` with each trial's memory request (CPU trials; a GPU trial's host memory is not
     what limits it, and the probe runs on the CPU), after checking that a local run holds at
     least one trial beside Ray's own processes (ConfigError) and saying when memory, not the
-    CPUs, limits the trials at once. `also`: the (model, weights, freeze depth) a study trains
-    beyond the space (`Study.trains`); the request is the largest trial's."""
+    CPUs, limits the trials at once. `studies`: those the run trains, each measured too at what
+    it trains beyond the space (`Study.trains`); the request is the largest trial's."""
     import dataclasses
 
     import torch
@@ -143,7 +143,7 @@ def fit(cfg, space, spec, data, address: str | None, also: Sequence[tuple[str, s
         return spec
     depths = space.freeze_depth if isinstance(space.freeze_depth, tuple) else (space.freeze_depth,)
     batches = space.batch_size if isinstance(space.batch_size, tuple) else (space.batch_size,)
-    shapes = [(spec.model.name, spec.model.weights, min(depths)), *also]
+    shapes = [(spec.model.name, spec.model.weights, min(depths)), *(shape for study in studies for shape in study.trains(cfg))]
     probes = [
         Probe(model, weights, data.num_classes, cfg.data.image_size, max(batches), depth, spec.eval_batch_size, spec.precision)
         for model, weights, depth in dict.fromkeys(shapes)

@@ -149,7 +149,7 @@ def _checked(cfg: SearchConfig, address: str | None, chosen: Sequence[Study]) ->
     for study in chosen:
         study.check(cfg)
     space, spec, data = prepare(cfg)
-    return space, memory.fit(cfg, space, spec, data, address, [shape for study in chosen for shape in study.trains(cfg)]), data
+    return space, memory.fit(cfg, space, spec, data, address, chosen), data
 
 
 def _open(cfg: SearchConfig, location: RunLocation, space: Space, data: Dataset) -> ResultsFolder:
@@ -281,7 +281,7 @@ def study_of(location: RunLocation, cfg: SearchConfig, command: str, *, address:
     if not location.remote:
         check_writable(folder.path.parent, "the folder beside the results (where the study's runs go)")
     space, spec, data = prepare(cfg)
-    spec = memory.fit(cfg, space, spec, data, address, [shape for study in chosen for shape in study.trains(cfg)])
+    spec = memory.fit(cfg, space, spec, data, address, chosen)
     with ray_session(address, cfg.run.verbose, spec.memory_bytes):
         print(resources_line(cfg, spec))
         run_studies(StudyContext(folder, cfg, space, spec, data, location, resume=resume), chosen)
