@@ -93,9 +93,12 @@ def _held(hold: Path, deadline: float, proc=None) -> int:
 def _kill_when(cli: list[str], folder: Path, what: str, hold: Path, check_loopback: bool = False) -> dict[str, str]:
     """Start the CLI with its third run held by the hold hook after its first epoch, and SIGKILL
     the CLI (and its local Ray) there: two runs or more finished, the third mid-way, on any
-    machine. The finished runs' result.json as they were."""
+    machine. Every later run is held there too: a run another slot finished in the last second
+    before the kill would be newer than Ray's snapshot and retrained from an older checkpoint,
+    by as many epochs as that machine trains in a second. The finished runs' result.json as
+    they were."""
     hold.mkdir()
-    env = {**os.environ, HOLD: hold_spec(hold, folder.name, epoch=1, nth=3)}
+    env = {**os.environ, HOLD: hold_spec(hold, folder.name, epoch=1, nth=3, later="hold")}
     proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         pid, deadline = _held(hold, time.time() + 300, proc), time.time() + 60
@@ -104,8 +107,8 @@ def _kill_when(cli: list[str], folder: Path, what: str, hold: Path, check_loopba
         while not _two_finished_one_held(lines := _result_lines(folder), _pids(folder), pid):
             assert time.time() < deadline, lines
             time.sleep(0.05)
-        # the runs finished now are in Ray's snapshot (written every second) by the kill; a run
-        # another slot finishes in these seconds may be retrained from its last checkpoint
+        # the runs finished now are in Ray's snapshot (written every second) by the kill; the
+        # other slots hold their runs after epoch 1 (or are still starting one)
         time.sleep(5)
         if check_loopback:
             listening = listening_addresses(proc.pid)
