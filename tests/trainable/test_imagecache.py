@@ -46,6 +46,24 @@ def test_a_built_in_set_through_the_cache_equals_it_in_memory(tmp_path):
     assert _same(load_dataset(dataclasses.replace(spec, cache=str(tmp_path))), load_dataset(spec))
 
 
+def test_a_generated_set_is_a_new_entry_when_its_sizes_or_seeds_change(monkeypatch):
+    """The sizes and seeds a built-in generator is called with live beside the call, not in
+    the generator's module: they are part of the key too."""
+    spec = DataSpec(source="planted", image_size=16, cache="cache")
+    before = data_module.cache_entry(spec)
+
+    def planted_with_more_validation_images():
+        from tune_search.trainable import planted
+
+        tx, ty = planted.generate(per_class=200, seed=101)
+        vx, vy = planted.generate(per_class=1000, seed=202)
+        return data_module._Raw(tx, ty, vx, vy, planted.CLASSES, "", (600, 300))
+
+    assert data_module.cache_entry(spec) == before  # the key is stable
+    monkeypatch.setitem(data_module.BUILTIN, "planted", planted_with_more_validation_images)
+    assert data_module.cache_entry(spec) != before
+
+
 def test_a_second_load_decodes_nothing_and_a_changed_file_decodes_again(image_folder, tmp_path, monkeypatch):
     spec = DataSpec(source=str(image_folder), image_size=16, cache=str(tmp_path / "cache"))
     calls = _count_decodes(monkeypatch)

