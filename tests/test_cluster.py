@@ -1,6 +1,7 @@
 """A real two-node Ray cluster on 127.0.0.1 (`ray start`), a search submitted with
 `ray job submit`, trials on both nodes, complete exports; the cluster is stopped after."""
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow  # trains models and starts Ray
@@ -50,6 +52,30 @@ def wait_for_nodes(address: str, count: int, env: dict, timeout: float = 60) -> 
         time.sleep(1)
 
 
+def stop_cluster(temps: list[str]) -> None:
+    """Stop this cluster's processes and no others (`ray stop` stops every Ray on the machine):
+    those whose command line names one of its temp folders, with their children; SIGTERM, then
+    SIGKILL for what is left after Ray's own grace period."""
+    named = _naming(temps)
+    family = set(named)
+    for process in named:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family.update(process.children(recursive=True))
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(family, timeout=16)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=16)
+    assert not _naming(temps), f"the cluster's processes outlived it: {[p.info['cmdline'][:2] for p in _naming(temps)]}"
+
+
+def _naming(temps: list[str]) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if any(t in " ".join(p.info["cmdline"] or ()) for t in temps)]
+
+
 @pytest.fixture
 def cluster():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -70,7 +96,7 @@ def cluster():
         wait_for_nodes(f"127.0.0.1:{port}", 2, env)
         yield env, f"http://127.0.0.1:{dashboard}"
     finally:
-        ray("stop", "--force", env=env)
+        stop_cluster(temps)
         for temp in temps:
             shutil.rmtree(temp, ignore_errors=True)
 
