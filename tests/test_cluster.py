@@ -69,7 +69,8 @@ def stop_cluster(temps: list[str]) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     psutil.wait_procs(alive, timeout=16)
-    assert not _naming(temps), f"the cluster's processes outlived it: {[p.info['cmdline'][:2] for p in _naming(temps)]}"
+    left = _naming(temps)
+    assert not left, f"the cluster's processes outlived it: {[p.info['cmdline'][:2] for p in left]}"
 
 
 def _naming(temps: list[str]) -> list[psutil.Process]:
