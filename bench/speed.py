@@ -860,6 +860,47 @@ def section_verdicts(args) -> dict:
     return {"rows": rows, "same": same, "right": right, "wall_s": {str(k): v for k, v in walls.items()}}
 
 
+PLANTED_SCALED = """
+data: {source: FOLDER, image_size: 32}
+space: {augmentations: [hflip, color, blur, brightness, contrast], strength: [0.5, 1.0], lr: 0.003, freeze_depth: 3, batch_size: 32}
+budget: {num_samples: 3, max_epochs: 4, grace_period: 1}
+screen: {strength: 1.0, max_seeds: 4}
+dose: {enabled: false}
+confirm: {policies: [], seeds: 3}
+"""
+
+
+def section_planted(args) -> dict:
+    """The planted-harm test's run (tests/conftest.py's space) on more images: the generator's
+    images written as an image folder, --planted-train / --planted-val per class. Does the focused
+    screen decide brightness and contrast (planted harmless) once runs are less noisy?"""
+    from PIL import Image
+
+    from tune_search.trainable import planted
+
+    work = scratch("tune-search-planted-", args.keep)
+    for part, per_class, seed in (("train", args.planted_train, 101), ("val", args.planted_val, 202)):
+        x, y = planted.generate(per_class=per_class, seed=seed)
+        for i, (image, label) in enumerate(zip(x, y, strict=True)):
+            folder = work / "data" / part / planted.CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i:05d}.png")
+    folder, wall = _run(work, "planted", PLANTED_SCALED.replace("FOLDER", str(work / "data")), ())
+    results = ResultsFolder(folder)
+    rows = []
+    for stage, name in (("screen", "effects"), ("focus", "focus")):
+        for r in results.read(name).itertuples():
+            effect = f"{100 * r.effect:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+            kind = "harm" if r.augmentation in planted.PLANTED_HARMS else "harmless"
+            rows.append({"stage": stage, "augmentation": r.augmentation, "planted": kind, "effect": effect, "verdict": r.verdict, "runs": r.n_runs})
+    print(f"\n## Planted harms at {6 * args.planted_train} train / {6 * args.planted_val} val images (top-1 points)\n")
+    print(table(rows, ["stage", "augmentation", "planted", "effect", "verdict", "runs"]))
+    print(f"\nwall {wall:.0f} s; console.log's focus lines:")
+    focus_lines = [line for line in (folder / "console.log").read_text().splitlines() if line.startswith("focus")]
+    print("\n".join(focus_lines))
+    return {"rows": rows, "wall_s": wall, "focus_lines": focus_lines}
+
+
 def section_screen(args) -> dict:
     """Precision per compute: the screen's interval half-width against the ablation's on the
     same data, both at full budget, per trial-epoch spent. On the demo (12 augmentations, the
@@ -1024,6 +1065,7 @@ SECTIONS = {
     "scale": section_scale,
     "start": section_start,
     "stream": section_stream,
+    "planted": section_planted,
 }
 DEFAULT_SECTIONS = ("augment", "depthwise", "steps", "precision", "search", "verdicts", "screen")
 
@@ -1042,6 +1084,8 @@ def main() -> None:
     p.add_argument("--search-train-size", type=int, default=1000)
     p.add_argument("--search-val-size", type=int, default=500)
     p.add_argument("--planted-seeds", type=int, default=1, help="screen replicates in the verdicts section")
+    p.add_argument("--planted-train", type=int, default=200, help="planted: training images per class (6 classes)")
+    p.add_argument("--planted-val", type=int, default=200, help="planted: validation images per class")
     p.add_argument("--screen-data", choices=("demo", "planted"), default="demo", help="the screen section's data")
     p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the fast-path-off search run")
     p.add_argument("--gpu-train-size", type=int, default=8000, help="training images for the gpu section")

@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from tune_search.checks import check_remote_storage
 from tune_search.cli import main
 from tune_search.config import ConfigError
+from tune_search.trainable.hold import HOLD, hold_spec
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +106,20 @@ def test_a_search_on_s3_is_killed_resumed_screened_and_read_back_from_the_uri(s3
     (tmp_path / "space.yaml").write_text(S3_SPACE)
     storage = f"s3://runs/team?endpoint_override={s3.removeprefix('http://')}&scheme=http"
     args = ["--space", "space.yaml", "--storage", storage, "--name", "s3run"]
-    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    # the second run to report epoch 1 (its checkpoint uploaded) is held there, and every later
+    # one too: the search cannot end before the kill, however fast the machine trains
+    (hold := tmp_path / "hold").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"} | {HOLD: hold_spec(hold, "s3run", epoch=1, nth=2, later="hold")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tune_search.cli", *args], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 300
     try:
-        while time.time() < deadline and proc.poll() is None:
-            checkpointed = {k.split("/")[2] for k in _keys(s3, "team/s3run/trial_") if "/checkpoint_" in k}
-            if len(checkpointed) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, f"the search ended before it could be killed: {proc.stderr.read()}"
+        while not (hold / "held").is_file():
+            assert time.time() < deadline and proc.poll() is None, f"no run reached the hold point: {proc.stderr.read() if proc.poll() is not None else ''}"
+            time.sleep(0.1)
+        checkpointed = {k.split("/")[2] for k in _keys(s3, "team/s3run/trial_") if "/checkpoint_" in k}
+        assert len(checkpointed) >= 2 and proc.poll() is None, checkpointed
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
