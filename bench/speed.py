@@ -895,10 +895,9 @@ def section_planted(args) -> dict:
             rows.append({"stage": stage, "augmentation": r.augmentation, "planted": kind, "effect": effect, "verdict": r.verdict, "runs": r.n_runs})
     print(f"\n## Planted harms at {6 * args.planted_train} train / {6 * args.planted_val} val images (top-1 points)\n")
     print(table(rows, ["stage", "augmentation", "planted", "effect", "verdict", "runs"]))
-    print(f"\nwall {wall:.0f} s; console.log's focus lines:")
-    focus_lines = [line for line in (folder / "console.log").read_text().splitlines() if line.startswith("focus")]
-    print("\n".join(focus_lines))
-    return {"rows": rows, "wall_s": wall, "focus_lines": focus_lines}
+    looks = [line for line in (folder / "console.log").read_text().splitlines() if " after " in line and "residual SD" in line]
+    print(f"\nwall {wall:.0f} s; the looks:\n" + "\n".join(looks))
+    return {"rows": rows, "wall_s": wall, "looks": looks}
 
 
 def section_screen(args) -> dict:
