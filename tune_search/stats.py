@@ -74,13 +74,21 @@ class MainEffects:
 
 
 def main_effects(runs: pd.DataFrame, names: Sequence[str], response: str = "top1", switch=switch_key) -> MainEffects:
-    """Main effects of the switches `switch(name)` (booleans in `runs`) on `response`."""
+    """Main effects of the switches `switch(name)` (booleans in `runs`) on `response`.
+
+    Runs of one config at one seed count once (their mean): training is deterministic at a
+    seed, so a design row repeated within a replicate (one or two augmentations: the folded
+    design's 8 runs hold 2 or 4 configs) reproduces its twin, and counted apart it would be a
+    residual degree of freedom without error in it, narrowing every interval. A fit left
+    without residual degrees of freedom (one augmentation, one replicate) has infinite
+    standard errors: intervals NaN, verdicts `unclear`."""
     frame = pd.DataFrame({n: np.where(runs[switch(n)].astype(bool), 1.0, -1.0) for n in names}, index=runs.index)
     frame["seed"], frame["_y"] = runs["seed"].to_numpy(), runs[response].to_numpy(float)
-    blocks = runs["seed"].nunique() - 1
-    if len(frame) <= len(names) + 1 + blocks:
-        raise ValueError(f"{len(frame)} runs leave no residual degrees of freedom for {len(names)} augmentations")
-    return MainEffects(tuple(names), block_fit(frame, "_y", list(names)))
+    frame = frame.groupby([*names, "seed"], as_index=False, sort=False)["_y"].mean()
+    if len(frame) < len(names) + frame["seed"].nunique():
+        raise ValueError(f"{len(frame)} distinct runs cannot estimate {len(names)} augmentations' effects")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return MainEffects(tuple(names), block_fit(frame, "_y", list(names)))
 
 
 def holm_adjusted(p_value: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
@@ -134,7 +142,12 @@ def detectable_effect(se: float, df: float, tests: int, *, alpha: float = ALPHA,
         far = np.nan_to_num(stats.nct.cdf(-critical, df, shift))
         return stats.nct.sf(critical, df, shift) + far - power
 
-    return float(optimize.brentq(shortfall, 0.0, se * (critical + 5)))
+    high = se * (critical + 5)
+    while shortfall(high) < 0:  # few residual df: the t's heavy tail needs a far larger shift
+        if high > se * 1e6:
+            return math.nan
+        high *= 4
+    return float(optimize.brentq(shortfall, 0.0, high))
 
 
 def paired_interval(diffs: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:

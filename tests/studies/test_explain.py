@@ -2,6 +2,7 @@
 
 import gc
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -346,7 +347,9 @@ def test_a_search_with_explain_enabled_runs_it_after_the_screen(tmp_path, capsys
     out = capsys.readouterr().out
     assert "explain: after 3 seeds, each cell's contrast with depth 0 is known to" in out and "seeds 4-4 next" in out
     assert "explain: 4 seeds in all" in out
-    assert out.index("| augmentation | top-1 effect, points | verdict |") < out.index("(a) trainable capacity") < out.index("| best found")
+    # (the screen's columns are padded to its widest interval: 1 residual df at 2 augmentations)
+    verdicts = re.search(r"\| augmentation +\| top-1 effect, points +\| verdict", out)
+    assert verdicts and verdicts.start() < out.index("(a) trainable capacity") < out.index("| best found")
     assert "## Why it hurts" in (folder / "report.md").read_text()
 
 
