@@ -111,14 +111,15 @@ def _repeated(names, levels_noise, seeds, rng, sd=0.01):
     """A one- or two-augmentation screen's runs as a deterministic trainer gives them: the
     folded design repeats every config at a seed, and a repeat reproduces its twin's top-1."""
     from tune_search.studies.screen import screening_design
-    from tune_search.trainable.augment import switch_key
+    from tune_search.trainable.augment import strength_key, switch_key
 
     rows = []
     for seed in range(seeds):
         drawn = {}
         for levels in screening_design(len(names)):
             top1 = drawn.setdefault(tuple(levels), 0.85 + levels_noise(levels) + rng.normal(0, sd))
-            rows.append({"seed": seed, "top1": top1, **{switch_key(n): bool(lv > 0) for n, lv in zip(names, levels)}})
+            on = {switch_key(n): bool(lv > 0) for n, lv in zip(names, levels)} | {strength_key(n): float(lv > 0) for n, lv in zip(names, levels)}
+            rows.append({"seed": seed, "top1": top1, "top5": math.nan, "design_row": len(rows) % 8, "label": "", **on})
     return pd.DataFrame(rows)
 
 
@@ -126,13 +127,19 @@ def test_a_config_repeated_at_one_seed_counts_once():
     rng = np.random.default_rng(3)
     names = ["brightness", "contrast"]
     runs = _repeated(names, lambda lv: 0.0, 2, rng)
-    assert len(runs) == 16 and len(runs.drop_duplicates()) == 8
-    twice, once = main_effects(runs, names), main_effects(runs.drop_duplicates(), names)
+    distinct = runs.drop(columns="design_row").drop_duplicates()
+    assert len(runs) == 16 and len(distinct) == 8
+    twice, once = main_effects(runs, names), main_effects(distinct, names)
     assert twice.df == once.df == 8 - 2 - 2  # 4 distinct configs a seed, 2 blocks, 2 effects
     assert np.allclose(twice.effect, once.effect) and np.allclose(twice.se, once.se)
     # one augmentation, one replicate: 2 distinct runs, nothing left to estimate the error with
     alone = main_effects(_repeated(["hflip"], lambda lv: 0.0, 1, rng), ["hflip"])
     assert alone.df == 0 and simultaneous(alone.effect, alone.se, alone.df, 0.01).said == ["unclear"]
+    from tune_search.config import SearchConfig
+    from tune_search.studies.screen import look_line
+
+    line = look_line(_repeated(["hflip"], lambda lv: 0.0, 1, rng), ["hflip"], SearchConfig(), 1)
+    assert line == "screen after 1 replicate: no residual degrees of freedom yet; 1 unclear"
 
 
 def test_repeated_configs_do_not_narrow_the_intervals_into_false_verdicts():

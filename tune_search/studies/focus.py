@@ -12,6 +12,7 @@ the procedure's 5 % (`errors`), split over its looks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -83,7 +84,8 @@ def look_line(runs: pd.DataFrame, cfg: SearchConfigBase) -> str:
     residual = fit(runs, list(effects["augmentation"])).residual_sd
     counts = ", ".join(f"{n} {v}" for v in VERDICTS if (n := int((effects["verdict"] == v).sum())))
     seeds = runs["seed"].nunique()
-    return f"focus after {seeds} replicate{'s' * (seeds != 1)}: residual SD {100 * residual:.2f} points; {counts}"
+    noise = f"residual SD {100 * residual:.2f} points" if math.isfinite(residual) else "no residual degrees of freedom yet"
+    return f"focus after {seeds} replicate{'s' * (seeds != 1)}: {noise}; {counts}"
 
 
 class Focus(Study):

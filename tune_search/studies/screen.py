@@ -301,6 +301,8 @@ def look_line(runs: pd.DataFrame, names: Sequence[str], cfg: SearchConfigBase, s
     effects = screen_effects(runs, names, alpha=family_alpha(cfg), negligible=cfg.screen.negligible)
     residual = fit(runs, names).residual_sd
     counts = ", ".join(f"{n} {v}" for v in VERDICTS if (n := int((effects["verdict"] == v).sum())))
+    if not math.isfinite(residual):  # one augmentation, one replicate: its two configs, no error estimate
+        return f"screen after {seeds} replicate{'s' * (seeds != 1)}: no residual degrees of freedom yet; {counts}"
     return (
         f"screen after {seeds} replicate{'s' * (seeds != 1)}: residual SD {100 * residual:.2f} points,"
         f" detectable harm {100 * effects['detectable'].max():.2f} points; {counts}"
