@@ -87,8 +87,7 @@ def main_effects(runs: pd.DataFrame, names: Sequence[str], response: str = "top1
     frame = frame.groupby([*names, "seed"], as_index=False, sort=False)["_y"].mean()
     if len(frame) < len(names) + frame["seed"].nunique():
         raise ValueError(f"{len(frame)} distinct runs cannot estimate {len(names)} augmentations' effects")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return MainEffects(tuple(names), block_fit(frame, "_y", list(names)))
+    return MainEffects(tuple(names), block_fit(frame, "_y", list(names)))
 
 
 def holm_adjusted(p_value: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
